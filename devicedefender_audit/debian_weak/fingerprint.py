@@ -1,0 +1,62 @@
+"""Fingerprints and provenance of weak keys.
+
+The fingerprint is the one Debian's ``openssl-vulnkey`` used: the last 80 bits of
+``SHA1("Modulus=" + uppercase hex modulus + "\\n")``. Keeping it lets us import and export the
+``blacklist.RSA-NNNN`` format unchanged.
+
+Provenance (which process made the key) packs into 32 bits so the blocklist can say *why* a key
+is weak: pid in bits 0-15, platform in 16-19, variant in 20-23, tool in 24-27.
+``UNKNOWN_ORIGIN`` marks entries imported from lists that do not record it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from hashlib import sha1
+
+PLATFORM_NAMES = ("le32", "le64", "be32")
+VARIANT_NAMES = ("rnd", "nornd-old", "nornd-new")
+TOOL_NAMES = ("openssl",)
+UNKNOWN_ORIGIN = 0xFFFFFFFF
+
+
+def vulnkey_fingerprint(modulus: int) -> bytes:
+    """The 10-byte (80-bit) ``openssl-vulnkey`` fingerprint of an RSA modulus."""
+    return sha1(b"Modulus=%X\n" % modulus).digest()[-10:]
+
+
+def split_fingerprint(fingerprint: bytes) -> tuple[int, int]:
+    """Sortable high 64 bits and remaining 16 bits of an 80-bit fingerprint."""
+    return int.from_bytes(fingerprint[:8], "big"), int.from_bytes(fingerprint[8:], "big")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Which weak process produced a key."""
+
+    tool: str
+    platform: str
+    variant: str
+    pid: int
+
+    def pack(self) -> int:
+        return (
+            self.pid
+            | PLATFORM_NAMES.index(self.platform) << 16
+            | VARIANT_NAMES.index(self.variant) << 20
+            | TOOL_NAMES.index(self.tool) << 24
+        )
+
+    @classmethod
+    def unpack(cls, packed: int) -> Origin | None:
+        if packed == UNKNOWN_ORIGIN:
+            return None
+        return cls(
+            tool=TOOL_NAMES[packed >> 24 & 0xF],
+            platform=PLATFORM_NAMES[packed >> 16 & 0xF],
+            variant=VARIANT_NAMES[packed >> 20 & 0xF],
+            pid=packed & 0xFFFF,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.tool} {self.platform} {self.variant} pid {self.pid}"
