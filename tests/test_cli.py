@@ -1,0 +1,117 @@
+"""The command line against a real moto server process-local thread (HTTP, like AWS)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from conftest import DATA, REGION, REPO, register
+from devicedefender_audit.cli import main
+
+ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
+DEBIAN = "CERTIFICATE_KEY_VULNERABILITY_CVE-2008-0166"
+
+
+@pytest.fixture
+def moto_server(aws_env):
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def server_iot(moto_server):
+    return boto3.client("iot", region_name=REGION, endpoint_url=moto_server)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_run_json_gates_on_findings(capsys, moto_server, server_iot, fresh_rsa_key):
+    from conftest import issue_certificate
+
+    register(server_iot, issue_certificate(fresh_rsa_key))
+    code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--format", "json", "--no-progress")
+    assert code == 0
+    assert json.loads(out)["findings"] == []
+
+    roca = register(server_iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter")
+    code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--format", "json", "--no-progress")
+    assert code == 3
+    report = json.loads(out)
+    assert [(f["nonCompliantResource"]["resourceIdentifier"]["deviceCertificateId"],
+             f["reasonForNonComplianceCode"], f["severity"]) for f in report["findings"]] == [
+        (roca["certificateId"], ROCA, "CRITICAL")]
+    task_id = report["auditTask"]["taskId"]
+
+    code, out = run_cli(capsys, "list-audits", "--format", "json")
+    assert [t["taskId"] for t in json.loads(out)["tasks"]][0] == task_id
+    code, out = run_cli(capsys, "show-findings", task_id)
+    assert code == 3 and roca["certificateId"] in out and ROCA in out
+
+    code, out = run_cli(capsys, "mitigate", "--endpoint-url", moto_server, "--dry-run",
+                        "--action", "UPDATE_DEVICE_CERTIFICATE", "--action", "ADD_THINGS_TO_THING_GROUP",
+                        "--thing-group", "quarantine")
+    assert code == 0 and "would call iot.update_certificate" in out
+    status = server_iot.describe_certificate(certificateId=roca["certificateId"])["certificateDescription"]["status"]
+    assert status == "ACTIVE"
+
+    code, out = run_cli(capsys, "mitigate", "--endpoint-url", moto_server,
+                        "--action", "UPDATE_DEVICE_CERTIFICATE")
+    assert code == 0 and "SUCCEEDED" in out
+    status = server_iot.describe_certificate(certificateId=roca["certificateId"])["certificateDescription"]["status"]
+    assert status == "INACTIVE"
+
+
+def test_run_table_reports_failed_resources(capsys, moto_server, server_iot):
+    register(server_iot, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--no-progress")
+    assert code == 4
+    assert "MALFORMED_CERTIFICATE" in out and "could not be checked" in out
+
+
+def test_run_fails_cleanly_when_listing_fails(capsys, aws_env):
+    code, out = run_cli(capsys, "run", "--endpoint-url", "http://127.0.0.1:9", "--no-progress")
+    assert code == 1
+    assert "could not list certificates" in out
+
+
+def test_show_findings_without_audits_is_an_error(capsys, aws_env):
+    with pytest.raises(SystemExit, match="no audit"):
+        main(["show-findings"])
+
+
+def test_check_files(capsys):
+    code, out = run_cli(capsys, "check", str(DATA / "good" / "cert01.pem"))
+    assert code == 0 and "roca: CLEAN" in out
+    code, out = run_cli(capsys, "check", "--format", "json",
+                        str(DATA / "roca" / "cert05.pem"), str(DATA / "debian" / "rsa1024-ssl-le32-pid1-rnd.key"))
+    assert code == 3
+    verdicts = {(c["file"].rsplit("/", 1)[-1], r["detector"]): r["verdict"] for c in json.loads(out) for r in c["results"]}
+    assert verdicts[("cert05.pem", "roca")] == "VULNERABLE"
+    assert verdicts[("rsa1024-ssl-le32-pid1-rnd.key", "debian_weak")] == "VULNERABLE"
+
+
+def test_demo_command_in_a_fresh_process(tmp_path, aws_env):
+    """The README's first command: findings for the weak demo devices, none for the good ones."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "devicedefender_audit", "demo", "--store", str(tmp_path / "demo.sqlite3")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    critical = [line for line in proc.stdout.splitlines() if line.startswith("CRITICAL")]
+    assert sum(ROCA in line for line in critical) == 2
+    assert sum(DEBIAN in line for line in critical) >= 4  # the RSA-1024 demo keys, at least
+    assert "MALFORMED_CERTIFICATE" in proc.stdout
+    assert "would call iot.update_certificate" in proc.stdout
