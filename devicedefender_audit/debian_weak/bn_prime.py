@@ -63,9 +63,9 @@ class _Sieve:
     Work is in steps ``t = delta / 2`` over a window. Primes 3..31 are applied through two
     wheel lookup tables. For every other prime p the rejected steps are two arithmetic
     progressions ``t0 + k*p`` (solutions of ``2t = -m`` and ``2t = 1 - m`` mod p, m the residue
-    of rnd), so one scatter marks them all. Residues come from one float64 product of rnd's
+    of rnd), so one scatter marks them all. Residues come from a float64 product of rnd's
     32-bit limbs with a table of ``2**(32*i) mod p``: each partial product is below 2**47 and
-    each sum below 2**53, so the float arithmetic is exact.
+    each sum of 64 of them below 2**53, so the float arithmetic is exact.
     """
 
     WINDOW = 1024  # steps per pass; the first survivor is ~115 steps in on average
@@ -76,40 +76,46 @@ class _Sieve:
         span = 2 * self.WINDOW
         self.wheels = [_wheel(list(w), span) for w in self.WHEELS]
         primes = all_primes[sum(len(w) for w in self.WHEELS) :]
-        self.primes = primes
-        self.fprimes = primes.astype(np.float64)
-        self.inverses = 1.0 / self.fprimes
         self.limbs = (bits + 31) // 32
         powers = np.empty((self.limbs, len(primes)), dtype=np.float64)
         acc = np.ones(len(primes), dtype=np.int64)
         for i in range(self.limbs):
             powers[i] = acc
             acc = (acc << 32) % primes
-        self.powers = powers
+        # Columns twice over: once for each rejected residue class, 0 and 1.
+        self.powers = np.concatenate([powers, powers], axis=1)
+        self.primes2 = np.concatenate([primes, primes]).astype(np.float64)
+        self.inverses2 = 1.0 / self.primes2
+        self.halves2 = (self.primes2 + 1) / 2  # the inverse of 2 modulo each prime
+        self.classes = np.repeat(np.array([0.0, 1.0]), len(primes))
         # Progression k*p for every prime, k*p < WINDOW: the marks one residue class makes.
         counts = (self.WINDOW - 1) // primes + 1
-        self.owner = np.repeat(np.arange(len(primes)), counts)
+        owner = np.repeat(np.arange(len(primes)), counts)
         first = np.cumsum(counts) - counts
-        self.offsets = (np.arange(len(self.owner)) - np.repeat(first, counts)) * primes[self.owner]
-        # The same, doubled for the two residue classes 0 and 1 handled in one pass.
-        self.primes2 = np.concatenate([primes, primes])
-        self.classes = np.repeat(np.array([0, 1], dtype=np.int64), len(primes))
-        self.owner2 = np.concatenate([self.owner, self.owner + len(primes)])
-        self.offsets2 = np.concatenate([self.offsets, self.offsets])
+        offsets = (np.arange(len(owner)) - np.repeat(first, counts)) * primes[owner]
+        self.owner2 = np.concatenate([owner, owner + len(primes)])
+        self.offsets2 = np.concatenate([offsets, offsets])
+        self.bad_size = self.WINDOW + int(primes[-1])
         self.maxdelta = (1 << word_bits) - 1 - int(all_primes[-1])
 
-    def residues(self, value: mpz) -> np.ndarray:
-        """``BN_mod_word(value, p)`` for every table prime past the wheels, as int64.
+    def _mod(self, x: np.ndarray) -> np.ndarray:
+        """Exact ``x mod p`` (in [0, p)) for float integers of magnitude below 2**52.
 
         The quotient is rounded from ``(x + 0.5) / p``, whose fraction stays at least 0.5/p
-        away from an integer, so it is exact for the float integers here (below 2**53).
+        away from an integer, so float rounding cannot push it across one.
         """
-        raw = int(value).to_bytes(self.limbs * 4 + 4, "little")
-        limbs = np.frombuffer(raw, dtype="<u4").astype(np.float64)[: self.limbs]
-        x = limbs @ self.powers
-        if raw[-4:] != bytes(4):
-            raise ValueError("value wider than the sieve")
-        return (x - np.floor((x + 0.5) * self.inverses) * self.fprimes).astype(np.int64)
+        return x - np.floor((x + 0.5) * self.inverses2) * self.primes2
+
+    def first_rejected_steps(self, value: mpz) -> np.ndarray:
+        """For each prime and class c in {0, 1}: the least t >= 0 with value + 2t = c (mod p)."""
+        raw = int(value).to_bytes(self.limbs * 4, "little")
+        limbs = np.frombuffer(raw, dtype="<u4").astype(np.float64)
+        # BN_mod_word(value, p), twice over. Sums of at most 64 products stay below 2**53.
+        residues = sum(
+            self._mod(limbs[i : i + 64] @ self.powers[i : i + 64]) for i in range(0, self.limbs, 64)
+        )
+        residues = self._mod(residues)
+        return self._mod((self.classes - residues) * self.halves2).astype(np.int64)
 
     def delta(self, rnd: mpz) -> int | None:
         """Smallest even delta as ``probable_prime`` finds it, or None past ``maxdelta``."""
@@ -120,12 +126,8 @@ class _Sieve:
             ok = np.ones(self.WINDOW, dtype=bool)
             for modulus, table in self.wheels:
                 ok &= table[int(base_value % modulus) + 2 * steps]
-            # Both classes at once: c = -m and c = 1 - m, reduced into [0, p).
-            c = self.classes - np.tile(self.residues(base_value), 2)
-            c += self.primes2 * (c < 0)
-            t0 = np.where(c & 1, (c + self.primes2) >> 1, c >> 1)
-            bad = np.zeros(self.WINDOW + int(self.primes[-1]), dtype=bool)
-            bad[t0[self.owner2] + self.offsets2] = True
+            bad = np.zeros(self.bad_size, dtype=bool)
+            bad[self.first_rejected_steps(base_value)[self.owner2] + self.offsets2] = True
             ok &= ~bad[: self.WINDOW]
             hits = np.flatnonzero(ok)
             if len(hits):

@@ -145,23 +145,24 @@ class DebianMdRand:
 
         out = bytearray()
         # "if (curr_pid) ... curr_pid = 0": the pid goes into the first block only, never if 0.
-        pid_bytes = self._pid_bytes if self.pid else b""
+        prefix = self._pid_bytes if self.pid else b""
         while num > 0:
-            j = min(num, HALF_DIGEST)
+            j = HALF_DIGEST if num >= HALF_DIGEST else num
             num -= j
-            m = sha1(pid_bytes)
-            pid_bytes = b""
-            m.update(local_md)
-            m.update(counts)
-            # DEBIAN: MD_Update(&m, buf, j) removed here.
-            k = st_idx + HALF_DIGEST - st_num
-            if k > 0:
-                m.update(state[st_idx:st_num])
-                m.update(state[0:k])
+            end = st_idx + HALF_DIGEST
+            if end <= st_num:
+                block = state[st_idx:end]
+            else:  # k > 0: the block wraps around the used part of the pool
+                block = state[st_idx:st_num] + state[0 : end - st_num]
+            # DEBIAN: MD_Update(&m, buf, j) removed between counts and block.
+            local_md = sha1(prefix + local_md + counts + block).digest()
+            prefix = b""
+            if end < st_num:  # common case: no wrap, XOR the whole half-digest at once
+                mixed = int.from_bytes(block, "little") ^ int.from_bytes(local_md[:HALF_DIGEST], "little")
+                state[st_idx:end] = mixed.to_bytes(HALF_DIGEST, "little")
+                st_idx = end
             else:
-                m.update(state[st_idx : st_idx + HALF_DIGEST])
-            local_md = m.digest()
-            st_idx = _xor_into(state, st_idx, local_md[:HALF_DIGEST], st_num)
+                st_idx = _xor_into(state, st_idx, local_md[:HALF_DIGEST], st_num)
             out += local_md[HALF_DIGEST : HALF_DIGEST + j]
 
         m = sha1(counts)
