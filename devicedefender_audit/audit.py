@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from devicedefender_audit.detectors import Detector, DetectorResult, Verdict
 from devicedefender_audit.key_material import KeyMaterialError, PublicKeyInfo, certificate_public_key
@@ -53,6 +53,8 @@ class Auditor:
         try:
             summaries = self.scanner.list_in_scope()
         except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, NoCredentialsError):
+                raise  # not an audit result: the caller must say how to configure access
             result.task.task_status = AuditTaskStatus.FAILED
             details.check_run_status = "FAILED"
             details.error_code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)

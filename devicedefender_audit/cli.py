@@ -14,8 +14,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from botocore.exceptions import NoCredentialsError, NoRegionError, ProfileNotFound
+
 from devicedefender_audit.audit import AuditResult, Auditor
 from devicedefender_audit.aws_clients import AwsTarget
+from devicedefender_audit.debian_weak.blocklist_file import BlocklistError
 from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.detectors.debian_weak import DebianWeakDetector, default_blocklist_dir
 from devicedefender_audit.key_check import check_files
@@ -34,6 +37,8 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--region")
     group.add_argument("--profile")
     group.add_argument("--endpoint-url", help="e.g. a moto server or LocalStack")
+    group.add_argument("--max-attempts", type=int, default=10,
+                       help="attempts per call, retried in botocore's adaptive mode (default 10)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with demo_account() as target:
             result = _run_audit(target, args, progress=not args.no_progress)
     else:
-        target = AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+        target = AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url,
+                           max_attempts=args.max_attempts)
         result = _run_audit(target, args, progress=not args.no_progress)
     _print_audit(result, args.format)
     return _audit_exit_code(result)
@@ -221,7 +227,8 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        target = AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+        target = AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url,
+                           max_attempts=args.max_attempts)
         mitigator = Mitigator(target.client("iot"), target.client("sns"), store, dry_run=args.dry_run)
         executions = mitigator.apply(store.findings(task_id), config)
     finally:
@@ -307,4 +314,12 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except (NoRegionError, ProfileNotFound, NoCredentialsError) as exc:
+        print(f"error: {exc}. Set the AWS region/credentials (or --region/--profile), "
+              "or try the embedded demo: python -m devicedefender_audit run --demo", file=sys.stderr)
+        return EXIT_FAILED
+    except (BlocklistError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED

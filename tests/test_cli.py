@@ -82,7 +82,8 @@ def test_run_table_reports_failed_resources(capsys, moto_server, server_iot):
 
 
 def test_run_fails_cleanly_when_listing_fails(capsys, aws_env):
-    code, out = run_cli(capsys, "run", "--endpoint-url", "http://127.0.0.1:9", "--no-progress")
+    code, out = run_cli(capsys, "run", "--endpoint-url", "http://127.0.0.1:9", "--no-progress",
+                        "--max-attempts", "2")
     assert code == 1
     assert "could not list certificates" in out
 
@@ -115,3 +116,17 @@ def test_demo_command_in_a_fresh_process(tmp_path, aws_env):
     assert sum(DEBIAN in line for line in critical) >= 4  # the RSA-1024 demo keys, at least
     assert "MALFORMED_CERTIFICATE" in proc.stdout
     assert "would call iot.update_certificate" in proc.stdout
+
+
+def test_missing_credentials_and_region_are_explained(capsys, monkeypatch, tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("DDA_STORE", str(tmp_path / "s.sqlite3"))
+    assert main(["run", "--no-progress"]) == 1
+    assert "region" in capsys.readouterr().err
+    assert main(["run", "--no-progress", "--region", "us-east-1", "--max-attempts", "1"]) == 1
+    assert "--demo" in capsys.readouterr().err
