@@ -62,12 +62,12 @@ def bench_scan(certs: int) -> None:
     from moto import mock_aws
 
     from devicedefender_audit.audit import Auditor
-    from devicedefender_audit.demo import _issue_certificate
+    from devicedefender_audit.demo import issue_certificate
     from devicedefender_audit.detectors import default_detectors
     from devicedefender_audit.scanner import CertificateScanner
 
     os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
-    pem = _issue_certificate(rsa.generate_private_key(public_exponent=65537, key_size=2048), "bench")
+    pem = issue_certificate(rsa.generate_private_key(public_exponent=65537, key_size=2048), "bench")
     with mock_aws():
         iot = boto3.client("iot")
         for i in range(certs):

@@ -58,8 +58,9 @@ FLEET = (
 CORRUPT_PEM = "-----BEGIN CERTIFICATE-----\nTm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
 
 
-def _issue_certificate(private_key: Any, common_name: str) -> str:
-    """A self-signed device certificate for ``private_key`` (the key is what gets audited)."""
+def issue_certificate(private_key: Any, common_name: str = "device") -> str:
+    """A self-signed device certificate for ``private_key`` (the key is what gets audited),
+    valid from yesterday for a year."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
@@ -79,11 +80,11 @@ def device_certificate(device: DemoDevice) -> str:
     if device.source == "corrupt":
         return CORRUPT_PEM
     if device.source == "ec":
-        return _issue_certificate(ec.generate_private_key(ec.SECP256R1()), device.thing)
+        return issue_certificate(ec.generate_private_key(ec.SECP256R1()), device.thing)
     data = resources.files("devicedefender_audit.demo_fleet").joinpath(device.source).read_bytes()
     if device.source.endswith(".key"):
         key = serialization.load_pem_private_key(data, password=None)
-        return _issue_certificate(key, device.thing)
+        return issue_certificate(key, device.thing)
     return data.decode()
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from moto import mock_aws
+
+from devicedefender_audit.demo import issue_certificate
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
@@ -29,22 +28,6 @@ def debian_vectors() -> list[Path]:
 
 def load_private_key(path: Path):
     return serialization.load_pem_private_key(path.read_bytes(), password=None)
-
-
-def issue_certificate(private_key, common_name: str = "device") -> str:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(private_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @pytest.fixture(scope="session")

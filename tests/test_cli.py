@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from conftest import DATA, REGION, REPO, register
+from conftest import DATA, REGION, REPO, issue_certificate, register
 from devicedefender_audit.cli import main
 
 ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
@@ -39,8 +39,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 
 def test_run_json_gates_on_findings(capsys, moto_server, server_iot, fresh_rsa_key):
-    from conftest import issue_certificate
-
     register(server_iot, issue_certificate(fresh_rsa_key))
     code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--format", "json", "--no-progress")
     assert code == 0
