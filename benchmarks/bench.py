@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from devicedefender_audit.debian_weak.fingerprint import split_fingerprint, vulnkey_fingerprint
-from devicedefender_audit.debian_weak.openssl_tool import openssl_rsa_modulus
+from devicedefender_audit.debian_weak.weak_tools import weak_rsa_modulus
 from devicedefender_audit.debian_weak.platform import LE32
 from devicedefender_audit.detectors.debian_weak import DebianWeakDetector
 from devicedefender_audit.detectors.roca import has_roca_fingerprint
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 def bench_generation(bits: int, keys: int) -> None:
     began = time.perf_counter()
     for pid in range(1000, 1000 + keys):
-        openssl_rsa_modulus(LE32, "rnd", pid, bits)
+        weak_rsa_modulus(LE32, "rnd", pid, bits)
     elapsed = time.perf_counter() - began
     full = 32768 * 9 * elapsed / keys
     print(f"generate RSA-{bits}: {keys / elapsed:7.1f} keys/s/core "

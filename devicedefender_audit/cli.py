@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = bsub.add_parser("generate", help="regenerate weak keys (resumable) and build the list")
     gen.add_argument("--bits", type=int, required=True)
     gen.add_argument("--platforms", nargs="+", default=None, choices=("le32", "le64", "be32"))
-    gen.add_argument("--variants", nargs="+", default=None, choices=("rnd", "nornd-old", "nornd-new"))
+    gen.add_argument("--variants", nargs="+", default=None, choices=("rnd", "nornd-old", "nornd-new", "ssh-keygen"))
     gen.add_argument("--pid-start", type=int, default=0)
     gen.add_argument("--pid-stop", type=int, default=32768)
     gen.add_argument("--workers", type=int, default=None)

@@ -50,6 +50,7 @@ FLEET = (
     DemoDevice("legacy-deb-010", "debian-rsa1024-ssl-le32-pid1-nornd-old.key"),
     DemoDevice("legacy-deb-011", "debian-rsa1024-ssl-le64-pid4242-nornd-new.key"),
     DemoDevice("legacy-deb-012", "debian-rsa2048-ssl-be32-pid1000-rnd.key"),
+    DemoDevice("legacy-ssh-016", "debian-rsa1024-ssh-le64-pid1.key"),
     DemoDevice("retired-013", "debian-rsa1024-ssl-le32-pid1-rnd.key", status="REVOKED"),
     DemoDevice("spare-014", "debian-rsa1024-ssl-be32-pid77-rnd.key", status="INACTIVE"),
     DemoDevice("broken-015", "corrupt"),

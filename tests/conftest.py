@@ -18,12 +18,22 @@ DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 REGION = "us-east-1"
 
-DEBIAN_VECTOR = re.compile(r"rsa(?P<bits>\d+)-ssl-(?P<platform>\w+)-pid(?P<pid>\d+)-(?P<variant>[\w-]+)\.key")
+DEBIAN_VECTOR = re.compile(
+    r"rsa(?P<bits>\d+)-(?P<tool>ssl|ssh)-(?P<platform>\w+)-pid(?P<pid>\d+)(-(?P<variant>[\w-]+))?\.key"
+)
 
 
 def debian_vectors() -> list[Path]:
     """The real CVE-2008-0166 keys whose generating parameters are known."""
-    return sorted(p for p in (DATA / "debian").glob("rsa*-ssl-*.key"))
+    return sorted(p for p in (DATA / "debian").glob("rsa*-ss[lh]-*.key"))
+
+
+def vector_params(path: Path) -> tuple[int, str, str, int]:
+    """(bits, platform, variant, pid) from a vector's file name; ssh keys are ``ssh-keygen``."""
+    m = DEBIAN_VECTOR.fullmatch(path.name)
+    assert m, path.name
+    variant = "ssh-keygen" if m["tool"] == "ssh" else m["variant"]
+    return int(m["bits"]), m["platform"], variant, int(m["pid"])
 
 
 def load_private_key(path: Path):

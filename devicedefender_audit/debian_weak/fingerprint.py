@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from hashlib import sha1
 
 PLATFORM_NAMES = ("le32", "le64", "be32")
-VARIANT_NAMES = ("rnd", "nornd-old", "nornd-new")
-TOOL_NAMES = ("openssl",)
+VARIANT_NAMES = ("rnd", "nornd-old", "nornd-new", "ssh-keygen")
+TOOL_NAMES = ("openssl", "ssh")
 UNKNOWN_ORIGIN = 0xFFFFFFFF
 
 

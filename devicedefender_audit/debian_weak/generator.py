@@ -30,7 +30,7 @@ from devicedefender_audit.debian_weak.fingerprint import (
     split_fingerprint,
     vulnkey_fingerprint,
 )
-from devicedefender_audit.debian_weak.openssl_tool import openssl_rsa_modulus
+from devicedefender_audit.debian_weak.weak_tools import tool_of, weak_rsa_modulus
 from devicedefender_audit.debian_weak.platform import PLATFORMS
 
 PID_COUNT = 32768
@@ -78,9 +78,9 @@ def compute_chunk(chunk: Chunk) -> np.ndarray:
     platform = PLATFORMS[chunk.platform]
     records = np.empty(chunk.stop - chunk.start, dtype=RECORD)
     for i, pid in enumerate(range(chunk.start, chunk.stop)):
-        modulus = openssl_rsa_modulus(platform, chunk.variant, pid, chunk.bits)
+        modulus = weak_rsa_modulus(platform, chunk.variant, pid, chunk.bits)
         hi, lo = split_fingerprint(vulnkey_fingerprint(int(modulus)))
-        origin = Origin("openssl", chunk.platform, chunk.variant, pid).pack()
+        origin = Origin(tool_of(chunk.variant), chunk.platform, chunk.variant, pid).pack()
         records[i] = (hi, lo, origin)
     return records
 
@@ -166,7 +166,8 @@ def build(blocklists: Path, bits: int) -> dict:
     complete = keys == PID_COUNT * len(PLATFORM_NAMES) * len(VARIANT_NAMES)
     manifest = {
         "fingerprint": "last 80 bits of SHA1('Modulus=' + uppercase hex modulus + '\\n')",
-        "tool": "openssl genrsa/req, e=65537",
+        "tools": "openssl genrsa/req (e=65537; variants rnd, nornd-old, nornd-new), "
+        "OpenSSH ssh-keygen (e=35; variant ssh-keygen)",
         "platforms": sorted(coverage),
         "variants": sorted({v for variants in coverage.values() for v in variants}),
         "pid_ranges": pid_ranges,
