@@ -58,6 +58,12 @@ def error_from_exception(certificate_id: str, exc: Exception) -> ResourceError:
                 message=f"still throttled after all retries: {message}",
             )
         return ResourceError(certificate_id=certificate_id, error_code=code, message=message)
+    if isinstance(exc, KeyError):
+        return ResourceError(
+            certificate_id=certificate_id,
+            error_code="MALFORMED_RESPONSE",
+            message=f"DescribeCertificate response lacks {exc}",
+        )
     return ResourceError(certificate_id=certificate_id, error_code=type(exc).__name__, message=str(exc))
 
 
@@ -83,9 +89,9 @@ class CertificateScanner:
         """The certificate's PEM, an error, or None if it left scope since it was listed."""
         try:
             response = self.iot.describe_certificate(certificateId=summary.certificate_id)
-        except (ClientError, BotoCoreError) as exc:
+            description = response["certificateDescription"]
+        except (ClientError, BotoCoreError, KeyError) as exc:
             return error_from_exception(summary.certificate_id, exc)
-        description = response["certificateDescription"]
         status = description.get("status", summary.status)
         if status not in IN_SCOPE_STATUSES:
             return None

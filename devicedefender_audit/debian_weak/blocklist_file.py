@@ -51,8 +51,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_blocklist(directory: Path, bits: int, records: np.ndarray, manifest: dict[str, Any]) -> Path:
-    """Sort ``records`` (dtype :data:`RECORD`) and write the table and its manifest atomically."""
+def write_blocklist(
+    directory: Path, bits: int, records: np.ndarray, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Sort ``records`` (dtype :data:`RECORD`), write the table and its manifest atomically,
+    and return the manifest as written."""
     records = np.sort(records, order=("hi", "lo", "origin"))
     path = data_path(directory, bits)
     tmp = path.with_suffix(".tmp")
@@ -67,7 +70,7 @@ def write_blocklist(directory: Path, bits: int, records: np.ndarray, manifest: d
     mtmp = manifest_path(directory, bits).with_suffix(".tmp")
     mtmp.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     os.replace(mtmp, manifest_path(directory, bits))
-    return path
+    return full
 
 
 @dataclass

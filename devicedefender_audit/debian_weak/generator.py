@@ -37,7 +37,7 @@ PID_COUNT = 32768
 CHUNK_PIDS = 512
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Chunk:
     """``CHUNK_PIDS`` consecutive pids of one platform and variant at one key size."""
 
@@ -175,5 +175,4 @@ def build(blocklists: Path, bits: int) -> dict:
         "complete": complete,
         "generator": "devicedefender_audit.debian_weak (OpenSSL 0.9.8 md_rand + rsa_gen replay)",
     }
-    write_blocklist(blocklists, bits, records, manifest)
-    return manifest
+    return write_blocklist(blocklists, bits, records, manifest)
