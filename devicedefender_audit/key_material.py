@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
@@ -95,7 +96,7 @@ def public_keys_from_pem(text: str | bytes) -> list[PublicKeyInfo]:
             keys.append(_load_block(label, block.encode("ascii")))
         except KeyMaterialError:
             raise
-        except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.UnsupportedGeneralNameType) as exc:
             raise KeyMaterialError(f"malformed {label}: {exc}") from exc
     return keys
 

@@ -112,3 +112,12 @@ def test_csr_and_private_key_are_checked(fresh_rsa_key, tmp_path):
     assert checks["roca.pem"].key.source == "private key" and checks["roca.pem"].vulnerable
     assert checks["broken.pem"].error == "no PEM block found"
     assert not checks["cert.pem"].vulnerable
+
+
+def test_encrypted_private_key_is_a_clear_error(fresh_rsa_key):
+    pem = fresh_rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    with pytest.raises(KeyMaterialError, match="ENCRYPTED PRIVATE KEY"):
+        public_keys_from_pem(pem)

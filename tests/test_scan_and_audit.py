@@ -199,3 +199,16 @@ def test_scan_result_is_independent_of_concurrency(iot, workers):
     ids = {register(iot, roca_pem(n))["certificateId"] for n in (4, 5)}
     result = Auditor(CertificateScanner(iot, workers=workers), [RocaDetector()]).run()
     assert {f.certificate_id for f in result.findings} == ids
+
+
+def test_incomplete_describe_response_is_a_resource_error():
+    iot = boto3.client("iot", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    scanner = CertificateScanner(iot, workers=1)
+    summary_id = "e" * 64
+    with Stubber(iot) as stub:
+        stub.add_response("list_certificates", {"certificates": [
+            {"certificateId": summary_id, "certificateArn": f"arn:aws:iot:{REGION}:1:cert/{summary_id}",
+             "status": "ACTIVE"}]})
+        stub.add_response("describe_certificate", {}, {"certificateId": summary_id})
+        result = Auditor(scanner, [RocaDetector()]).run()
+    assert [(e.certificate_id, e.error_code) for e in result.errors] == [(summary_id, "MALFORMED_RESPONSE")]
