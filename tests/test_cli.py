@@ -128,3 +128,20 @@ def test_missing_credentials_and_region_are_explained(capsys, monkeypatch, tmp_p
     assert "region" in capsys.readouterr().err
     assert main(["run", "--no-progress", "--region", "us-east-1", "--max-attempts", "1"]) == 1
     assert "--demo" in capsys.readouterr().err
+
+
+def test_progress_bar_draws_only_when_enabled():
+    import io
+
+    from devicedefender_audit.progress import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar("Scanning", stream=stream, enabled=True)
+    bar.set_total(3)
+    for _ in range(3):
+        bar.advance()
+    bar.close()
+    assert "3/3" in stream.getvalue() and stream.getvalue().endswith("\n")
+    quiet = io.StringIO()
+    ProgressBar("Scanning", stream=quiet).set_total(3)  # StringIO is not a terminal
+    assert quiet.getvalue() == ""
