@@ -33,6 +33,7 @@ def test_generate_build_and_lookup(tmp_path, small_chunks):
     assert generator.generate(tmp_path, small_chunks, workers=1, progress=False) == 2
     manifest = generator.build(tmp_path, 1024)
     assert manifest["count"] == 4 and manifest["complete"] is False
+    assert manifest["complete_variants"] == []
     assert manifest["pid_ranges"] == {"le32": {"rnd": [[0, 3]]}}
     vector = DATA / "debian" / "rsa1024-ssl-le32-pid1-rnd.key"
     modulus = load_private_key(vector).public_key().public_numbers().n

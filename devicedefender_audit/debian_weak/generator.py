@@ -163,7 +163,11 @@ def build(blocklists: Path, bits: int) -> dict:
         for platform, variants in coverage.items()
     }
     keys = sum(stop - start for v in coverage.values() for s in v.values() for start, stop in s)
-    complete = keys == PID_COUNT * len(PLATFORM_NAMES) * len(VARIANT_NAMES)
+    full = [[0, PID_COUNT - 1]]
+    complete_variants = [
+        variant for variant in VARIANT_NAMES
+        if all(pid_ranges.get(platform, {}).get(variant) == full for platform in PLATFORM_NAMES)
+    ]
     manifest = {
         "fingerprint": "last 80 bits of SHA1('Modulus=' + uppercase hex modulus + '\\n')",
         "tools": "openssl genrsa/req (e=65537; variants rnd, nornd-old, nornd-new), "
@@ -172,7 +176,8 @@ def build(blocklists: Path, bits: int) -> dict:
         "variants": sorted({v for variants in coverage.values() for v in variants}),
         "pid_ranges": pid_ranges,
         "keys_generated": keys,
-        "complete": complete,
+        "complete_variants": complete_variants,
+        "complete": len(complete_variants) == len(VARIANT_NAMES),
         "generator": "devicedefender_audit.debian_weak (OpenSSL 0.9.8 md_rand + rsa_gen replay)",
     }
     return write_blocklist(blocklists, bits, records, manifest)

@@ -55,7 +55,9 @@ class DebianWeakDetector:
         for bits, table in sorted(self.tables.items()):
             manifest = table.manifest
             state = "complete" if manifest.get("complete") else "partial"
-            out[bits] = f"{state}: {manifest.get('keys_generated', len(table))} keys"
+            done = ", ".join(manifest.get("complete_variants", [])) or "none"
+            out[bits] = (f"{state}: {len(table)} keys; variants complete for every platform "
+                         f"and pid: {done}")
         return out
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
