@@ -159,3 +159,10 @@ def test_shipped_lists_flag_weak_key_of_unknown_origin():
         pytest.skip("the RSA-2048 list is not complete yet; this key's pid/platform are unknown")
     key = public_keys_from_pem((DATA / "debian" / "rsa-unknown-params-from-badkeys-tests.key").read_bytes())[0]
     assert detector.check(key).verdict is Verdict.VULNERABLE
+
+
+def test_partial_list_does_not_claim_clean(tmp_path, small_chunks, fresh_rsa_key):
+    generator.generate(tmp_path, small_chunks, workers=1, progress=False)
+    generator.build(tmp_path, 1024)
+    result = DebianWeakDetector(tmp_path).check(rsa_info((1 << 1023) | 12345))
+    assert result.verdict is Verdict.NOT_COVERED and "partial" in result.detail

@@ -17,6 +17,7 @@ from devicedefender_audit.debian_weak.blocklist_file import (
     available_sizes,
 )
 from devicedefender_audit.debian_weak.fingerprint import Origin, split_fingerprint, vulnkey_fingerprint
+from devicedefender_audit.debian_weak.weak_tools import OPENSSL_VARIANTS
 from devicedefender_audit.detectors.base import DetectorResult, Verdict
 from devicedefender_audit.key_material import PublicKeyInfo
 
@@ -81,11 +82,21 @@ class DebianWeakDetector:
                 self.reason_code,
                 f"RSA-{key.bits} key is one of the predictable Debian OpenSSL keys{how}",
             )
-        if not table.manifest.get("complete", False):
+        if not self._covers_openssl_space(table):
+            complete = ", ".join(table.manifest.get("complete_variants", [])) or "none"
             return DetectorResult(
                 self.name,
-                Verdict.CLEAN,
-                detail=f"RSA-{key.bits} blocklist is partial "
-                f"({table.manifest.get('keys_generated')} keys); not found in it",
+                Verdict.NOT_COVERED,
+                detail=f"not in the RSA-{key.bits} blocklist, but that list is partial "
+                f"({len(table)} keys; variants complete: {complete})",
             )
         return DetectorResult(self.name, Verdict.CLEAN)
+
+    @staticmethod
+    def _covers_openssl_space(table: BlocklistTable) -> bool:
+        """Every openssl genrsa/req key of this size is in the list (generated completely, or
+        imported from a full openssl-vulnkey list). ssh-keygen keys are the smaller remainder."""
+        manifest = table.manifest
+        return bool(manifest.get("imported")) or set(OPENSSL_VARIANTS) <= set(
+            manifest.get("complete_variants", [])
+        )
