@@ -7,7 +7,6 @@ override it).
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterator

@@ -161,7 +161,7 @@ def test_shipped_lists_flag_weak_key_of_unknown_origin():
     assert detector.check(key).verdict is Verdict.VULNERABLE
 
 
-def test_partial_list_does_not_claim_clean(tmp_path, small_chunks, fresh_rsa_key):
+def test_partial_list_does_not_claim_clean(tmp_path, small_chunks):
     generator.generate(tmp_path, small_chunks, workers=1, progress=False)
     generator.build(tmp_path, 1024)
     result = DebianWeakDetector(tmp_path).check(rsa_info((1 << 1023) | 12345))

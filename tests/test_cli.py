@@ -97,7 +97,8 @@ def test_check_files(capsys):
     code, out = run_cli(capsys, "check", "--format", "json",
                         str(DATA / "roca" / "cert05.pem"), str(DATA / "debian" / "rsa1024-ssl-le32-pid1-rnd.key"))
     assert code == 3
-    verdicts = {(c["file"].rsplit("/", 1)[-1], r["detector"]): r["verdict"] for c in json.loads(out) for r in c["results"]}
+    verdicts = {(c["file"].rsplit("/", 1)[-1], r["detector"]): r["verdict"]
+                for c in json.loads(out) for r in c["results"]}
     assert verdicts[("cert05.pem", "roca")] == "VULNERABLE"
     assert verdicts[("rsa1024-ssl-le32-pid1-rnd.key", "debian_weak")] == "VULNERABLE"
 

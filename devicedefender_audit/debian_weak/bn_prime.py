@@ -9,7 +9,7 @@ composite sends it back to a *fresh* random draw, so every draw must be replayed
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, cache
 
 import gmpy2
 import numpy as np
@@ -137,7 +137,7 @@ class _Sieve:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sieve(bits: int, word_bits: int) -> _Sieve:
     return _Sieve(bits, word_bits)
 

@@ -45,7 +45,7 @@ def import_vulnkey_list(blocklists: Path, bits: int, path: Path) -> int:
     if data_path(blocklists, bits).exists():
         table = BlocklistTable.open(blocklists, bits)
         existing, manifest = table.records(), dict(table.manifest)
-    known = {(int(h), int(lo)) for h, lo in zip(existing["hi"], existing["lo"])}
+    known = {(int(h), int(lo)) for h, lo in zip(existing["hi"], existing["lo"], strict=True)}
     fresh = np.array(
         [r for r in imported if (int(r["hi"]), int(r["lo"])) not in known], dtype=RECORD
     )
@@ -57,7 +57,7 @@ def import_vulnkey_list(blocklists: Path, bits: int, path: Path) -> int:
 def export_vulnkey_list(blocklists: Path, bits: int, out: Path) -> int:
     """Write the table for ``bits`` as an openssl-vulnkey list; return the line count."""
     table = BlocklistTable.open(blocklists, bits)
-    lines = sorted({f"{int(h):016x}{int(lo):04x}" for h, lo in zip(table.hi, table.lo)})
+    lines = sorted({f"{int(h):016x}{int(lo):04x}" for h, lo in zip(table.hi, table.lo, strict=True)})
     header = f"# RSA-{bits} weak keys (CVE-2008-0166), openssl-vulnkey format, from devicedefender-audit\n"
     out.write_text(header + "\n".join(lines) + "\n")
     return len(lines)

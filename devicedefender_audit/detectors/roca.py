@@ -9,7 +9,7 @@ far below 2**-100, so passing them all is the fingerprint (Nemec et al., CCS 201
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import gmpy2
 
@@ -25,7 +25,7 @@ FINGERPRINT_PRIMES = (
 )  # fmt: skip
 
 
-@lru_cache(maxsize=None)
+@cache
 def _subgroup(prime: int) -> frozenset[int]:
     """The powers of 65537 modulo ``prime``."""
     element, powers = 1, set()
