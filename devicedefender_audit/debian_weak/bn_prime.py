@@ -82,12 +82,10 @@ class _Sieve:
         for i in range(self.limbs):
             powers[i] = acc
             acc = (acc << 32) % primes
-        # Columns twice over: once for each rejected residue class, 0 and 1.
-        self.powers = np.concatenate([powers, powers], axis=1)
-        self.primes2 = np.concatenate([primes, primes]).astype(np.float64)
-        self.inverses2 = 1.0 / self.primes2
-        self.halves2 = (self.primes2 + 1) / 2  # the inverse of 2 modulo each prime
-        self.classes = np.repeat(np.array([0.0, 1.0]), len(primes))
+        self.powers = powers
+        self.fprimes = primes.astype(np.float64)
+        self.inverses = 1.0 / self.fprimes
+        self.halves = (self.fprimes + 1) / 2  # the inverse of 2 modulo each prime
         # Progression k*p for every prime, k*p < WINDOW: the marks one residue class makes.
         counts = (self.WINDOW - 1) // primes + 1
         owner = np.repeat(np.arange(len(primes)), counts)
@@ -104,18 +102,22 @@ class _Sieve:
         The quotient is rounded from ``(x + 0.5) / p``, whose fraction stays at least 0.5/p
         away from an integer, so float rounding cannot push it across one.
         """
-        return x - np.floor((x + 0.5) * self.inverses2) * self.primes2
+        return x - np.floor((x + 0.5) * self.inverses) * self.fprimes
 
     def first_rejected_steps(self, value: mpz) -> np.ndarray:
-        """For each prime and class c in {0, 1}: the least t >= 0 with value + 2t = c (mod p)."""
+        """For class c in {0, 1} and each prime: the least t >= 0 with value + 2t = c (mod p),
+        class 0 for all primes first, then class 1."""
         raw = int(value).to_bytes(self.limbs * 4, "little")
         limbs = np.frombuffer(raw, dtype="<u4").astype(np.float64)
-        # BN_mod_word(value, p), twice over. Sums of at most 64 products stay below 2**53.
+        # BN_mod_word(value, p). Sums of at most 64 products stay below 2**53.
         residues = sum(
             self._mod(limbs[i : i + 64] @ self.powers[i : i + 64]) for i in range(0, self.limbs, 64)
         )
         residues = self._mod(residues)
-        return self._mod((self.classes - residues) * self.halves2).astype(np.int64)
+        class0 = self._mod(-residues * self.halves)  # t = -m / 2
+        class1 = class0 + self.halves  # t = (1 - m) / 2
+        class1 -= self.fprimes * (class1 >= self.fprimes)
+        return np.concatenate([class0, class1]).astype(np.int64)
 
     def delta(self, rnd: mpz) -> int | None:
         """Smallest even delta as ``probable_prime`` finds it, or None past ``maxdelta``."""
