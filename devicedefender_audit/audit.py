@@ -95,6 +95,7 @@ class Auditor:
             )
             return
         vulnerable = [v for v in verdicts if v.verdict is Verdict.VULNERABLE]
+        things = self._things_note(cert) if vulnerable else ""
         for verdict in vulnerable:
             result.findings.append(
                 AuditFinding(
@@ -109,6 +110,7 @@ class Auditor:
                             "keyAlgorithm": key.algorithm,
                             "keySize": str(key.bits),
                             "certificateStatus": cert.status,
+                            "things": things,
                         },
                     ),
                     reason_for_non_compliance=verdict.detail,
@@ -121,6 +123,14 @@ class Auditor:
             details.not_applicable_resources_count += 1
         elif any(v.verdict is Verdict.NOT_COVERED for v in verdicts):
             details.not_covered_resources_count += 1
+
+    def _things_note(self, cert: ScannedCertificate) -> str:
+        """Comma-separated attached things, or why they are unknown (never fails the audit)."""
+        try:
+            return ",".join(self.scanner.attached_things(cert.certificate_arn))
+        except (ClientError, BotoCoreError) as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+            return f"unknown ({code})"
 
     @staticmethod
     def _finish(result: AuditResult) -> None:

@@ -40,8 +40,9 @@ def audit_text(task: AuditTask, findings: Sequence[AuditFinding], errors: Sequen
         out.append(f"  error: {d.error_code}: {d.message}")
     if findings:
         out += ["", "Findings:", table(
-            ("SEVERITY", "CERTIFICATE", "REASON CODE", "REASON"),
-            [(f.severity, f.certificate_id, f.reason_for_non_compliance_code, f.reason_for_non_compliance)
+            ("SEVERITY", "CERTIFICATE", "THINGS", "REASON CODE", "REASON"),
+            [(f.severity, f.certificate_id, f.non_compliant_resource.additional_info.get("things") or "-",
+              f.reason_for_non_compliance_code, f.reason_for_non_compliance)
              for f in findings],
         )]
     else:

@@ -102,6 +102,11 @@ class CertificateScanner:
             certificate_pem=description.get("certificatePem", ""),
         )
 
+    def attached_things(self, certificate_arn: str) -> list[str]:
+        """Things the certificate is attached to (for findings a person can act on)."""
+        paginator = self.iot.get_paginator("list_principal_things")
+        return [t for page in paginator.paginate(principal=certificate_arn) for t in page.get("things", [])]
+
     def scan(
         self,
         summaries: list[CertificateSummary],

@@ -6,6 +6,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from conftest import DATA, REGION, issue_certificate, load_private_key, register
@@ -62,7 +63,7 @@ def test_paginator_requests_250_and_follows_markers():
 
 def test_audit_findings_shape_and_statistics(iot, fresh_rsa_key, ec_certificate):
     register(iot, issue_certificate(fresh_rsa_key, "good"))
-    roca = register(iot, roca_pem(4))
+    roca = register(iot, roca_pem(4), thing="meter-7")
     weak = register(iot, debian_pem())
     register(iot, ec_certificate)
     broken = register(iot, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
@@ -73,6 +74,8 @@ def test_audit_findings_shape_and_statistics(iot, fresh_rsa_key, ec_certificate)
     assert by_cert[roca["certificateId"]].reason_for_non_compliance_code == ROCA
     assert by_cert[weak["certificateId"]].reason_for_non_compliance_code == DEBIAN
     assert "le32 rnd pid 1" in by_cert[weak["certificateId"]].reason_for_non_compliance
+    assert by_cert[roca["certificateId"]].non_compliant_resource.additional_info["things"] == "meter-7"
+    assert by_cert[weak["certificateId"]].non_compliant_resource.additional_info["things"] == ""
     assert len(result.findings) == 2
     assert [(e.certificate_id, e.error_code) for e in result.errors] == [
         (broken["certificateId"], "MALFORMED_CERTIFICATE")
@@ -212,3 +215,15 @@ def test_incomplete_describe_response_is_a_resource_error():
         stub.add_response("describe_certificate", {}, {"certificateId": summary_id})
         result = Auditor(scanner, [RocaDetector()]).run()
     assert [(e.certificate_id, e.error_code) for e in result.errors] == [(summary_id, "MALFORMED_RESPONSE")]
+
+
+def test_unlistable_things_do_not_fail_the_audit(iot):
+    cert = register(iot, roca_pem(4), thing="meter-7")
+
+    def deny(**_):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "ListPrincipalThings")
+
+    iot.meta.events.register("before-call.iot.ListPrincipalThings", deny)
+    result = Auditor(CertificateScanner(iot), [RocaDetector()]).run()
+    assert [f.certificate_id for f in result.findings] == [cert["certificateId"]]
+    assert result.findings[0].non_compliant_resource.additional_info["things"] == "unknown (AccessDeniedException)"
