@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from devicedefender_audit.debian_weak.fingerprint import split_fingerprint, vulnkey_fingerprint
-from devicedefender_audit.debian_weak.weak_tools import weak_rsa_modulus
 from devicedefender_audit.debian_weak.platform import LE32
+from devicedefender_audit.debian_weak.weak_tools import weak_rsa_modulus
 from devicedefender_audit.detectors.debian_weak import DebianWeakDetector
 from devicedefender_audit.detectors.roca import has_roca_fingerprint
 

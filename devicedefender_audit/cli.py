@@ -16,7 +16,7 @@ from pathlib import Path
 
 from botocore.exceptions import NoCredentialsError, NoRegionError, ProfileNotFound
 
-from devicedefender_audit.audit import AuditResult, Auditor
+from devicedefender_audit.audit import Auditor, AuditResult
 from devicedefender_audit.aws_clients import AwsTarget
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistError
 from devicedefender_audit.detectors import default_detectors

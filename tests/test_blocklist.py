@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import DATA, REPO, debian_vectors, load_private_key
+
 from devicedefender_audit.debian_weak import generator
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, data_path
 from devicedefender_audit.debian_weak.fingerprint import Origin, split_fingerprint, vulnkey_fingerprint

@@ -9,9 +9,9 @@ import sys
 
 import boto3
 import pytest
+from conftest import DATA, REGION, REPO, issue_certificate, register
 from moto.server import ThreadedMotoServer
 
-from conftest import DATA, REGION, REPO, issue_certificate, register
 from devicedefender_audit.cli import main
 
 ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"

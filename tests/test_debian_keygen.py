@@ -5,18 +5,18 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import debian_vectors, load_private_key, vector_params
 from gmpy2 import mpz
 
-from conftest import debian_vectors, load_private_key, vector_params
 from devicedefender_audit.debian_weak.bn_prime import _sieve, small_primes
 from devicedefender_audit.debian_weak.md_rand import DebianMdRand
+from devicedefender_audit.debian_weak.platform import LE32, PLATFORMS
 from devicedefender_audit.debian_weak.weak_tools import (
     VARIANTS,
     public_exponent,
     seeded_rng,
     weak_rsa_modulus,
 )
-from devicedefender_audit.debian_weak.platform import LE32, PLATFORMS
 
 
 @pytest.mark.parametrize("path", debian_vectors(), ids=lambda p: p.name)

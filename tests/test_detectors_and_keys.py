@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import DATA, issue_certificate
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import DATA, issue_certificate
 from devicedefender_audit.detectors.base import Verdict
 from devicedefender_audit.detectors.roca import RocaDetector, has_roca_fingerprint
 from devicedefender_audit.key_check import check_files

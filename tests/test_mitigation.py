@@ -6,8 +6,8 @@ import json
 
 import boto3
 import pytest
-
 from conftest import DATA, REGION, register
+
 from devicedefender_audit.audit import Auditor
 from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.mitigation import MitigationConfig, Mitigator

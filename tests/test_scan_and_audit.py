@@ -8,8 +8,8 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-
 from conftest import DATA, REGION, issue_certificate, load_private_key, register
+
 from devicedefender_audit.audit import Auditor
 from devicedefender_audit.aws_clients import AwsTarget
 from devicedefender_audit.detectors import default_detectors

@@ -9,7 +9,7 @@ composite sends it back to a *fresh* random draw, so every draw must be replayed
 
 from __future__ import annotations
 
-from functools import lru_cache, cache
+from functools import cache, lru_cache
 
 import gmpy2
 import numpy as np

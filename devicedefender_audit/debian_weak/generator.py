@@ -30,8 +30,8 @@ from devicedefender_audit.debian_weak.fingerprint import (
     split_fingerprint,
     vulnkey_fingerprint,
 )
-from devicedefender_audit.debian_weak.weak_tools import tool_of, weak_rsa_modulus
 from devicedefender_audit.debian_weak.platform import PLATFORMS
+from devicedefender_audit.debian_weak.weak_tools import tool_of, weak_rsa_modulus
 
 PID_COUNT = 32768
 CHUNK_PIDS = 512
