@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("task_id", nargs="?")
     _common(show)
 
+    executions = sub.add_parser("list-mitigations", help="mitigation runs recorded for an audit")
+    executions.add_argument("task_id", nargs="?", help="default: the latest audit")
+    _common(executions)
+
     mitigate = sub.add_parser("mitigate", help="apply mitigation actions to an audit's findings")
     mitigate.add_argument("task_id", nargs="?", help="default: the latest audit")
     mitigate.add_argument("--action", dest="actions", action="append", required=True,
@@ -240,6 +244,19 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(e.status.value == "FAILED" for e in executions) else EXIT_OK
 
 
+def cmd_list_mitigations(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        executions = store.executions(_resolve_task(store, args.task_id))
+    finally:
+        store.close()
+    if args.format == "json":
+        print(json.dumps({"actionsExecutions": [e.to_aws() for e in executions]}, indent=2))
+    else:
+        print(executions_text(executions))
+    return EXIT_OK
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     checks = check_files(args.files, default_detectors(args.blocklists))
     if args.format == "json":
@@ -306,6 +323,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "list-audits": cmd_list_audits,
     "show-findings": cmd_show_findings,
+    "list-mitigations": cmd_list_mitigations,
     "mitigate": cmd_mitigate,
     "check": cmd_check,
     "blocklist": cmd_blocklist,
