@@ -23,7 +23,7 @@ from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.detectors.debian_weak import DebianWeakDetector, default_blocklist_dir
 from devicedefender_audit.key_check import check_files
 from devicedefender_audit.mitigation import MitigationConfig, Mitigator
-from devicedefender_audit.models import AuditTaskStatus, MitigationActionType
+from devicedefender_audit.models import AuditTask, AuditTaskStatus, MitigationActionType
 from devicedefender_audit.progress import ProgressBar
 from devicedefender_audit.report import audit_json, audit_text, executions_text, table, tasks_text
 from devicedefender_audit.scanner import CertificateScanner
@@ -198,21 +198,23 @@ def cmd_list_audits(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _resolve_task(store: AuditStore, task_id: str | None) -> str:
+def _resolve_task(store: AuditStore, task_id: str | None) -> AuditTask:
+    """The named audit, or the latest one; exits with a clear message when there is none."""
     resolved = task_id or store.latest_task_id()
-    if not resolved or store.get_task(resolved) is None:
-        raise SystemExit(f"error: no audit {task_id or ''} in {store.path}".replace("  ", " "))
-    return resolved
+    task = store.get_task(resolved) if resolved else None
+    if task is None:
+        wanted = f"audit {task_id}" if task_id else "audit"
+        raise SystemExit(f"error: no {wanted} in {store.path}; run an audit first")
+    return task
 
 
 def cmd_show_findings(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
-        task_id = _resolve_task(store, args.task_id)
-        task, findings, errors = store.get_task(task_id), store.findings(task_id), store.errors(task_id)
+        task = _resolve_task(store, args.task_id)
+        findings, errors = store.findings(task.task_id), store.errors(task.task_id)
     finally:
         store.close()
-    assert task is not None
     print((audit_json if args.format == "json" else audit_text)(task, findings, errors))
     return EXIT_NON_COMPLIANT if findings else EXIT_OK
 
@@ -220,7 +222,7 @@ def cmd_show_findings(args: argparse.Namespace) -> int:
 def cmd_mitigate(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
-        task_id = _resolve_task(store, args.task_id)
+        task_id = _resolve_task(store, args.task_id).task_id
         config = MitigationConfig(
             actions=tuple(MitigationActionType(a) for a in args.actions),
             thing_group=args.thing_group,
@@ -247,7 +249,7 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
 def cmd_list_mitigations(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
-        executions = store.executions(_resolve_task(store, args.task_id))
+        executions = store.executions(_resolve_task(store, args.task_id).task_id)
     finally:
         store.close()
     if args.format == "json":
