@@ -63,9 +63,9 @@ class _Sieve:
     Work is in steps ``t = delta / 2`` over a window. Primes 3..31 are applied through two
     wheel lookup tables. For every other prime p the rejected steps are two arithmetic
     progressions ``t0 + k*p`` (solutions of ``2t = -m`` and ``2t = 1 - m`` mod p, m the residue
-    of rnd), so one scatter marks them all. Residues come from a float64 product of rnd's
-    32-bit limbs with a table of ``2**(32*i) mod p``: each partial product is below 2**47 and
-    each sum of 64 of them below 2**53, so the float arithmetic is exact.
+    of rnd), so one scatter marks them all. ``t0`` comes from a float64 product of rnd's
+    32-bit limbs with a table of ``-2**(32*i) / 2 mod p``: each partial product is below 2**47
+    and each sum of 64 of them below 2**53, so the float arithmetic is exact.
     """
 
     WINDOW = 1024  # steps per pass; the first survivor is ~115 steps in on average
@@ -77,15 +77,18 @@ class _Sieve:
         self.wheels = [_wheel(list(w), span) for w in self.WHEELS]
         primes = all_primes[sum(len(w) for w in self.WHEELS) :]
         self.limbs = (bits + 31) // 32
-        powers = np.empty((self.limbs, len(primes)), dtype=np.float64)
+        # Row i holds -2**(32*i) / 2 mod p, so limbs @ table = -rnd / 2 (mod p): the first
+        # rejected step of class 0, up to one reduction.
+        halves = (primes + 1) // 2  # the inverse of 2 modulo each prime
+        table = np.empty((self.limbs, len(primes)), dtype=np.float64)
         acc = np.ones(len(primes), dtype=np.int64)
         for i in range(self.limbs):
-            powers[i] = acc
+            table[i] = (primes - acc * halves % primes) % primes
             acc = (acc << 32) % primes
-        self.powers = powers
+        self.table = table
         self.fprimes = primes.astype(np.float64)
         self.inverses = 1.0 / self.fprimes
-        self.halves = (self.fprimes + 1) / 2  # the inverse of 2 modulo each prime
+        self.halves = halves.astype(np.float64)
         # Progression k*p for every prime, k*p < WINDOW: the marks one residue class makes.
         counts = (self.WINDOW - 1) // primes + 1
         owner = np.repeat(np.arange(len(primes)), counts)
@@ -109,13 +112,11 @@ class _Sieve:
         class 0 for all primes first, then class 1."""
         raw = int(value).to_bytes(self.limbs * 4, "little")
         limbs = np.frombuffer(raw, dtype="<u4").astype(np.float64)
-        # BN_mod_word(value, p). Sums of at most 64 products stay below 2**53.
-        residues = sum(
-            self._mod(limbs[i : i + 64] @ self.powers[i : i + 64]) for i in range(0, self.limbs, 64)
-        )
-        residues = self._mod(residues)
-        class0 = self._mod(-residues * self.halves)  # t = -m / 2
-        class1 = class0 + self.halves  # t = (1 - m) / 2
+        # t = -value / 2 mod p. A sum of at most 64 products stays below 2**53.
+        class0 = self._mod(limbs[:64] @ self.table[:64])
+        for i in range(64, self.limbs, 64):
+            class0 = self._mod(class0 + self._mod(limbs[i : i + 64] @ self.table[i : i + 64]))
+        class1 = class0 + self.halves  # t = (1 - value) / 2
         class1 -= self.fprimes * (class1 >= self.fprimes)
         return np.concatenate([class0, class1]).astype(np.int64)
 
