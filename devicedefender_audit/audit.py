@@ -32,10 +32,6 @@ class AuditResult:
     findings: list[AuditFinding] = field(default_factory=list)
     errors: list[ResourceError] = field(default_factory=list)
 
-    @property
-    def non_compliant(self) -> bool:
-        return bool(self.findings)
-
 
 def check_key(key: PublicKeyInfo, detectors: Sequence[Detector]) -> list[DetectorResult]:
     """Run every detector on one key."""
@@ -47,8 +43,8 @@ class Auditor:
         self.scanner = scanner
         self.detectors = detectors
 
-    def run(self, progress: ProgressBar | None = None, task: AuditTask | None = None) -> AuditResult:
-        result = AuditResult(task=task or AuditTask())
+    def run(self, progress: ProgressBar | None = None) -> AuditResult:
+        result = AuditResult(task=AuditTask())
         details = result.task.details
         try:
             summaries = self.scanner.list_in_scope()

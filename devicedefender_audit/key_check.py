@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devicedefender_audit.audit import check_key
 from devicedefender_audit.detectors import Detector, DetectorResult, Verdict
 from devicedefender_audit.key_material import KeyMaterialError, PublicKeyInfo, public_keys_from_pem
 
@@ -32,5 +33,5 @@ def check_files(paths: Sequence[str], detectors: Sequence[Detector]) -> list[Fil
             checks.append(FileCheck(path, error=str(exc)))
             continue
         for key in keys:
-            checks.append(FileCheck(path, key, [d.check(key) for d in detectors]))
+            checks.append(FileCheck(path, key, check_key(key, detectors)))
     return checks
