@@ -264,7 +264,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([
             {"file": c.path, "error": c.error,
-             "key": None if c.key is None else {"algorithm": c.key.algorithm, "bits": c.key.bits},
+             "key": None if c.key is None else {"algorithm": c.key.algorithm, "bits": c.key.bits,
+                                                "exponent": c.key.exponent, "source": c.key.source},
              "results": [{"detector": r.detector, "verdict": r.verdict.value,
                           "reasonCode": r.reason_code, "detail": r.detail} for r in c.results]}
             for c in checks
