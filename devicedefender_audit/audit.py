@@ -81,7 +81,7 @@ class Auditor:
                 ResourceError(certificate_id=cert.certificate_id, error_code=exc.error_code, message=str(exc))
             )
             return
-        except Exception as exc:  # a detector bug must not end the audit; it is reported
+        except Exception as exc:  # noqa: BLE001 - a detector bug must not end the audit; it is reported
             result.errors.append(
                 ResourceError(
                     certificate_id=cert.certificate_id,

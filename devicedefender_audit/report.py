@@ -32,9 +32,11 @@ def audit_text(task: AuditTask, findings: Sequence[AuditFinding], errors: Sequen
     out = [
         f"Audit task {task.task_id}  {task.task_status.value}  started {task.task_start_time:%Y-%m-%d %H:%M:%S %Z}",
         f"Check {next(iter(task.audit_details))}: {d.check_run_status}",
-        f"  certificates in scope: {d.total_resources_count}   non-compliant: "
-        f"{d.non_compliant_resources_count}   failed: {d.failed_resources_count}   "
-        f"not applicable: {d.not_applicable_resources_count}   not covered: {d.not_covered_resources_count}",
+        (
+            f"  certificates in scope: {d.total_resources_count}   non-compliant: "
+            f"{d.non_compliant_resources_count}   failed: {d.failed_resources_count}   "
+            f"not applicable: {d.not_applicable_resources_count}   not covered: {d.not_covered_resources_count}"
+        ),
     ]
     if d.message:
         out.append(f"  error: {d.error_code}: {d.message}")

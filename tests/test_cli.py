@@ -54,7 +54,7 @@ def test_run_json_gates_on_findings(capsys, moto_server, server_iot, fresh_rsa_k
     task_id = report["auditTask"]["taskId"]
 
     code, out = run_cli(capsys, "list-audits", "--format", "json")
-    assert [t["taskId"] for t in json.loads(out)["tasks"]][0] == task_id
+    assert json.loads(out)["tasks"][0]["taskId"] == task_id
     code, out = run_cli(capsys, "show-findings", task_id)
     assert code == 3 and roca["certificateId"] in out and ROCA in out
 
@@ -112,7 +112,7 @@ def test_demo_command_in_a_fresh_process(tmp_path, aws_env):
     """The README's first command: findings for the weak demo devices, none for the good ones."""
     proc = subprocess.run(
         [sys.executable, "-m", "devicedefender_audit", "demo", "--store", str(tmp_path / "demo.sqlite3")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     critical = [line for line in proc.stdout.splitlines() if line.startswith("CRITICAL")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import debian_vectors, load_private_key, vector_params
+from conftest import DATA, debian_vectors, load_private_key, vector_params
 from gmpy2 import mpz
 
 from devicedefender_audit.debian_weak.bn_prime import _sieve, small_primes
@@ -17,6 +17,7 @@ from devicedefender_audit.debian_weak.weak_tools import (
     seeded_rng,
     weak_rsa_modulus,
 )
+from devicedefender_audit.key_material import public_keys_from_pem
 
 
 @pytest.mark.parametrize("path", debian_vectors(), ids=lambda p: p.name)
@@ -25,6 +26,14 @@ def test_regenerates_real_weak_key(path):
     numbers = load_private_key(path).public_key().public_numbers()
     assert numbers.e == public_exponent(variant)
     assert int(weak_rsa_modulus(PLATFORMS[platform], variant, pid, bits)) == numbers.n
+
+
+def test_regenerates_weak_key_of_unknown_origin_from_the_origin_our_list_found():
+    """The badkeys collection key had no recorded parameters; the RSA-2048 list says le32,
+    nornd-new, pid 7624, and replaying exactly that gives its modulus."""
+    key = public_keys_from_pem((DATA / "debian" / "rsa-unknown-params-from-badkeys-tests.key").read_bytes())[0]
+    assert key.exponent == public_exponent("nornd-new")
+    assert int(weak_rsa_modulus(LE32, "nornd-new", 7624, 2048)) == key.modulus
 
 
 def test_vectors_cover_every_platform_and_variant_we_claim():

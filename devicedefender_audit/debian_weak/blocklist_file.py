@@ -65,7 +65,7 @@ def write_blocklist(
         handle.write(records["lo"].astype("<u2").tobytes())
         handle.write(records["origin"].astype("<u4").tobytes())
     os.replace(tmp, path)
-    full = dict(manifest, bits=bits, count=int(len(records)), format_version=FORMAT_VERSION,
+    full = dict(manifest, bits=bits, count=len(records), format_version=FORMAT_VERSION,
                 sha256=sha256_file(path), data_file=path.name)
     mtmp = manifest_path(directory, bits).with_suffix(".tmp")
     mtmp.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")

@@ -147,7 +147,7 @@ class DebianMdRand:
         # "if (curr_pid) ... curr_pid = 0": the pid goes into the first block only, never if 0.
         prefix = self._pid_bytes if self.pid else b""
         while num > 0:
-            j = HALF_DIGEST if num >= HALF_DIGEST else num
+            j = min(HALF_DIGEST, num)
             num -= j
             end = st_idx + HALF_DIGEST
             if end <= st_num:

@@ -49,7 +49,7 @@ def import_vulnkey_list(blocklists: Path, bits: int, path: Path) -> int:
     fresh = np.array(
         [r for r in imported if (int(r["hi"]), int(r["lo"])) not in known], dtype=RECORD
     )
-    manifest.setdefault("imported", []).append({"file": path.name, "added": int(len(fresh))})
+    manifest.setdefault("imported", []).append({"file": path.name, "added": len(fresh)})
     write_blocklist(blocklists, bits, np.concatenate([existing, fresh]), manifest)
     return len(fresh)
 
