@@ -82,9 +82,11 @@ def bench_scan(certs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=40, help="keys per generation figure")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 3072, 4096],
+                        help="RSA sizes to time generation for")
     parser.add_argument("--certs", type=int, default=500)
     args = parser.parse_args()
-    for bits in (1024, 2048):
+    for bits in args.sizes:
         bench_generation(bits, args.keys)
     bench_lookup(2000)
     bench_roca(2000)

@@ -23,7 +23,7 @@ from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.detectors.debian_weak import DebianWeakDetector, default_blocklist_dir
 from devicedefender_audit.key_check import check_files
 from devicedefender_audit.mitigation import MitigationConfig, Mitigator
-from devicedefender_audit.models import AuditTask, AuditTaskStatus, MitigationActionType
+from devicedefender_audit.models import AuditTask, AuditTaskStatus, MitigationActionType, MitigationExecution
 from devicedefender_audit.progress import ProgressBar
 from devicedefender_audit.report import audit_json, audit_text, executions_text, table, tasks_text
 from devicedefender_audit.scanner import CertificateScanner
@@ -219,6 +219,13 @@ def cmd_show_findings(args: argparse.Namespace) -> int:
     return EXIT_NON_COMPLIANT if findings else EXIT_OK
 
 
+def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps({"actionsExecutions": [e.to_aws() for e in executions]}, indent=2))
+    else:
+        print(executions_text(executions))
+
+
 def cmd_mitigate(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
@@ -239,10 +246,7 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
         executions = mitigator.apply(store.findings(task_id), config)
     finally:
         store.close()
-    if args.format == "json":
-        print(json.dumps({"actionsExecutions": [e.to_aws() for e in executions]}, indent=2))
-    else:
-        print(executions_text(executions))
+    _print_executions(executions, args.format)
     return EXIT_FAILED if any(e.status.value == "FAILED" for e in executions) else EXIT_OK
 
 
@@ -252,10 +256,7 @@ def cmd_list_mitigations(args: argparse.Namespace) -> int:
         executions = store.executions(_resolve_task(store, args.task_id).task_id)
     finally:
         store.close()
-    if args.format == "json":
-        print(json.dumps({"actionsExecutions": [e.to_aws() for e in executions]}, indent=2))
-    else:
-        print(executions_text(executions))
+    _print_executions(executions, args.format)
     return EXIT_OK
 
 

@@ -117,7 +117,9 @@ def test_demo_command_in_a_fresh_process(tmp_path, aws_env):
     assert proc.returncode == 0, proc.stderr
     critical = [line for line in proc.stdout.splitlines() if line.startswith("CRITICAL")]
     assert sum(ROCA in line for line in critical) == 2
-    assert sum(DEBIAN in line for line in critical) >= 4  # the RSA-1024 demo keys, at least
+    # four RSA-1024 openssl keys, the RSA-2048 one and the ssh-keygen one
+    assert sum(DEBIAN in line for line in critical) == 6 and len(critical) == 8
+    assert "not covered: 0" in proc.stdout  # the good RSA-1024/2048 keys are checked, not skipped
     assert "MALFORMED_CERTIFICATE" in proc.stdout
     assert "would call iot.update_certificate" in proc.stdout
 

@@ -55,7 +55,12 @@ class DebianWeakDetector:
         out = {}
         for bits, table in sorted(self.tables.items()):
             manifest = table.manifest
-            state = "complete" if manifest.get("complete") else "partial"
+            if manifest.get("complete"):
+                state = "complete"
+            elif self._covers_openssl_space(table):
+                state = "complete for openssl genrsa/req"
+            else:
+                state = "partial"
             done = ", ".join(manifest.get("complete_variants", [])) or "none"
             out[bits] = (f"{state}: {len(table)} keys; variants complete for every platform "
                          f"and pid: {done}")
