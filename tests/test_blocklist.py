@@ -10,8 +10,10 @@ from conftest import DATA, REPO, debian_vectors, load_private_key
 
 from devicedefender_audit.debian_weak import generator
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, data_path
-from devicedefender_audit.debian_weak.fingerprint import Origin, split_fingerprint, vulnkey_fingerprint
+from devicedefender_audit.debian_weak.fingerprint import VARIANT_NAMES, Origin, split_fingerprint, vulnkey_fingerprint
+from devicedefender_audit.debian_weak.platform import PLATFORMS
 from devicedefender_audit.debian_weak.vulnkey_format import export_vulnkey_list, import_vulnkey_list
+from devicedefender_audit.debian_weak.weak_tools import tool_of, weak_rsa_modulus
 from devicedefender_audit.detectors.base import Verdict
 from devicedefender_audit.detectors.debian_weak import DebianWeakDetector
 from devicedefender_audit.key_material import PublicKeyInfo, public_keys_from_pem
@@ -151,6 +153,28 @@ def test_shipped_manifests_are_intact():
         assert bool(np.all(table.hi[1:] >= table.hi[:-1])), f"{manifest_path.name} is not sorted"
 
 
+def shipped_samples() -> list[tuple[int, Origin]]:
+    """For each shipped list and variant, the last pid its manifest claims, on a rotating platform:
+    the end of a range is where a lost or misnamed checkpoint would show."""
+    samples = []
+    for manifest_path in sorted(SHIPPED.glob("rsa-*.json")):
+        manifest = json.loads(manifest_path.read_text())
+        platforms = sorted(manifest["pid_ranges"])
+        for i, variant in enumerate(VARIANT_NAMES):
+            platform = platforms[i % len(platforms)]
+            ranges = manifest["pid_ranges"][platform].get(variant)
+            if ranges:
+                samples.append((manifest["bits"], Origin(tool_of(variant), platform, variant, ranges[-1][1])))
+    return samples
+
+
+@pytest.mark.parametrize("bits, origin", shipped_samples(), ids=str)
+def test_shipped_lists_agree_with_the_generator(bits, origin):
+    modulus = weak_rsa_modulus(PLATFORMS[origin.platform], origin.variant, origin.pid, bits)
+    table = BlocklistTable.open(SHIPPED, bits)
+    assert origin.pack() in table.find(*split_fingerprint(vulnkey_fingerprint(int(modulus))))
+
+
 def test_shipped_lists_flag_weak_key_of_unknown_origin():
     """A weak key from a public collection whose parameters nobody recorded (RSA-2048): the
     complete list finds it and names where it came from."""
@@ -165,3 +189,10 @@ def test_partial_list_does_not_claim_clean(tmp_path, small_chunks):
     generator.build(tmp_path, 1024)
     result = DebianWeakDetector(tmp_path).check(rsa_info((1 << 1023) | 12345))
     assert result.verdict is Verdict.NOT_COVERED and "partial" in result.detail
+
+
+def test_partial_list_says_which_pids_it_has(tmp_path, small_chunks):
+    generator.generate(tmp_path, small_chunks, workers=1, progress=False)
+    generator.build(tmp_path, 1024)
+    coverage = DebianWeakDetector(tmp_path).coverage()[1024]
+    assert coverage.startswith("partial: 4 keys") and coverage.endswith("pids generated: 0-3 (le32 rnd)")

@@ -35,6 +35,17 @@ def default_blocklist_dir() -> Path:
     return Path(sys.prefix) / "share" / "devicedefender-audit" / "blocklists"
 
 
+def _pid_ranges_text(pid_ranges: dict[str, dict[str, list[list[int]]]]) -> str:
+    """``pid_ranges`` of a manifest, grouped by identical ranges so a partial list reads in a line:
+    ``0-2559 (be32 rnd, le32 rnd, ...); 0-3071 (le64 rnd)``."""
+    groups: dict[str, list[str]] = {}
+    for platform, variants in sorted(pid_ranges.items()):
+        for variant, ranges in variants.items():
+            spans = ", ".join(f"{start}-{stop}" for start, stop in ranges)
+            groups.setdefault(spans, []).append(f"{platform} {variant}")
+    return "; ".join(f"{spans} ({', '.join(names)})" for spans, names in groups.items()) or "none"
+
+
 class DebianWeakDetector:
     name = "debian_weak"
     reason_code = REASON_CODE
@@ -64,6 +75,8 @@ class DebianWeakDetector:
             done = ", ".join(manifest.get("complete_variants", [])) or "none"
             out[bits] = (f"{state}: {len(table)} keys; variants complete for every platform "
                          f"and pid: {done}")
+            if state == "partial":
+                out[bits] += f"; pids generated: {_pid_ranges_text(manifest.get('pid_ranges', {}))}"
         return out
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
