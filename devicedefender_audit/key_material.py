@@ -6,6 +6,7 @@ message a user can act on, so callers record it against the resource and move on
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -44,13 +45,29 @@ class PublicKeyInfo:
     modulus: int | None = None  # RSA only
     exponent: int | None = None  # RSA only
     source: str = ""  # what the key came from ("certificate", "public key", "CSR", ...)
+    #: SubjectPublicKeyInfo DER: what the inventory stores, so keys are re-checked without AWS.
+    spki: bytes = b""
 
     @property
     def is_rsa(self) -> bool:
         return self.algorithm == "RSA"
 
 
+def _spki(key: object) -> bytes:
+    try:
+        return key.public_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    except (AttributeError, ValueError, TypeError):
+        return b""
+
+
 def _describe(key: object, source: str) -> PublicKeyInfo:
+    info = _describe_numbers(key, source)
+    return dataclasses.replace(info, spki=_spki(key))
+
+
+def _describe_numbers(key: object, source: str) -> PublicKeyInfo:
     if isinstance(key, rsa.RSAPublicKey):
         numbers = key.public_numbers()
         bits = numbers.n.bit_length()
@@ -107,3 +124,12 @@ def certificate_public_key(certificate_pem: str) -> PublicKeyInfo:
     if key.source != "certificate":
         raise KeyMaterialError(f"expected a certificate, found a {key.source}")
     return key
+
+
+def public_key_from_spki(der: bytes, source: str = "certificate") -> PublicKeyInfo:
+    """The key the inventory stored (SubjectPublicKeyInfo DER), ready for the detectors again."""
+    try:
+        key = serialization.load_der_public_key(der)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyMaterialError(f"stored public key is unreadable: {exc}") from exc
+    return _describe(key, source)
