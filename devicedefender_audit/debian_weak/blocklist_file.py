@@ -11,6 +11,9 @@ search without parsing:
 
 ``rsa-<bits>.json`` (the manifest) states bits, coverage, count, format version and the
 sha256 of the binary file, so a reader can tell what is covered and that the file is intact.
+
+EC tables use the same layout under another ``name`` (``ec-p256``), with the curve's key size
+as the header's key bits and an EC point fingerprint (see :mod:`.ec_keygen`).
 """
 
 from __future__ import annotations
@@ -35,12 +38,17 @@ class BlocklistError(ValueError):
     """A blocklist file is missing, truncated, corrupt or of an unknown format."""
 
 
-def data_path(directory: Path, bits: int) -> Path:
-    return directory / f"rsa-{bits}.ddwk"
+def table_name(bits: int, name: str | None = None) -> str:
+    """File stem of a table: ``rsa-<bits>`` unless another ``name`` (``ec-p256``) is given."""
+    return name or f"rsa-{bits}"
 
 
-def manifest_path(directory: Path, bits: int) -> Path:
-    return directory / f"rsa-{bits}.json"
+def data_path(directory: Path, bits: int, name: str | None = None) -> Path:
+    return directory / f"{table_name(bits, name)}.ddwk"
+
+
+def manifest_path(directory: Path, bits: int, name: str | None = None) -> Path:
+    return directory / f"{table_name(bits, name)}.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -52,12 +60,12 @@ def sha256_file(path: Path) -> str:
 
 
 def write_blocklist(
-    directory: Path, bits: int, records: np.ndarray, manifest: dict[str, Any]
+    directory: Path, bits: int, records: np.ndarray, manifest: dict[str, Any], name: str | None = None
 ) -> dict[str, Any]:
     """Sort ``records`` (dtype :data:`RECORD`), write the table and its manifest atomically,
     and return the manifest as written."""
     records = np.sort(records, order=("hi", "lo", "origin"))
-    path = data_path(directory, bits)
+    path = data_path(directory, bits, name)
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as handle:
         handle.write(HEADER.pack(MAGIC, FORMAT_VERSION, bits, len(records)))
@@ -67,9 +75,9 @@ def write_blocklist(
     os.replace(tmp, path)
     full = dict(manifest, bits=bits, count=len(records), format_version=FORMAT_VERSION,
                 sha256=sha256_file(path), data_file=path.name)
-    mtmp = manifest_path(directory, bits).with_suffix(".tmp")
+    mtmp = manifest_path(directory, bits, name).with_suffix(".tmp")
     mtmp.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-    os.replace(mtmp, manifest_path(directory, bits))
+    os.replace(mtmp, manifest_path(directory, bits, name))
     return full
 
 
@@ -84,19 +92,19 @@ class BlocklistTable:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, directory: Path, bits: int, verify: bool = False) -> BlocklistTable:
-        path = data_path(directory, bits)
-        mpath = manifest_path(directory, bits)
+    def open(cls, directory: Path, bits: int, verify: bool = False, name: str | None = None) -> BlocklistTable:
+        path = data_path(directory, bits, name)
+        mpath = manifest_path(directory, bits, name)
         try:
             manifest = json.loads(mpath.read_text())
             raw = np.memmap(path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
-            raise BlocklistError(f"cannot read blocklist for RSA-{bits} in {directory}: {exc}") from exc
+            raise BlocklistError(f"cannot read blocklist {table_name(bits, name)} in {directory}: {exc}") from exc
         if len(raw) < HEADER.size:
             raise BlocklistError(f"{path} is truncated")
         magic, version, file_bits, count = HEADER.unpack(bytes(raw[: HEADER.size]))
         if magic != MAGIC or version != FORMAT_VERSION or file_bits != bits:
-            raise BlocklistError(f"{path} is not a version {FORMAT_VERSION} RSA-{bits} blocklist")
+            raise BlocklistError(f"{path} is not a version {FORMAT_VERSION} {table_name(bits, name)} blocklist")
         if len(raw) != HEADER.size + count * RECORD.itemsize:
             raise BlocklistError(f"{path} size does not match its header ({count} entries)")
         if verify and sha256_file(path) != manifest.get("sha256"):

@@ -16,9 +16,10 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -37,6 +38,23 @@ PID_COUNT = 32768
 CHUNK_PIDS = 512
 
 
+class WorkChunk(Protocol):
+    """What :func:`generate` needs of a chunk, so RSA and EC spaces share the checkpointing."""
+
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    def checkpoint_dir(self, blocklists: Path) -> Path: ...
+
+    def compute(self) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class Chunk:
     """``CHUNK_PIDS`` consecutive pids of one platform and variant at one key size."""
@@ -49,7 +67,22 @@ class Chunk:
 
     @property
     def name(self) -> str:
-        return f"{self.platform}-{self.variant}-{self.start:05d}-{self.stop - 1:05d}.npy"
+        return chunk_file_name(self.platform, self.variant, self.start, self.stop)
+
+    @property
+    def label(self) -> str:
+        return f"RSA-{self.bits}"
+
+    def checkpoint_dir(self, blocklists: Path) -> Path:
+        return checkpoint_dir(blocklists, self.bits)
+
+    def compute(self) -> np.ndarray:
+        return compute_chunk(self)
+
+
+def chunk_file_name(platform: str, variant: str, start: int, stop: int) -> str:
+    """Checkpoint file of pids ``[start, stop)``; :func:`merge_checkpoints` parses it back."""
+    return f"{platform}-{variant}-{start:05d}-{stop - 1:05d}.npy"
 
 
 def checkpoint_dir(blocklists: Path, bits: int) -> Path:
@@ -85,9 +118,9 @@ def compute_chunk(chunk: Chunk) -> np.ndarray:
     return records
 
 
-def _run_chunk(args: tuple[Chunk, Path]) -> Chunk:
+def _run_chunk(args: tuple[WorkChunk, Path]) -> WorkChunk:
     chunk, directory = args
-    records = compute_chunk(chunk)
+    records = chunk.compute()
     path = directory / chunk.name
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as handle:
@@ -98,14 +131,14 @@ def _run_chunk(args: tuple[Chunk, Path]) -> Chunk:
 
 def generate(
     blocklists: Path,
-    chunks: list[Chunk],
+    chunks: Sequence[WorkChunk],
     workers: int | None = None,
     progress: bool = True,
 ) -> int:
     """Compute the chunks that have no checkpoint yet; return how many were computed."""
-    todo: list[tuple[Chunk, Path]] = []
+    todo: list[tuple[WorkChunk, Path]] = []
     for chunk in chunks:
-        directory = checkpoint_dir(blocklists, chunk.bits)
+        directory = chunk.checkpoint_dir(blocklists)
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / chunk.name).exists():
             todo.append((chunk, directory))
@@ -123,7 +156,7 @@ def generate(
                 rate = done_keys / elapsed
                 eta = (total_keys - done_keys) / rate if rate else 0.0
                 print(
-                    f"\rRSA-{chunk.bits}: {finished}/{len(todo)} chunks, {done_keys} keys, "
+                    f"\r{chunk.label}: {finished}/{len(todo)} chunks, {done_keys} keys, "
                     f"{rate:.1f} keys/s, ETA {eta / 60:.1f} min   ",
                     end="",
                     file=sys.stderr,
@@ -145,9 +178,25 @@ def _ranges(starts_stops: list[tuple[int, int]]) -> list[list[int]]:
     return merged
 
 
-def build(blocklists: Path, bits: int) -> dict:
-    """Merge all checkpoints of ``bits`` into the shipped table; return its manifest."""
-    directory = checkpoint_dir(blocklists, bits)
+@dataclass(frozen=True)
+class Merged:
+    """All checkpoints of one space, concatenated, and exactly which pids they cover."""
+
+    records: np.ndarray
+    pid_ranges: dict[str, dict[str, list[list[int]]]]  # platform -> variant -> [[first, last]]
+    keys: int
+
+    def complete_variants(self, variants: Iterable[str]) -> list[str]:
+        """The ``variants`` generated for every pid on every platform."""
+        full = [[0, PID_COUNT - 1]]
+        return [
+            variant for variant in variants
+            if all(self.pid_ranges.get(platform, {}).get(variant) == full for platform in PLATFORM_NAMES)
+        ]
+
+
+def merge_checkpoints(directory: Path, label: str) -> Merged:
+    """Concatenate the checkpoints in ``directory``; raise if there are none."""
     parts: list[np.ndarray] = []
     coverage: dict[str, dict[str, list[tuple[int, int]]]] = {}
     for path in sorted(directory.glob("*.npy")):
@@ -156,28 +205,30 @@ def build(blocklists: Path, bits: int) -> dict:
         parts.append(np.load(path))
         coverage.setdefault(platform, {}).setdefault(variant, []).append((int(start), int(last) + 1))
     if not parts:
-        raise FileNotFoundError(f"no checkpoints for RSA-{bits} in {directory}")
-    records = np.concatenate(parts)
+        raise FileNotFoundError(f"no checkpoints for {label} in {directory}")
     pid_ranges = {
         platform: {variant: _ranges(spans) for variant, spans in variants.items()}
         for platform, variants in coverage.items()
     }
     keys = sum(stop - start for v in coverage.values() for s in v.values() for start, stop in s)
-    full = [[0, PID_COUNT - 1]]
-    complete_variants = [
-        variant for variant in VARIANT_NAMES
-        if all(pid_ranges.get(platform, {}).get(variant) == full for platform in PLATFORM_NAMES)
-    ]
+    return Merged(np.concatenate(parts), pid_ranges, keys)
+
+
+def build(blocklists: Path, bits: int) -> dict:
+    """Merge all checkpoints of ``bits`` into the shipped table; return its manifest."""
+    merged = merge_checkpoints(checkpoint_dir(blocklists, bits), f"RSA-{bits}")
+    pid_ranges = merged.pid_ranges
+    complete_variants = merged.complete_variants(VARIANT_NAMES)
     manifest = {
         "fingerprint": "last 80 bits of SHA1('Modulus=' + uppercase hex modulus + '\\n')",
         "tools": "openssl genrsa/req (e=65537; variants rnd, nornd-old, nornd-new), "
         "OpenSSH ssh-keygen (e=35; variant ssh-keygen)",
-        "platforms": sorted(coverage),
-        "variants": sorted({v for variants in coverage.values() for v in variants}),
+        "platforms": sorted(pid_ranges),
+        "variants": sorted({v for variants in pid_ranges.values() for v in variants}),
         "pid_ranges": pid_ranges,
-        "keys_generated": keys,
+        "keys_generated": merged.keys,
         "complete_variants": complete_variants,
         "complete": len(complete_variants) == len(VARIANT_NAMES),
         "generator": "devicedefender_audit.debian_weak (OpenSSL 0.9.8 md_rand + rsa_gen replay)",
     }
-    return write_blocklist(blocklists, bits, records, manifest)
+    return write_blocklist(blocklists, bits, merged.records, manifest)
