@@ -47,6 +47,9 @@ class PublicKeyInfo:
     source: str = ""  # what the key came from ("certificate", "public key", "CSR", ...)
     #: SubjectPublicKeyInfo DER: what the inventory stores, so keys are re-checked without AWS.
     spki: bytes = b""
+    #: EC only: the public point, uncompressed X9.62 (04 || X || Y) whatever the input encoding,
+    #: so blocklists keyed by the point match compressed and uncompressed keys alike.
+    point: bytes | None = None
 
     @property
     def is_rsa(self) -> bool:
@@ -77,7 +80,8 @@ def _describe_numbers(key: object, source: str) -> PublicKeyInfo:
             )
         return PublicKeyInfo("RSA", bits, numbers.n, numbers.e, source)
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return PublicKeyInfo(f"EC {key.curve.name}", key.curve.key_size, source=source)
+        point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        return PublicKeyInfo(f"EC {key.curve.name}", key.curve.key_size, source=source, point=point)
     if isinstance(key, ed25519.Ed25519PublicKey):
         return PublicKeyInfo("Ed25519", 256, source=source)
     if isinstance(key, ed448.Ed448PublicKey):
