@@ -1,8 +1,9 @@
-"""CVE-2008-0166: RSA keys made by Debian's OpenSSL with the predictable PRNG.
+"""CVE-2008-0166: RSA and EC keys made by Debian's OpenSSL with the predictable PRNG.
 
 Looks the modulus's ``openssl-vulnkey`` fingerprint up in the shipped blocklists. Only key sizes
 that have a list are covered; others get ``NOT_COVERED`` rather than a false all-clear, and a
-partial list (see its manifest) says so in the result.
+partial list (see its manifest) says so in the result. EC keys are looked up by their public
+point in the ``ec-<curve>`` lists (:mod:`.debian_weak_ec`); DSA keys are ``NOT_COVERED``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from devicedefender_audit.debian_weak.blocklist_file import (
 from devicedefender_audit.debian_weak.fingerprint import Origin, split_fingerprint, vulnkey_fingerprint
 from devicedefender_audit.debian_weak.weak_tools import OPENSSL_VARIANTS
 from devicedefender_audit.detectors.base import DetectorResult, Verdict
+from devicedefender_audit.detectors.debian_weak_ec import DebianWeakEcLists
 from devicedefender_audit.key_material import PublicKeyInfo
 
 REASON_CODE = "CERTIFICATE_KEY_VULNERABILITY_CVE-2008-0166"
@@ -60,6 +62,8 @@ class DebianWeakDetector:
                     self.tables[bits] = BlocklistTable.open(self.directory, bits)
                 except BlocklistError as exc:
                     self.load_errors.append(str(exc))
+        self.ec = DebianWeakEcLists(self.directory)
+        self.load_errors.extend(self.ec.load_errors)
 
     def coverage(self) -> dict[int, str]:
         """Covered key sizes and how completely, for reports and ``blocklist info``."""
@@ -80,6 +84,12 @@ class DebianWeakDetector:
         return out
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
+        if key.algorithm.startswith("EC "):
+            return self.ec.check(key, self.name, self.reason_code)
+        if key.algorithm == "DSA":
+            return DetectorResult(
+                self.name, Verdict.NOT_COVERED, detail="DSA keys from the Debian bug are not covered"
+            )
         if not key.is_rsa or key.modulus is None:
             return DetectorResult(self.name, Verdict.NOT_APPLICABLE, detail=f"{key.algorithm} key")
         table = self.tables.get(key.bits)
