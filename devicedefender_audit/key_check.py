@@ -1,37 +1,82 @@
-"""Checking local PEM files (certificates, keys, CSRs) before they are registered."""
+"""Checking local key files (certificates, keys, CSRs; PEM, OpenSSH or DER) before they are registered.
+
+Every file gets its own outcome: a missing, unreadable, oversized or unparsable file is an error
+entry for that file, and the other files are still checked.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from devicedefender_audit.audit import check_key
 from devicedefender_audit.detectors import Detector, DetectorResult, Verdict
-from devicedefender_audit.key_material import KeyMaterialError, PublicKeyInfo, public_keys_from_pem
+from devicedefender_audit.key_material import (
+    MAX_INPUT_BYTES,
+    KeyMaterialError,
+    PublicKeyInfo,
+    parse_key_material,
+)
+
+#: The path that means standard input, as in most command-line tools.
+STDIN = "-"
 
 
 @dataclass
 class FileCheck:
+    """One key of a file and the detectors' results on it, or an error about the file or a part of it."""
+
     path: str
     key: PublicKeyInfo | None = None
     results: list[DetectorResult] = field(default_factory=list)
     error: str | None = None
+    #: Where in the file the key or error is (``"line 12"``); empty when it is about the whole file.
+    location: str = ""
 
     @property
     def vulnerable(self) -> bool:
         return any(r.verdict is Verdict.VULNERABLE for r in self.results)
 
 
+def _read_capped(path: str) -> bytes:
+    """The file's content, at most one byte over :data:`MAX_INPUT_BYTES`: enough for the parser to
+    refuse an oversized file without reading it whole (or forever, for a device such as /dev/zero)."""
+    if path == STDIN:
+        return sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    with open(path, "rb") as handle:
+        return handle.read(MAX_INPUT_BYTES + 1)
+
+
+def _unreadable(exc: OSError) -> str:
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory: give the key files in it instead (e.g. DIR/*.pem)"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied: cannot read the file"
+    return f"cannot read the file: {exc.strerror or exc}"
+
+
 def check_files(paths: Sequence[str], detectors: Sequence[Detector]) -> list[FileCheck]:
-    """One :class:`FileCheck` per key found (a PEM bundle may hold several)."""
+    """One :class:`FileCheck` per key found (a bundle may hold several) or per error, file by file.
+
+    ``-`` reads standard input.
+    """
     checks = []
     for path in paths:
         try:
-            keys = public_keys_from_pem(Path(path).read_bytes())
-        except (OSError, KeyMaterialError) as exc:
+            entries = parse_key_material(_read_capped(path))
+        except OSError as exc:
+            checks.append(FileCheck(path, error=_unreadable(exc)))
+            continue
+        except KeyMaterialError as exc:
             checks.append(FileCheck(path, error=str(exc)))
             continue
-        for key in keys:
-            checks.append(FileCheck(path, key, check_key(key, detectors)))
+        for entry in entries:
+            if entry.key is None:
+                where = f"{entry.location}: " if entry.location else ""
+                checks.append(FileCheck(path, error=f"{where}{entry.error}", location=entry.location))
+            else:
+                checks.append(FileCheck(path, entry.key, check_key(entry.key, detectors), location=entry.location))
     return checks
