@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -10,7 +11,13 @@ from conftest import DATA, REPO, debian_vectors, load_private_key
 
 from devicedefender_audit.debian_weak import generator
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, data_path
-from devicedefender_audit.debian_weak.fingerprint import VARIANT_NAMES, Origin, split_fingerprint, vulnkey_fingerprint
+from devicedefender_audit.debian_weak.fingerprint import (
+    VARIANT_NAMES,
+    Origin,
+    split_fingerprint,
+    vulnkey_fingerprint,
+    vulnkey_lookup_key,
+)
 from devicedefender_audit.debian_weak.platform import PLATFORMS
 from devicedefender_audit.debian_weak.vulnkey_format import export_vulnkey_list, import_vulnkey_list
 from devicedefender_audit.debian_weak.weak_tools import tool_of, weak_rsa_modulus
@@ -63,15 +70,15 @@ def test_generation_is_deterministic(small_chunks):
     assert a.tobytes() == b.tobytes()
 
 
-def test_corrupt_blocklist_is_reported_not_trusted(tmp_path, small_chunks):
+def test_truncated_blocklist_is_an_error(tmp_path, small_chunks):
     generator.generate(tmp_path, small_chunks, workers=1, progress=False)
     generator.build(tmp_path, 1024)
     path = data_path(tmp_path, 1024)
     path.write_bytes(path.read_bytes()[:-3])
-    with pytest.raises(BlocklistError, match="size does not match"):
+    with pytest.raises(BlocklistError, match="truncated"):
         BlocklistTable.open(tmp_path, 1024)
-    detector = DebianWeakDetector(tmp_path)
-    assert 1024 not in detector.tables and detector.load_errors
+    with pytest.raises(BlocklistError, match="truncated"):
+        DebianWeakDetector(tmp_path)
 
 
 def test_vulnkey_import_export_round_trip(tmp_path, small_chunks):
@@ -101,6 +108,12 @@ def test_vulnkey_fingerprint_matches_openssl_vulnkey_definition():
     assert vulnkey_fingerprint(modulus).hex() == expected
 
 
+def test_lookup_key_is_the_split_fingerprint():
+    rng = random.Random(80)
+    for modulus in [1, 15, 16, 255, 256] + [rng.getrandbits(rng.randrange(8, 4100)) for _ in range(500)]:
+        assert vulnkey_lookup_key(modulus) == split_fingerprint(vulnkey_fingerprint(modulus))
+
+
 def test_malformed_vulnkey_list_is_rejected(tmp_path):
     bad = tmp_path / "blacklist.RSA-1024"
     bad.write_text("# header\n0123456789abcdef0123\nnot-a-fingerprint\n")
@@ -108,9 +121,11 @@ def test_malformed_vulnkey_list_is_rejected(tmp_path):
         import_vulnkey_list(tmp_path, 1024, bad)
 
 
-def test_key_size_without_list_is_not_covered(tmp_path):
+def test_key_size_without_list_is_not_covered(tmp_path, small_chunks):
+    generator.generate(tmp_path, small_chunks, workers=1, progress=False)
+    generator.build(tmp_path, 1024)
     result = DebianWeakDetector(tmp_path).check(rsa_info((1 << 3071) + 12345))
-    assert result.verdict is Verdict.NOT_COVERED
+    assert result.verdict is Verdict.NOT_COVERED and "covered sizes: [1024]" in result.detail
 
 
 # --- the shipped lists -------------------------------------------------------------------

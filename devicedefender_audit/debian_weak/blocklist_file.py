@@ -14,28 +14,62 @@ sha256 of the binary file, so a reader can tell what is covered and that the fil
 
 EC tables use the same layout under another ``name`` (``ec-p256``), with the curve's key size
 as the header's key bits and an EC point fingerprint (see :mod:`.ec_keygen`).
+
+Lookups need no numpy: the table is memory-mapped and binary-searched through a ``memoryview``,
+so ``check`` does not pay numpy's import (tens of ms). Writing a list and bulk access to whole
+columns (export, merging) use numpy, imported there.
+
+Integrity: :meth:`BlocklistTable.open` checks that the file is the one its manifest describes
+(key bits, format version, entry count, size); the manifest's sha256 is checked the first time
+the rows are used, so checking one key hashes only the list for that key's size. Any mismatch
+raises :class:`BlocklistError`: a damaged list must fail loudly, never answer CLEAN.
 """
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
+import mmap
 import os
 import struct
-from dataclasses import dataclass
+import sys
+from bisect import bisect_left
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"DDWEAK01"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")
-RECORD = np.dtype([("hi", "<u8"), ("lo", "<u2"), ("origin", "<u4")])
+#: Bytes per entry over the three columns: uint64 + uint16 + uint32.
+ENTRY_SIZE = 14
+#: Leading fingerprint bits that pick a bucket of the index :meth:`BlocklistTable.find` starts
+#: from: 1024 bisections when a list is first used (well under 1 ms) save about ten probes a lookup.
+BUCKET_BITS = 10
 
 
 class BlocklistError(ValueError):
     """A blocklist file is missing, truncated, corrupt or of an unknown format."""
+
+
+@cache
+def _record_dtype() -> np.dtype:
+    import numpy as np
+
+    return np.dtype([("hi", "<u8"), ("lo", "<u2"), ("origin", "<u4")])
+
+
+def __getattr__(name: str) -> Any:
+    """``RECORD``, the numpy dtype of one entry, is made on first use so that reading lists
+    never imports numpy."""
+    if name == "RECORD":
+        return _record_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def table_name(bits: int, name: str | None = None) -> str:
@@ -64,6 +98,8 @@ def write_blocklist(
 ) -> dict[str, Any]:
     """Sort ``records`` (dtype :data:`RECORD`), write the table and its manifest atomically,
     and return the manifest as written."""
+    import numpy as np
+
     records = np.sort(records, order=("hi", "lo", "origin"))
     path = data_path(directory, bits, name)
     tmp = path.with_suffix(".tmp")
@@ -81,63 +117,161 @@ def write_blocklist(
     return full
 
 
-@dataclass
-class BlocklistTable:
-    """One key size's table, memory-mapped; columns are views into the mapping."""
+def _column(mapping: mmap.mmap, offset: int, count: int, code: str) -> Sequence[int]:
+    """``count`` little-endian integers of array type ``code`` at ``offset``: a zero-copy view
+    where the host is little endian, a byte-swapped copy elsewhere."""
+    size = array.array(code).itemsize
+    view = memoryview(mapping)[offset : offset + count * size]
+    if sys.byteorder == "little":
+        return view.cast(code)
+    column = array.array(code, view)
+    column.byteswap()
+    return column
 
-    bits: int
-    hi: np.ndarray
-    lo: np.ndarray
-    origin: np.ndarray
-    manifest: dict[str, Any]
+
+def _read_manifest(path: Path, bits: int) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BlocklistError(f"cannot read blocklist manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise BlocklistError(f"{path} is not a blocklist manifest")
+    expected = {"bits": bits, "format_version": FORMAT_VERSION}
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise BlocklistError(f"{path} says {key} {manifest.get(key)!r}, expected {value!r}")
+    if not isinstance(manifest.get("count"), int) or not isinstance(manifest.get("sha256"), str):
+        raise BlocklistError(f"{path} lacks the entry count or sha256 of its list")
+    return manifest
+
+
+class BlocklistTable:
+    """One table, memory-mapped; its rows are used only once its sha256 matched the manifest."""
+
+    def __init__(self, path: Path, bits: int, manifest: dict[str, Any], mapping: mmap.mmap) -> None:
+        self.path = path
+        self.bits = bits
+        self.manifest = manifest
+        self.count: int = manifest["count"]
+        self._mapping = mapping
+        self._columns: tuple[Sequence[int], Sequence[int], Sequence[int], list[int]] | None = None
 
     @classmethod
     def open(cls, directory: Path, bits: int, verify: bool = False, name: str | None = None) -> BlocklistTable:
+        """Map the table and check it against its manifest; the sha256 too when ``verify``,
+        else on first use (see :meth:`verify`). Raises :class:`BlocklistError` for any mismatch."""
         path = data_path(directory, bits, name)
-        mpath = manifest_path(directory, bits, name)
+        manifest = _read_manifest(manifest_path(directory, bits, name), bits)
         try:
-            manifest = json.loads(mpath.read_text())
-            raw = np.memmap(path, dtype=np.uint8, mode="r")
-        except (OSError, ValueError) as exc:
-            raise BlocklistError(f"cannot read blocklist {table_name(bits, name)} in {directory}: {exc}") from exc
-        if len(raw) < HEADER.size:
-            raise BlocklistError(f"{path} is truncated")
-        magic, version, file_bits, count = HEADER.unpack(bytes(raw[: HEADER.size]))
-        if magic != MAGIC or version != FORMAT_VERSION or file_bits != bits:
-            raise BlocklistError(f"{path} is not a version {FORMAT_VERSION} {table_name(bits, name)} blocklist")
-        if len(raw) != HEADER.size + count * RECORD.itemsize:
-            raise BlocklistError(f"{path} size does not match its header ({count} entries)")
-        if verify and sha256_file(path) != manifest.get("sha256"):
-            raise BlocklistError(f"{path} does not match the sha256 in {mpath.name}")
-        off = HEADER.size
-        hi = raw[off : off + 8 * count].view("<u8")
-        off += 8 * count
-        lo = raw[off : off + 2 * count].view("<u2")
-        off += 2 * count
-        origin = raw[off : off + 4 * count].view("<u4")
-        return cls(bits=bits, hi=hi, lo=lo, origin=origin, manifest=manifest)
+            with path.open("rb") as handle:
+                mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+            raise BlocklistError(f"cannot read blocklist {path}: {exc}") from exc
+        count = manifest["count"]
+        if len(mapping) != HEADER.size + count * ENTRY_SIZE:
+            raise BlocklistError(
+                f"{path} is {len(mapping)} bytes; its manifest's {count} entries need "
+                f"{HEADER.size + count * ENTRY_SIZE} (truncated or from another build)"
+            )
+        magic, version, file_bits, file_count = HEADER.unpack_from(mapping)
+        if (magic, version, file_bits, file_count) != (MAGIC, FORMAT_VERSION, bits, count):
+            raise BlocklistError(
+                f"{path} is not the version {FORMAT_VERSION} {table_name(bits, name)} blocklist "
+                f"of {count} entries its manifest describes"
+            )
+        table = cls(path, bits, manifest, mapping)
+        if verify:
+            table.verify()
+        return table
+
+    def verify(self) -> None:
+        """Check the file against the sha256 in its manifest (about 0.6 ms per MB here), once."""
+        self._rows()
+
+    def _rows(self) -> tuple[Sequence[int], Sequence[int], Sequence[int], list[int]]:
+        """The columns as sequences of ints for :meth:`find`, after the sha256 check, and where
+        each bucket of fingerprints starts (plus the end)."""
+        if self._columns is None:
+            if hashlib.sha256(self._mapping).hexdigest() != self.manifest["sha256"]:
+                raise BlocklistError(
+                    f"{self.path} does not match the sha256 in its manifest: the list is corrupt or "
+                    "was changed after it was built; restore or rebuild it"
+                )
+            offsets = self._offsets()
+            his = _column(self._mapping, offsets["hi"], self.count, "Q")
+            bounds = [bisect_left(his, bucket << (64 - BUCKET_BITS)) for bucket in range(1 << BUCKET_BITS)]
+            self._columns = (
+                his,
+                _column(self._mapping, offsets["lo"], self.count, "H"),
+                _column(self._mapping, offsets["origin"], self.count, "I"),
+                [*bounds, self.count],
+            )
+        return self._columns
+
+    def _offsets(self) -> dict[str, int]:
+        lo_at = HEADER.size + 8 * self.count
+        return {"hi": HEADER.size, "lo": lo_at, "origin": lo_at + 2 * self.count}
 
     def __len__(self) -> int:
-        return len(self.hi)
+        return self.count
 
     def find(self, hi: int, lo: int) -> list[int]:
         """Packed origins of every entry with this fingerprint (empty when absent)."""
-        left = int(np.searchsorted(self.hi, np.uint64(hi), side="left"))
-        right = int(np.searchsorted(self.hi, np.uint64(hi), side="right"))
-        return [int(self.origin[i]) for i in range(left, right) if int(self.lo[i]) == lo]
+        his, los, origins, bounds = self._columns or self._rows()
+        bucket = hi >> (64 - BUCKET_BITS)
+        index = bisect_left(his, hi, bounds[bucket], bounds[bucket + 1])
+        found = []
+        while index < self.count and his[index] == hi:
+            if los[index] == lo:
+                found.append(origins[index])
+            index += 1
+        return found
+
+    def array(self, field: str) -> np.ndarray:
+        """One column (``hi``, ``lo`` or ``origin``) as a read-only numpy view, for bulk work
+        (export, merging, tests); lookups use :meth:`find`."""
+        import numpy as np
+
+        self.verify()
+        return np.frombuffer(self._mapping, dtype=_record_dtype()[field], count=self.count,
+                             offset=self._offsets()[field])
+
+    @property
+    def hi(self) -> np.ndarray:
+        """High 64 bits of each fingerprint, ascending."""
+        return self.array("hi")
+
+    @property
+    def lo(self) -> np.ndarray:
+        """Low 16 bits of each fingerprint."""
+        return self.array("lo")
+
+    @property
+    def origin(self) -> np.ndarray:
+        """Packed :class:`~.fingerprint.Origin` of each entry."""
+        return self.array("origin")
 
     def records(self) -> np.ndarray:
-        out = np.empty(len(self), dtype=RECORD)
-        out["hi"], out["lo"], out["origin"] = self.hi, self.lo, self.origin
+        """Every entry as a :data:`RECORD` array (for merging into a new list)."""
+        import numpy as np
+
+        out = np.empty(self.count, dtype=_record_dtype())
+        for field in ("hi", "lo", "origin"):
+            out[field] = self.array(field)
         return out
 
 
 def available_sizes(directory: Path) -> list[int]:
-    """Key sizes that have a manifest in ``directory``."""
+    """Key sizes of the ``rsa-<bits>`` lists in ``directory``. A data file without its manifest
+    is an error: its keys would otherwise be silently reported as not covered."""
+    manifests = {path.stem for path in directory.glob("rsa-*.json")}
+    orphans = sorted({path.stem for path in directory.glob("rsa-*.ddwk")} - manifests)
+    if orphans:
+        raise BlocklistError(f"{directory} has blocklist data without a manifest: {', '.join(orphans)}")
     sizes = []
-    for path in directory.glob("rsa-*.json"):
+    for stem in manifests:
         try:
-            sizes.append(int(path.stem.split("-", 1)[1]))
+            sizes.append(int(stem.split("-", 1)[1]))
         except ValueError:
             continue
     return sorted(sizes)

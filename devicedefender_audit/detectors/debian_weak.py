@@ -4,24 +4,33 @@ Looks the modulus's ``openssl-vulnkey`` fingerprint up in the shipped blocklists
 that have a list are covered; others get ``NOT_COVERED`` rather than a false all-clear, and a
 partial list (see its manifest) says so in the result. EC keys are looked up by their public
 point in the ``ec-<curve>`` lists (:mod:`.debian_weak_ec`); DSA keys are ``NOT_COVERED``.
+
+A blocklist directory that is missing or holds no lists, and a list that is missing, truncated or
+does not match its manifest, raise :class:`BlocklistError`: a mistyped ``--blocklists`` or a
+damaged file must fail the command, never turn into "not covered" or "clean". The cheap checks
+run when the detector is made; each list's sha256 is checked on its first lookup, so checking one
+key hashes only the list it needs.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devicedefender_audit.debian_weak.blocklist_file import (
     BlocklistError,
     BlocklistTable,
     available_sizes,
 )
-from devicedefender_audit.debian_weak.fingerprint import Origin, split_fingerprint, vulnkey_fingerprint
-from devicedefender_audit.debian_weak.weak_tools import OPENSSL_VARIANTS
+from devicedefender_audit.debian_weak.fingerprint import OPENSSL_VARIANTS, Origin, vulnkey_lookup_key
 from devicedefender_audit.detectors.base import DetectorResult, Verdict
-from devicedefender_audit.detectors.debian_weak_ec import DebianWeakEcLists
 from devicedefender_audit.key_material import PublicKeyInfo
+
+if TYPE_CHECKING:
+    from devicedefender_audit.detectors.debian_weak_ec import DebianWeakEcLists
 
 REASON_CODE = "CERTIFICATE_KEY_VULNERABILITY_CVE-2008-0166"
 ENV_VAR = "DDA_BLOCKLISTS"
@@ -54,21 +63,46 @@ class DebianWeakDetector:
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory or default_blocklist_dir()
-        self.tables: dict[int, BlocklistTable] = {}
-        self.load_errors: list[str] = []
-        if self.directory.is_dir():
-            for bits in available_sizes(self.directory):
-                try:
-                    self.tables[bits] = BlocklistTable.open(self.directory, bits)
-                except BlocklistError as exc:
-                    self.load_errors.append(str(exc))
-        self.ec = DebianWeakEcLists(self.directory)
-        self.load_errors.extend(self.ec.load_errors)
+        if not self.directory.is_dir():
+            raise BlocklistError(
+                f"blocklist directory {self.directory} does not exist (check --blocklists or ${ENV_VAR})"
+            )
+        self.tables: dict[int, BlocklistTable] = {
+            bits: BlocklistTable.open(self.directory, bits) for bits in available_sizes(self.directory)
+        }
+        if not self.tables and not any(self.directory.glob("ec-*.json")):
+            raise BlocklistError(
+                f"no blocklists in {self.directory} (check --blocklists or ${ENV_VAR})"
+            )
+        #: Sizes whose list holds every openssl key, so a key not in it is CLEAN.
+        self._complete = {bits for bits, table in self.tables.items() if self._covers_openssl_space(table)}
+        #: Results are immutable: one CLEAN result serves every clean key (saves ~0.5 us a key).
+        self._clean = DetectorResult(self.name, Verdict.CLEAN)
+
+    @cached_property
+    def ec(self) -> DebianWeakEcLists:
+        """The EC lists, opened on first use: their module imports the EC key generator (and
+        numpy), which checking RSA keys does not need."""
+        from devicedefender_audit.detectors.debian_weak_ec import DebianWeakEcLists
+
+        return DebianWeakEcLists(self.directory)
+
+    @property
+    def load_errors(self) -> list[str]:
+        """EC lists that could not be opened, once they have been opened (by the first EC key or
+        :meth:`coverage`; an EC lookup then raises). A broken RSA list raises when the detector
+        is made. Reading this does not open the EC lists, so RSA-only runs stay light."""
+        ec = self.__dict__.get("ec")
+        return ec.load_errors if ec is not None else []
 
     def coverage(self) -> dict[int, str]:
-        """Covered key sizes and how completely, for reports and ``blocklist info``."""
+        """Covered key sizes and how completely, for reports and ``blocklist info``. Verifies
+        every list's sha256 and opens the EC lists, so ``info`` reports any damaged list."""
+        for ec_table in self.ec.tables.values():
+            ec_table.verify()
         out = {}
         for bits, table in sorted(self.tables.items()):
+            table.verify()
             manifest = table.manifest
             if manifest.get("complete"):
                 state = "complete"
@@ -85,6 +119,8 @@ class DebianWeakDetector:
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
         if key.algorithm.startswith("EC "):
+            if self.ec.load_errors:
+                raise BlocklistError("; ".join(self.ec.load_errors))
             return self.ec.check(key, self.name, self.reason_code)
         if key.algorithm == "DSA":
             return DetectorResult(
@@ -100,7 +136,7 @@ class DebianWeakDetector:
                 detail=f"no CVE-2008-0166 blocklist for RSA-{key.bits} "
                 f"(covered sizes: {sorted(self.tables) or 'none'})",
             )
-        origins = table.find(*split_fingerprint(vulnkey_fingerprint(key.modulus)))
+        origins = table.find(*vulnkey_lookup_key(key.modulus))
         if origins:
             made_by = [str(o) for o in map(Origin.unpack, origins) if o is not None]
             how = f" (generated by {', '.join(made_by)})" if made_by else ""
@@ -110,7 +146,7 @@ class DebianWeakDetector:
                 self.reason_code,
                 f"RSA-{key.bits} key is one of the predictable Debian OpenSSL keys{how}",
             )
-        if not self._covers_openssl_space(table):
+        if key.bits not in self._complete:
             complete = ", ".join(table.manifest.get("complete_variants", [])) or "none"
             return DetectorResult(
                 self.name,
@@ -118,7 +154,7 @@ class DebianWeakDetector:
                 detail=f"not in the RSA-{key.bits} blocklist, but that list is partial "
                 f"({len(table)} keys; variants complete: {complete})",
             )
-        return DetectorResult(self.name, Verdict.CLEAN)
+        return self._clean
 
     @staticmethod
     def _covers_openssl_space(table: BlocklistTable) -> bool:
