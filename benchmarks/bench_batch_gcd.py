@@ -1,0 +1,201 @@
+"""Batch GCD at fleet scale: time and peak memory, the incremental path, and naive pairwise gcd.
+
+Run: ``.venv/bin/python benchmarks/bench_batch_gcd.py [SIZE ...] [--workers N ...]``
+(default sizes 10000 100000; add 1000000 for the million-key run, ~20-30 min and several GB).
+
+Every size runs in a fresh process, so its peak RSS (``ru_maxrss``) is its own; with worker
+processes the largest worker's peak is printed too (the parent's and workers' peaks add up at
+worst). Each run prints the load average before and after: the figures are only comparable
+under similar load.
+
+The fleet: real RSA-2048 moduli cost ~60 ms of prime generation each here (1M keys: ~17 hours),
+so the bulk of the fleet is filler: each modulus the product of 32 distinct consecutive 64-bit
+primes just below 2^64, exactly 2048 bits, pairwise coprime by construction. GMP's multiply and
+divide cost depends only on operand sizes, so batch GCD costs the same on these as on real
+moduli. Planted among them, built from random 1024-bit primes: 10 pairs sharing a prime, 3
+triples sharing one, 2 keys appearing twice. The run checks the scan reports exactly those.
+
+Incremental: 1,000 new moduli (one sharing a prime with a planted pair, one repeating a filler)
+checked against the stored product with :meth:`FleetState.add`, plus saving and loading the state.
+Naive: all-pairs gcd on the first ``--naive`` moduli, stopped at ``--naive-budget`` seconds and
+extrapolated from the pairs done (said so when it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gmpy2
+from gmpy2 import mpz
+
+from devicedefender_audit.factoring.fleet_state import FleetState
+from devicedefender_audit.factoring.sharing import FleetFinding, Key
+from devicedefender_audit.factoring.trees import MIN_MODULI_PER_WORKER
+
+FILLER_START = mpz(2) ** 64 - mpz(2) ** 58
+FILLER_PRIMES = 32
+
+
+class Fillers:
+    """Pairwise coprime 2048-bit moduli: products of fresh consecutive 64-bit primes."""
+
+    def __init__(self) -> None:
+        self.prime = FILLER_START
+
+    def modulus(self) -> mpz:
+        factors = []
+        for _ in range(FILLER_PRIMES):
+            self.prime = gmpy2.next_prime(self.prime)
+            factors.append(self.prime)
+        while len(factors) > 1:
+            factors = [factors[i] * factors[i + 1] for i in range(0, len(factors), 2)]
+        return factors[0]
+
+
+def rsa_prime(state: object) -> mpz:
+    return gmpy2.next_prime(gmpy2.mpz_urandomb(state, 1024) | (mpz(3) << 1022))
+
+
+def planted_keys(state: object) -> tuple[list[Key], dict[str, FleetFinding], dict[str, mpz]]:
+    """Weak keys, what the scan must report for each, and their shared primes by group name."""
+    keys: list[Key] = []
+    groups: list[list[str]] = []
+    shared: dict[str, mpz] = {}
+    for name, size, count in (("pair", 2, 10), ("triple", 3, 3)):
+        for g in range(count):
+            p = rsa_prime(state)
+            ids = [f"{name}{g}-{chr(97 + i)}" for i in range(size)]
+            keys += [(key_id, int(p * rsa_prime(state))) for key_id in ids]
+            groups.append(ids)
+            shared[f"{name}{g}"] = p
+    expected: dict[str, FleetFinding] = {}
+    for ids in groups:
+        for key_id in ids:
+            others = tuple(x for x in ids if x != key_id)
+            expected[key_id] = FleetFinding(others, len(others))
+    for g in range(2):
+        modulus = int(rsa_prime(state) * rsa_prime(state))
+        keys += [(f"dup{g}-a", modulus), (f"dup{g}-b", modulus)]
+        expected[f"dup{g}-a"] = FleetFinding((), 0, (f"dup{g}-b",), 1)
+        expected[f"dup{g}-b"] = FleetFinding((), 0, (f"dup{g}-a",), 1)
+    return keys, expected, shared
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run_size(size: int, workers: int, incremental: int) -> None:
+    state = gmpy2.random_state(size)
+    began = time.perf_counter()
+    keys, expected, shared = planted_keys(state)
+    fillers = Fillers()
+    keys += [(f"f{i}", int(fillers.modulus())) for i in range(size - len(keys))]
+    generated = time.perf_counter() - began
+    workers = max(1, min(workers, size // MIN_MODULI_PER_WORKER))  # what batch_gcd will use
+    print(f"\n== {size:,} RSA-2048 moduli, {workers} worker process(es); load before {load()}")
+    print(f"generated in {generated:.1f} s; RSS holding the fleet: {rss_mb():,.0f} MB")
+
+    began = time.perf_counter()
+    fleet, findings = FleetState.build(keys, workers=workers)
+    elapsed = time.perf_counter() - began
+    verdict = "exactly the planted ones" if findings == expected else "MISMATCH against the planted keys"
+    print(f"full batch GCD + findings: {elapsed:,.1f} s ({elapsed / 60:.2f} min); findings: {verdict}")
+    workers_peak = f"; largest worker {peak_mb(resource.RUSAGE_CHILDREN):,.0f} MB" if workers > 1 else ""
+    print(f"peak RSS: this process {peak_mb():,.0f} MB{workers_peak}")
+    if incremental:
+        run_incremental(fleet, keys, fillers, shared, incremental, elapsed)
+    print(f"load after {load()}")
+    if findings != expected:
+        sys.exit(1)
+
+
+def run_incremental(fleet: FleetState, keys: list[Key], fillers: Fillers, shared: dict[str, mpz], count: int,
+                    full_seconds: float) -> None:  # fmt: skip
+    new = [(f"new{i}", int(fillers.modulus())) for i in range(count - 2)]
+    new += [("new-shared", int(shared["pair0"] * rsa_prime(gmpy2.random_state(1)))), ("new-dup", keys[-1][1])]
+    began = time.perf_counter()
+    changed = fleet.add(new, existing=iter(keys))
+    elapsed = time.perf_counter() - began
+    want = {"new-shared", "pair0-a", "pair0-b", "new-dup", keys[-1][0]}
+    verdict = "as expected" if set(changed) == want else f"UNEXPECTED {sorted(changed)}"
+    print(f"incremental: {count:,} new moduli against the stored product: {elapsed:.1f} s "
+          f"(full recomputation {full_seconds:,.0f} s); changed findings {verdict}")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fleet.product"
+        began = time.perf_counter()
+        fleet.save(path)
+        saved = time.perf_counter() - began
+        began = time.perf_counter()
+        FleetState.load(path)
+        print(f"state file {path.stat().st_size / 2**20:,.0f} MB: save {saved:.1f} s, "
+              f"load {time.perf_counter() - began:.1f} s")  # fmt: skip
+
+
+def run_naive(count: int, budget: float) -> None:
+    fillers = Fillers()
+    moduli = [fillers.modulus() for _ in range(count)]
+    total = count * (count - 1) // 2
+    print(f"\n== naive pairwise gcd on {count:,} moduli ({total:,} pairs), budget {budget:.0f} s; load {load()}")
+    pairs, began = 0, time.perf_counter()
+    for i, a in enumerate(moduli):
+        for b in moduli[i + 1 :]:
+            gmpy2.gcd(a, b)
+        pairs += count - i - 1
+        if time.perf_counter() - began > budget:
+            break
+    elapsed = time.perf_counter() - began
+    if pairs == total:
+        print(f"naive: all pairs in {elapsed:,.1f} s")
+    else:
+        print(f"naive: {pairs:,} pairs in {elapsed:,.1f} s ({elapsed / pairs * 1e6:.2f} us/pair); "
+              f"all pairs EXTRAPOLATED: {elapsed * total / pairs:,.0f} s")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1], help="worker processes to try")
+    parser.add_argument("--incremental", type=int, default=1000, help="new moduli for the incremental run (0: skip)")
+    parser.add_argument("--naive", type=int, default=10_000, help="moduli for naive pairwise gcd (0: skip)")
+    parser.add_argument("--naive-budget", type=float, default=120.0, help="seconds before extrapolating")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--naive-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        return run_size(args.one, args.workers[0], args.incremental)
+    if args.naive_only:
+        return run_naive(args.naive, args.naive_budget)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")  # fmt: skip
+    print(f"{os.cpu_count()} x {cpu}; {gmpy2.mp_version()}, gmpy2 {gmpy2.version()}, Python {sys.version.split()[0]}")
+    script = [sys.executable, str(Path(__file__).resolve())]
+    for size in args.sizes:
+        for workers in args.workers:
+            extra = ["--incremental", str(args.incremental), "--workers", str(workers)]
+            subprocess.run([*script, "--one", str(size), *extra], check=True)
+    if args.naive:
+        subprocess.run([*script, "--naive-only", "--naive", str(args.naive), "--naive-budget", str(args.naive_budget)],
+                       check=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
