@@ -1,16 +1,24 @@
 """Prints the figures that matter for speed: weak-key generation, lookups, detection, scanning.
 
-Run: ``.venv/bin/python benchmarks/bench.py [--keys N]``. Figures are per process (one core);
-generation parallelises across cores with ``blocklist generate``.
+Run: ``.venv/bin/python benchmarks/bench.py [--keys N] [--before REV]``. Figures are per process
+(one core); generation parallelises across cores with ``blocklist generate``. Generation is timed
+side by side with the replay as it was at ``--before`` (loaded from git), key by key in
+alternating order, so the ratio holds even on a loaded machine; both must give the same moduli.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 from devicedefender_audit.debian_weak.fingerprint import split_fingerprint, vulnkey_fingerprint
 from devicedefender_audit.debian_weak.platform import LE32
@@ -21,14 +29,50 @@ from devicedefender_audit.detectors.roca import has_roca_fingerprint
 REPO = Path(__file__).resolve().parent.parent
 
 
-def bench_generation(bits: int, keys: int) -> None:
-    began = time.perf_counter()
+#: The last commit with the straightforward prime search (one Miller-Rabin modexp per candidate),
+#: whose figures the README quoted before the batched trial division.
+BEFORE = "8680b075f7d2ae8bccec21fe799d539a4ad597e4"
+#: The replay's modules, in import order, that ``weak_rsa_modulus`` needs.
+REPLAY_MODULES = ("platform", "md_rand", "bn_rand", "bn_prime", "rsa_keygen", "weak_tools")
+
+
+def load_replay(rev: str, into: Path) -> ModuleType:
+    """``weak_tools`` as it was at ``rev``, imported as the separate package ``before_debian_weak``."""
+    package = into / "before_debian_weak"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in REPLAY_MODULES:
+        path = f"{rev}:devicedefender_audit/debian_weak/{name}.py"
+        source = subprocess.run(["git", "-C", str(REPO), "show", path], check=True, capture_output=True, text=True)
+        (package / f"{name}.py").write_text(source.stdout.replace("devicedefender_audit.debian_weak.", "before_debian_weak."))
+    sys.path.insert(0, str(into))
+    return importlib.import_module("before_debian_weak.weak_tools")
+
+
+def bench_generation(bits: int, keys: int, before: ModuleType | None) -> None:
+    """Keys/s of the working tree (and of ``before``), wall clock and CPU time, same pids."""
+    makers = {"now": (weak_rsa_modulus, LE32)}
+    if before is not None:
+        makers["before"] = (before.weak_rsa_modulus, sys.modules["before_debian_weak.platform"].LE32)
+    wall = dict.fromkeys(makers, 0.0)
+    cpu = dict.fromkeys(makers, 0.0)
     for pid in range(1000, 1000 + keys):
-        weak_rsa_modulus(LE32, "rnd", pid, bits)
-    elapsed = time.perf_counter() - began
-    full = 32768 * 9 * elapsed / keys
-    print(f"generate RSA-{bits}: {keys / elapsed:7.1f} keys/s/core "
-          f"({1000 * elapsed / keys:.1f} ms/key; full 294,912-key space ~{full / 3600:.1f} core-hours)")
+        moduli = set()
+        for name in sorted(makers, reverse=pid % 2 == 1):  # alternate who goes first
+            make, platform = makers[name]
+            began, began_cpu = time.perf_counter(), time.process_time()
+            moduli.add(int(make(platform, "rnd", pid, bits)))
+            wall[name] += time.perf_counter() - began
+            cpu[name] += time.process_time() - began_cpu
+        assert len(moduli) == 1, f"RSA-{bits} pid {pid}: the replays disagree"
+    full = 32768 * 9 * wall["now"] / keys
+    line = (f"generate RSA-{bits}: {keys / wall['now']:6.2f} keys/s/core ({1000 * wall['now'] / keys:.1f} ms/key; "
+            f"full 294,912-key space ~{full / 3600:.1f} core-hours)")
+    if before is not None:
+        line += (f"; before {keys / wall['before']:6.2f} keys/s: x{wall['before'] / wall['now']:.2f} wall, "
+                 f"x{cpu['before'] / cpu['now']:.2f} CPU time (now {keys / cpu['now']:.2f}, "
+                 f"before {keys / cpu['before']:.2f} keys/CPU-s)")
+    print(line, flush=True)
 
 
 def bench_lookup(samples: int) -> None:
@@ -85,9 +129,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 3072, 4096],
                         help="RSA sizes to time generation for")
     parser.add_argument("--certs", type=int, default=500)
+    parser.add_argument("--before", default=BEFORE,
+                        help="git revision whose replay to time side by side ('' for none)")
     args = parser.parse_args()
-    for bits in args.sizes:
-        bench_generation(bits, args.keys)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        before = load_replay(args.before, Path(scratch)) if args.before else None
+        for bits in args.sizes:
+            bench_generation(bits, args.keys, before)
     bench_lookup(2000)
     bench_roca(2000)
     bench_scan(args.certs)

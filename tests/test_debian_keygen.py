@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import random
 
+import gmpy2
 import pytest
-from conftest import DATA, debian_vectors, load_private_key, vector_params
+from conftest import DATA, REPO, debian_vectors, load_private_key, vector_params
 from gmpy2 import mpz
 
-from devicedefender_audit.debian_weak.bn_prime import _sieve, small_primes
-from devicedefender_audit.debian_weak.md_rand import DebianMdRand
+from devicedefender_audit.debian_weak import bn_prime
+from devicedefender_audit.debian_weak.blocklist_file import BlocklistTable
+from devicedefender_audit.debian_weak.bn_prime import (
+    TrialDivision,
+    _rejects,
+    _sieve,
+    _witness,
+    shared_factors,
+    small_primes,
+)
+from devicedefender_audit.debian_weak.fingerprint import Origin, vulnkey_lookup_key
+from devicedefender_audit.debian_weak.md_rand import DebianMdRand, _output_blocks, _output_stepwise
 from devicedefender_audit.debian_weak.platform import LE32, PLATFORMS
+from devicedefender_audit.debian_weak.rsa_keygen import generate_rsa_modulus
 from devicedefender_audit.debian_weak.weak_tools import (
+    OPENSSL_VARIANTS,
     VARIANTS,
     public_exponent,
     seeded_rng,
+    tool_of,
     weak_rsa_modulus,
 )
 from devicedefender_audit.key_material import public_keys_from_pem
@@ -83,3 +97,94 @@ def test_small_prime_table_matches_bn_prime_h():
 def test_unknown_variant_is_rejected():
     with pytest.raises(ValueError, match="unknown openssl variant"):
         seeded_rng(LE32, "nornd-ancient", 1)
+
+
+# --- the second sieve: batched trial division before Miller-Rabin --------------------------
+
+#: The second sieve on every prime size, with small batches so that the prime a search ends
+#: on falls at every position of a batch (first, middle, last), and with the plain search.
+EVERYWHERE = [{256: TrialDivision(bound=1 << 18, batch=batch)} for batch in (2, 5, 16)]
+PLAIN: dict[int, TrialDivision] = {}
+
+
+def replay(monkeypatch, table, platform, variant, pid, bits, modexps=None):
+    """(p, q, the whole PRNG state afterwards) with ``table`` as the second-sieve policy; each
+    full Miller-Rabin witness test is appended to ``modexps`` if given."""
+    monkeypatch.setattr(bn_prime, "TRIAL_DIVISION", table)
+    if modexps is not None:
+        monkeypatch.setattr(bn_prime, "_witness", lambda *args: modexps.append(args) or _witness(*args))
+    rng = seeded_rng(PLATFORMS[platform], variant, pid)
+    p, q = generate_rsa_modulus(rng, bits, public_exponent(variant))
+    monkeypatch.setattr(bn_prime, "_witness", _witness)
+    return p, q, rng.snapshot()
+
+
+@pytest.mark.parametrize("bits, keys", [(1024, 60), (2048, 4)])
+def test_second_sieve_draws_exactly_what_the_plain_search_draws(monkeypatch, bits, keys):
+    """Same primes and the same PRNG state after them: the batch's draws made ahead were taken
+    back at the right point, and no witness was skipped, added or drawn a different number of
+    times, for random platforms, variants (ssh-keygen's e = 35 included) and pids; while the
+    known factors spared a fifth of the Miller-Rabin modexps (bound 2**18)."""
+    rng = random.Random(bits)
+    fast_tests, plain_tests = [], []
+    for i in range(keys):
+        origin = (rng.choice(sorted(PLATFORMS)), rng.choice(VARIANTS), rng.randrange(32768), bits)
+        fast = replay(monkeypatch, EVERYWHERE[i % len(EVERYWHERE)], *origin, modexps=fast_tests)
+        assert fast == replay(monkeypatch, PLAIN, *origin, modexps=plain_tests), origin
+    assert len(fast_tests) < 0.85 * len(plain_tests)
+
+
+def test_second_sieve_as_shipped_matches_the_plain_search_on_rsa_3072(monkeypatch):
+    origin = ("be32", "nornd-old", random.Random(3072).randrange(32768), 3072)
+    fast = replay(monkeypatch, bn_prime.TRIAL_DIVISION, *origin)
+    assert fast == replay(monkeypatch, PLAIN, *origin)
+
+
+@pytest.mark.parametrize("bits, variants, pids", [(1024, VARIANTS, 32768), (2048, OPENSSL_VARIANTS, 32768),
+                                                  (4096, OPENSSL_VARIANTS, 3584)])
+def test_fresh_keys_with_the_second_sieve_are_in_the_shipped_lists(monkeypatch, bits, variants, pids):
+    """Keys made with the second sieve (as shipped; forced for RSA-1024, which ships without it)
+    are found under their exact origin in the lists the plain search generated."""
+    table = BlocklistTable.open(REPO / "blocklists", bits)
+    rng = random.Random(bits + 1)
+    policy = EVERYWHERE[1] if bits == 1024 else bn_prime.TRIAL_DIVISION
+    for _ in range(1 if bits == 4096 else 3):
+        platform, variant, pid = rng.choice(sorted(PLATFORMS)), rng.choice(variants), rng.randrange(pids)
+        p, q, _ = replay(monkeypatch, policy, platform, variant, pid, bits)
+        origin = Origin(tool_of(variant), platform, variant, pid)
+        assert origin.pack() in table.find(*vulnkey_lookup_key(int(p * q))), origin
+
+
+def test_known_factor_rejects_only_for_a_non_liar():
+    """A divisor of n decides the witness only when check**(n-1) != 1 modulo it; the strong
+    liars 1 and n-1 (and Fermat liars modulo the divisor) still get the real test."""
+    factor = mpz(17881)  # the first prime above the 2048-prime table
+    n = factor * mpz(random.Random(5).getrandbits(500) | 1)
+    liar_mod_factor = mpz(1) + factor * 12345  # == 1 (mod factor), random modulo the rest
+    for check in (mpz(1), n - 1, liar_mod_factor, mpz(2), n // 3):
+        assert _rejects(check, n, factor) == _witness(check, n)
+    assert not _rejects(mpz(1), n, factor) and not _rejects(n - 1, n, factor)
+
+
+def test_shared_factors_are_the_gcds_with_the_product():
+    rng = random.Random(7)
+    product = TrialDivision(bound=1 << 16, batch=1).product
+    values = [mpz(rng.getrandbits(512) | 1) for _ in range(13)]  # odd count: a node carried up
+    values[4] *= 17881 * 65521
+    assert shared_factors(values, product) == [mpz(gmpy2.gcd(v, product)) for v in values]
+    assert shared_factors(values, product)[4] % (17881 * 65521) == 0
+
+
+def test_pool_output_in_one_pass_matches_block_by_block():
+    """The one-pass output loop agrees with OpenSSL's block-by-block loop wherever it is used:
+    any start inside the pool, wrapping at its end or not, up to the whole pool."""
+    rng = random.Random(8)
+    for _ in range(200):
+        pool = bytearray(rng.randbytes(1043))
+        start, length = rng.randrange(1023), 10 * rng.randint(1, 102)
+        first, counts = rng.randbytes(rng.choice((20, 24))), rng.randbytes(rng.choice((8, 16)))
+        one_pass, stepwise = bytearray(pool), bytearray(pool)
+        assert _output_blocks(one_pass, start, 1023, length, first, counts) == _output_stepwise(
+            stepwise, start, 1023, length, first, counts
+        )
+        assert one_pass == stepwise

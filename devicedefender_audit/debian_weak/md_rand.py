@@ -44,6 +44,52 @@ def _xor_into(state: bytearray, index: int, data: bytes, limit: int) -> int:
     return index
 
 
+def _output_blocks(
+    state: bytearray, st_idx: int, st_num: int, length: int, first: bytes, counts: bytes
+) -> tuple[bytes, bytes]:
+    """The output loop of ``ssleay_rand_bytes`` over ``length`` pool bytes that do not overlap.
+
+    Block i hashes ``previous digest + md_c + 10 pool bytes`` (the pid too in ``first``), XORs
+    the first half of its digest over those bytes and outputs the second half. When the blocks
+    start inside the pool and cover at most the whole of it, they read and write consecutive
+    positions modulo ``st_num`` and none reads what an earlier one wrote, so every block can
+    be read first and the pool updated with one XOR. Returns the last digest and the output.
+    """
+    head = min(length, st_num - st_idx)
+    region = bytes(state[st_idx : st_idx + head] + state[: length - head])
+    md = sha1(first + counts + region[:HALF_DIGEST]).digest()
+    digests = [md]
+    for pos in range(HALF_DIGEST, length, HALF_DIGEST):
+        md = sha1(md + counts + region[pos : pos + HALF_DIGEST]).digest()
+        digests.append(md)
+    mask = b"".join(digest[:HALF_DIGEST] for digest in digests)
+    mixed = (int.from_bytes(region, "little") ^ int.from_bytes(mask, "little")).to_bytes(length, "little")
+    state[st_idx : st_idx + head] = mixed[:head]
+    state[: length - head] = mixed[head:]
+    return md, b"".join(digest[HALF_DIGEST:] for digest in digests)
+
+
+def _output_stepwise(
+    state: bytearray, st_idx: int, st_num: int, length: int, first: bytes, counts: bytes
+) -> tuple[bytes, bytes]:
+    """:func:`_output_blocks` block by block, as OpenSSL runs it, for the corners it excludes:
+    a start at ``st_idx == st_num`` (the first block then reads from 0 but writes from
+    ``st_num``) and outputs longer than the pool."""
+    out = bytearray()
+    local_md = first
+    for _ in range(length // HALF_DIGEST):
+        end = st_idx + HALF_DIGEST
+        if end <= st_num:
+            block = state[st_idx:end]
+        else:  # k > 0: the block wraps around the used part of the pool
+            block = state[st_idx:st_num] + state[0 : end - st_num]
+        # DEBIAN: MD_Update(&m, buf, j) removed between counts and block.
+        local_md = sha1(local_md + counts + block).digest()
+        st_idx = _xor_into(state, st_idx, local_md[:HALF_DIGEST], st_num)
+        out += local_md[HALF_DIGEST:]
+    return local_md, bytes(out)
+
+
 class DebianMdRand:
     """One process's PRNG as Debian's OpenSSL 0.9.8c-1..0.9.8g-8 ran it."""
 
@@ -96,6 +142,20 @@ class DebianMdRand:
         if self.entropy < ENTROPY_NEEDED:
             self.entropy += entropy
 
+    def snapshot(self) -> tuple:
+        """Everything later output depends on, so a draw made ahead of time can be taken back."""
+        return (
+            bytes(self.state), self.state_num, self.state_index, self.md, tuple(self.md_count),
+            self.entropy, self.initialized, self.stirred_pool,
+        )  # fmt: skip
+
+    def restore(self, snapshot: tuple) -> None:
+        """Return to a :meth:`snapshot`: the next output is the one that followed it."""
+        state, self.state_num, self.state_index, self.md, counts, *flags = snapshot
+        self.state[:] = state
+        self.md_count = list(counts)
+        self.entropy, self.initialized, self.stirred_pool = flags
+
     def poll(self) -> None:
         """``RAND_poll`` from ``rand_unix.c``: 32 bytes of /dev/urandom, then pid, uid, time."""
         self.add(ENTROPY_NEEDED, float(ENTROPY_NEEDED))
@@ -143,30 +203,15 @@ class DebianMdRand:
             self.state_index %= self.state_num
         self.md_count[0] += 1
 
-        out = bytearray()
         # "if (curr_pid) ... curr_pid = 0": the pid goes into the first block only, never if 0.
-        prefix = self._pid_bytes if self.pid else b""
-        while num > 0:
-            j = min(HALF_DIGEST, num)
-            num -= j
-            end = st_idx + HALF_DIGEST
-            if end <= st_num:
-                block = state[st_idx:end]
-            else:  # k > 0: the block wraps around the used part of the pool
-                block = state[st_idx:st_num] + state[0 : end - st_num]
-            # DEBIAN: MD_Update(&m, buf, j) removed between counts and block.
-            local_md = sha1(prefix + local_md + counts + block).digest()
-            prefix = b""
-            if end < st_num:  # common case: no wrap, XOR the whole half-digest at once
-                mixed = int.from_bytes(block, "little") ^ int.from_bytes(local_md[:HALF_DIGEST], "little")
-                state[st_idx:end] = mixed.to_bytes(HALF_DIGEST, "little")
-                st_idx = end
-            else:
-                st_idx = _xor_into(state, st_idx, local_md[:HALF_DIGEST], st_num)
-            out += local_md[HALF_DIGEST : HALF_DIGEST + j]
+        first = (self._pid_bytes if self.pid else b"") + local_md
+        if st_idx < st_num and num_ceil <= st_num:
+            local_md, out = _output_blocks(state, st_idx, st_num, num_ceil, first, counts)
+        else:
+            local_md, out = _output_stepwise(state, st_idx, st_num, num_ceil, first, counts)
 
         m = sha1(counts)
         m.update(local_md)
         m.update(self.md)
         self.md = m.digest()
-        return bytes(out)
+        return out[:num]
