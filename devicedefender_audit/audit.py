@@ -1,19 +1,31 @@
-"""One run of ``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK``: scan, check every key, record findings.
+"""One audit task of ``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK``, written as it happens.
 
-The audit never stops for one certificate: fetch failures, unparsable PEM, oversized keys and
-detector crashes all become :class:`ResourceError` entries and count as failed resources. Only
-a failure to list the certificates at all fails the task.
+The task is stored ``IN_PROGRESS`` before the first AWS call, with its owner (host, pid) and a
+heartbeat; progress, unchecked resources and findings are committed batch by batch. A task ends
+``COMPLETED``, ``FAILED`` (the certificates could not be listed, or the connection was lost) or
+``CANCELED`` (SIGINT/SIGTERM); a task whose process died is marked ``FAILED`` ("interrupted") by
+the next start (:func:`recover_interrupted`).
+
+Outcomes are honest: a certificate that could not be checked, or whose key no detector data
+covers, never lets the check report ``COMPLETED_COMPLIANT``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-from devicedefender_audit.detectors import Detector, DetectorResult, Verdict
-from devicedefender_audit.key_material import KeyMaterialError, PublicKeyInfo, certificate_public_key
+from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code
+from devicedefender_audit.aws.iot_certificates import attached_things
+from devicedefender_audit.checks import KeyOutcome, KeyQualityCheck
+from devicedefender_audit.detectors import Detector
+from devicedefender_audit.inventory import IN_SCOPE_STATUSES, InventorySync, SyncAborted, SyncResult
 from devicedefender_audit.models import (
     AuditFinding,
     AuditTask,
@@ -22,124 +34,276 @@ from devicedefender_audit.models import (
     ResourceError,
     ResourceIdentifier,
 )
-from devicedefender_audit.progress import ProgressBar
-from devicedefender_audit.scanner import CertificateScanner, ScannedCertificate
+from devicedefender_audit.store import Store
+from devicedefender_audit.store.base import InventoryRecord, StoredVerdict, TaskOwner
+
+#: In-scope certificates checked and committed together.
+CHECK_BATCH = 500
+#: A task whose owner gave no sign of life for this long is taken as dead, wherever it ran.
+STALE_AFTER_S = 15 * 60
+
+
+class AuditInterrupted(BaseException):
+    """SIGTERM during an audit (SIGINT arrives as ``KeyboardInterrupt``)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(store: Store, now: float | None = None) -> list[str]:
+    """Mark ``FAILED`` the in-progress tasks whose process is gone; return their ids."""
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    recovered = []
+    for task, owner in store.in_progress_tasks():
+        if owner is not None and owner.pid == os.getpid() and owner.host == host:
+            continue
+        dead = owner is None or (owner.host == host and not _pid_alive(owner.pid))
+        stale = owner is not None and now - owner.heartbeat > STALE_AFTER_S
+        if not (dead or stale):
+            continue
+        why = (f"process {owner.pid} on {owner.host} ended without finishing the task"
+               if owner and dead else f"no progress for {STALE_AFTER_S // 60} minutes")
+        task.task_status = AuditTaskStatus.FAILED
+        task.details.check_run_status = "FAILED"
+        task.details.error_code = "INTERRUPTED"
+        task.details.message = f"interrupted: {why}"
+        task.task_statistics.in_progress_checks = 0
+        task.task_statistics.failed_checks = 1
+        store.save_task(task)
+        recovered.append(task.task_id)
+    return recovered
 
 
 @dataclass
-class AuditResult:
-    task: AuditTask
-    findings: list[AuditFinding] = field(default_factory=list)
-    errors: list[ResourceError] = field(default_factory=list)
+class AuditCounts:
+    non_compliant: int = 0
+    failed: int = 0
+    not_applicable: int = 0
+    not_covered: int = 0
+    left_scope: int = 0
 
 
-def check_key(key: PublicKeyInfo, detectors: Sequence[Detector]) -> list[DetectorResult]:
-    """Run every detector on one key."""
-    return [detector.check(key) for detector in detectors]
+class Audit:
+    """Runs one audit task against an IoT client, recording everything in ``store``."""
 
+    def __init__(
+        self,
+        iot: Any,
+        store: Store,
+        detectors: Sequence[Detector],
+        workers: int = 8,
+        region: str | None = None,
+        on_phase: Callable[[str, int | None], None] | None = None,
+        on_advance: Callable[[int], None] | None = None,
+    ) -> None:
+        self.iot = iot
+        self.store = store
+        self.check = KeyQualityCheck(detectors)
+        self.workers = workers
+        self.on_phase = on_phase
+        self.on_advance = on_advance
+        self.task = AuditTask(region=region)
+        self.task.task_statistics.in_progress_checks = 1
+        self.counts = AuditCounts()
+        self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
 
-class Auditor:
-    def __init__(self, scanner: CertificateScanner, detectors: Sequence[Detector]) -> None:
-        self.scanner = scanner
-        self.detectors = detectors
-
-    def run(self, progress: ProgressBar | None = None) -> AuditResult:
-        result = AuditResult(task=AuditTask())
-        details = result.task.details
+    def run(self) -> AuditTask:
+        recover_interrupted(self.store)
+        self._save()
         try:
-            summaries = self.scanner.list_in_scope()
-        except (ClientError, BotoCoreError) as exc:
-            if isinstance(exc, NoCredentialsError):
-                raise  # not an audit result: the caller must say how to configure access
-            result.task.task_status = AuditTaskStatus.FAILED
-            details.check_run_status = "FAILED"
-            details.error_code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            details.message = f"could not list certificates: {exc}"
-            result.task.task_statistics.failed_checks = 1
-            return result
-        if progress:
-            progress.set_total(len(summaries))
-        details.total_resources_count = 0
-        for item in self.scanner.scan(summaries, on_done=progress.advance if progress else None):
-            details.total_resources_count += 1
-            if isinstance(item, ResourceError):
-                result.errors.append(item)
-                continue
-            self._check_certificate(item, result)
-        if progress:
-            progress.close()
-        self._finish(result)
-        return result
-
-    def _check_certificate(self, cert: ScannedCertificate, result: AuditResult) -> None:
-        details = result.task.details
-        try:
-            key = certificate_public_key(cert.certificate_pem)
-            verdicts = check_key(key, self.detectors)
-        except KeyMaterialError as exc:
-            result.errors.append(
-                ResourceError(certificate_id=cert.certificate_id, error_code=exc.error_code, message=str(exc))
-            )
-            return
-        except Exception as exc:  # noqa: BLE001 - a detector bug must not end the audit; it is reported
-            result.errors.append(
-                ResourceError(
-                    certificate_id=cert.certificate_id,
-                    error_code="CHECK_FAILED",
-                    message=f"{type(exc).__name__}: {exc}",
-                )
-            )
-            return
-        vulnerable = [v for v in verdicts if v.verdict is Verdict.VULNERABLE]
-        things = self._things_note(cert) if vulnerable else ""
-        for verdict in vulnerable:
-            result.findings.append(
-                AuditFinding(
-                    task_id=result.task.task_id,
-                    task_start_time=result.task.task_start_time,
-                    non_compliant_resource=NonCompliantResource(
-                        resource_identifier=ResourceIdentifier(
-                            device_certificate_id=cert.certificate_id,
-                            device_certificate_arn=cert.certificate_arn,
-                        ),
-                        additional_info={
-                            "keyAlgorithm": key.algorithm,
-                            "keySize": str(key.bits),
-                            "certificateStatus": cert.status,
-                            "things": things,
-                        },
-                    ),
-                    reason_for_non_compliance=verdict.detail,
-                    reason_for_non_compliance_code=verdict.reason_code or "",
-                )
-            )
-        if vulnerable:
-            details.non_compliant_resources_count += 1
-        elif all(v.verdict is Verdict.NOT_APPLICABLE for v in verdicts):
-            details.not_applicable_resources_count += 1
-        elif any(v.verdict is Verdict.NOT_COVERED for v in verdicts):
-            details.not_covered_resources_count += 1
-
-    def _things_note(self, cert: ScannedCertificate) -> str:
-        """Comma-separated attached things, or why they are unknown (never fails the audit)."""
-        try:
-            return ",".join(self.scanner.attached_things(cert.certificate_arn))
-        except (ClientError, BotoCoreError) as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-            return f"unknown ({code})"
+            sync = self._sync()
+            self._check(sync)
+            self._finish()
+        except SyncAborted as exc:
+            self._fail(exc.error_code, str(exc))
+        except (KeyboardInterrupt, AuditInterrupted):
+            self._record_end(self._cancel)
+            raise
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            self._record_end(lambda: self._fail("INTERNAL_ERROR", message))
+            raise
+        return self.task
 
     @staticmethod
-    def _finish(result: AuditResult) -> None:
-        details = result.task.details
-        details.failed_resources_count = len(result.errors)
-        details.check_run_status = (
-            "COMPLETED_NON_COMPLIANT" if details.non_compliant_resources_count else "COMPLETED_COMPLIANT"
-        )
-        details.check_compliant = details.non_compliant_resources_count == 0
-        stats = result.task.task_statistics
-        stats.in_progress_checks = 0
-        if details.check_compliant:
-            stats.compliant_checks = 1
-        else:
+    def _record_end(record: Callable[[], None]) -> None:
+        """Record how the task ended, without hiding the exception that ended it."""
+        with contextlib.suppress(Exception):  # the store may be what failed; the caller reports that
+            record()
+
+    # phases --------------------------------------------------------------------------------
+
+    def _sync(self) -> SyncResult:
+        self._phase("Syncing certificate inventory", None)
+        listed = 0
+
+        def progress(result: SyncResult) -> None:
+            nonlocal listed
+            self.task.progress.listed_certificates = result.listed
+            self.task.progress.described_certificates = result.described
+            if self.on_advance and result.listed > listed:
+                self.on_advance(result.listed - listed)
+            listed = result.listed
+            self._save()
+
+        def error(err: ResourceError) -> None:
+            if err.left_scope:
+                self.counts.left_scope += 1
+            else:
+                self.counts.failed += 1
+            self.store.add_errors(self.task.task_id, [err])
+
+        return InventorySync(self.iot, self.store, self.workers, on_progress=progress, on_error=error).run()
+
+    def _check(self, sync: SyncResult) -> None:
+        total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES)
+        self.task.details.total_resources_count = total
+        self._phase("Checking keys", total)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="things") as pool:
+            for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
+                self._check_batch(records, sync.undescribed, pool)
+
+    def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor) -> None:
+        stored = self.store.verdicts(r.certificate_id for r in records)
+        fresh: list[StoredVerdict] = []
+        errors: list[ResourceError] = []
+        weak: list[tuple[InventoryRecord, KeyOutcome]] = []
+        reparsed = []
+        for record in records:
+            if record.certificate_id in undescribed:
+                continue  # reported by the sync already
+            outcome = self.check.evaluate(record, stored.get(record.certificate_id, ()))
+            fresh += outcome.fresh
+            if outcome.reparsed:
+                reparsed.append(outcome.reparsed)
+            if outcome.error:
+                errors.append(ResourceError(certificate_id=record.certificate_id, error_code=outcome.error[0],
+                                            message=outcome.error[1]))
+            elif outcome.vulnerable:
+                weak.append((record, outcome))
+            elif outcome.not_applicable:
+                self.counts.not_applicable += 1
+            elif outcome.not_covered:
+                self.counts.not_covered += 1
+        things = list(pool.map(self._things_note, [record.certificate_arn for record, _ in weak]))
+        findings = [
+            finding
+            for (record, outcome), note in zip(weak, things, strict=True)
+            for finding in self._findings(record, outcome, note)
+        ]
+        self.counts.failed += len(errors)
+        self.counts.non_compliant += len(weak)
+        self.task.progress.checked_certificates += len(records)
+        self._update_details()
+        with self.store.batch():
+            self.store.save_verdicts(fresh)
+            if reparsed:
+                self.store.save_descriptions(reparsed)
+            self.store.add_errors(self.task.task_id, errors)
+            self.store.add_findings(findings)
+            self._save()
+        if self.on_advance:
+            self.on_advance(len(records))
+
+    def _findings(self, record: InventoryRecord, outcome: KeyOutcome, things: str) -> list[AuditFinding]:
+        description = record.description
+        info = {
+            "keyAlgorithm": (description.key_algorithm if description else None) or "",
+            "keySize": str((description.key_bits if description else None) or ""),
+            "certificateStatus": record.status,
+            "things": things,
+        }
+        return [
+            AuditFinding(
+                task_id=self.task.task_id,
+                task_start_time=self.task.task_start_time,
+                non_compliant_resource=NonCompliantResource(
+                    resource_identifier=ResourceIdentifier(
+                        device_certificate_id=record.certificate_id,
+                        device_certificate_arn=record.certificate_arn,
+                    ),
+                    additional_info=info,
+                ),
+                reason_for_non_compliance=verdict.detail,
+                reason_for_non_compliance_code=verdict.reason_code or "",
+            )
+            for verdict in outcome.vulnerable
+        ]
+
+    def _things_note(self, certificate_arn: str) -> str:
+        """Comma-separated attached things, or why they are unknown (never fails the audit)."""
+        try:
+            return ",".join(attached_things(self.iot, certificate_arn))
+        except AWS_ERRORS as exc:
+            return f"unknown ({aws_error_code(exc)})"
+
+    # task state ----------------------------------------------------------------------------
+
+    def _update_details(self) -> None:
+        details, counts = self.task.details, self.counts
+        details.non_compliant_resources_count = counts.non_compliant
+        details.failed_resources_count = counts.failed
+        details.not_applicable_resources_count = counts.not_applicable
+        details.not_covered_resources_count = counts.not_covered
+
+    def _finish(self) -> None:
+        self._update_details()
+        details, counts, stats = self.task.details, self.counts, self.task.task_statistics
+        unchecked = []
+        if counts.failed:
+            unchecked.append(f"{counts.failed} could not be checked")
+        if counts.not_covered:
+            unchecked.append(f"{counts.not_covered} have keys no detector data covers yet")
+        if counts.non_compliant:
+            details.check_run_status, details.check_compliant = "COMPLETED_NON_COMPLIANT", False
             stats.non_compliant_checks = 1
-        result.task.task_status = AuditTaskStatus.COMPLETED
+            if unchecked:
+                details.message = f"of {details.total_resources_count} certificates, " + " and ".join(unchecked)
+        elif unchecked:
+            details.check_run_status, details.check_compliant = "FAILED", False
+            details.error_code = "RESOURCES_NOT_CHECKED" if counts.failed else "RESOURCES_NOT_COVERED"
+            details.message = (f"no finding, but of {details.total_resources_count} certificates "
+                               + " and ".join(unchecked))
+            stats.failed_checks = 1
+        else:
+            details.check_run_status, details.check_compliant = "COMPLETED_COMPLIANT", True
+            stats.compliant_checks = 1
+        stats.in_progress_checks = 0
+        self.task.task_status = AuditTaskStatus.COMPLETED
+        self._save()
+
+    def _fail(self, error_code: str, message: str) -> None:
+        self._update_details()
+        details = self.task.details
+        details.check_run_status, details.check_compliant = "FAILED", False
+        details.error_code, details.message = error_code, message
+        self.task.task_statistics.in_progress_checks = 0
+        self.task.task_statistics.failed_checks = 1
+        self.task.task_status = AuditTaskStatus.FAILED
+        self._save()
+
+    def _cancel(self) -> None:
+        self._update_details()
+        self.task.details.check_run_status = "CANCELED"
+        self.task.details.check_compliant = False
+        self.task.details.message = "canceled before it finished"
+        self.task.task_statistics.in_progress_checks = 0
+        self.task.task_statistics.canceled_checks = 1
+        self.task.task_status = AuditTaskStatus.CANCELED
+        self._save()
+
+    def _save(self) -> None:
+        self._owner = TaskOwner(self._owner.host, self._owner.pid, time.time())
+        self.store.save_task(self.task, self._owner)
+
+    def _phase(self, label: str, total: int | None) -> None:
+        if self.on_phase:
+            self.on_phase(label, total)

@@ -1,35 +1,63 @@
 """``python -m devicedefender_audit``: audit, review, mitigate, check files, manage blocklists.
 
-Exit codes, so a scheduled audit can gate a pipeline:
-0 everything in scope was checked and is compliant; 1 the audit could not run (e.g. listing
-failed); 2 bad usage; 3 non-compliant certificates found; 4 no finding, but some certificates
-could not be checked.
+Exit codes, so a scheduled audit can gate a pipeline (README, "Statuses and exit codes"):
+0 every in-scope certificate was checked and is compliant; 1 the audit could not run or did not
+finish (listing failed, connection lost); 2 bad usage or environment (arguments, store);
+3 non-compliant certificates found; 4 no finding, but some certificates could not be checked or
+are not covered; 130 / 143 canceled by SIGINT / SIGTERM (the task is recorded ``CANCELED``);
+141 the output pipe was closed.
+
+Commands import only what they need, so ``check`` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import NoCredentialsError, NoRegionError, ProfileNotFound
-
-from devicedefender_audit.audit import Auditor, AuditResult
-from devicedefender_audit.aws_clients import AwsTarget
-from devicedefender_audit.debian_weak.blocklist_file import BlocklistError
-from devicedefender_audit.detectors import default_detectors
-from devicedefender_audit.detectors.debian_weak import DebianWeakDetector, default_blocklist_dir
-from devicedefender_audit.key_check import check_files
-from devicedefender_audit.mitigation import MitigationConfig, Mitigator
-from devicedefender_audit.models import AuditTask, AuditTaskStatus, MitigationActionType, MitigationExecution
-from devicedefender_audit.progress import ProgressBar
-from devicedefender_audit.report import audit_json, audit_text, executions_text, table, tasks_text
-from devicedefender_audit.scanner import CertificateScanner
-from devicedefender_audit.store import AuditStore, default_store_path
+if TYPE_CHECKING:
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.models import AuditTask, MitigationExecution
+    from devicedefender_audit.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
+EXIT_SIGINT, EXIT_PIPE, EXIT_SIGTERM = 130, 141, 143
+MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP", "PUBLISH_FINDINGS_TO_SNS")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _key_bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 512 <= value <= 16384 or value % 8:
+        raise argparse.ArgumentTypeError(f"RSA key size must be a multiple of 8 in 512..16384, not {text!r}")
+    return value
+
+
+def _rate(text: str) -> tuple[str, float]:
+    from devicedefender_audit.aws.pacing import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _aws_options(parser: argparse.ArgumentParser) -> None:
@@ -37,19 +65,28 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--region")
     group.add_argument("--profile")
     group.add_argument("--endpoint-url", help="e.g. a moto server or LocalStack")
-    group.add_argument("--max-attempts", type=int, default=10,
+    group.add_argument("--max-attempts", type=_positive_int, default=10,
                        help="attempts per call, retried in botocore's adaptive mode (default 10)")
+    group.add_argument("--rate", dest="rates", type=_rate, action="append", default=[],
+                       metavar="OPERATION=TPS",
+                       help="requests per second for one operation, e.g. DescribeCertificate=50 "
+                       "(default: AWS's default quotas; see the README)")
+
+
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, default=None,
+                        help="SQLite audit store (default $DDA_STORE or ~/.local/share/devicedefender-audit/"
+                        "audits.sqlite3)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    parser.add_argument("--store", type=Path, default=None,
-                        help=f"SQLite audit history (default {default_store_path()})")
+    _store_option(parser)
 
 
 def _blocklists(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blocklists", type=Path, default=None,
-                        help=f"CVE-2008-0166 blocklist directory (default {default_blocklist_dir()})")
+                        help="CVE-2008-0166 blocklist directory (default $DDA_BLOCKLISTS, else the shipped lists)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _aws_options(run)
     _common(run)
     _blocklists(run)
-    run.add_argument("--workers", type=int, default=8, help="concurrent DescribeCertificate calls")
+    run.add_argument("--workers", type=_positive_int, default=8, help="concurrent AWS calls (default 8)")
     run.add_argument("--demo", action="store_true",
                      help="audit an embedded moto account seeded with a demo fleet (no AWS needed)")
     run.add_argument("--no-progress", action="store_true")
@@ -82,8 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mitigate = sub.add_parser("mitigate", help="apply mitigation actions to an audit's findings")
     mitigate.add_argument("task_id", nargs="?", help="default: the latest audit")
-    mitigate.add_argument("--action", dest="actions", action="append", required=True,
-                          choices=[a.value for a in MitigationActionType])
+    mitigate.add_argument("--action", dest="actions", action="append", required=True, choices=MITIGATION_ACTIONS)
     mitigate.add_argument("--thing-group", help="quarantine group for ADD_THINGS_TO_THING_GROUP")
     mitigate.add_argument("--sns-topic-arn", help="topic for PUBLISH_FINDINGS_TO_SNS")
     mitigate.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
@@ -98,99 +134,171 @@ def build_parser() -> argparse.ArgumentParser:
     blocklist = sub.add_parser("blocklist", help="CVE-2008-0166 blocklists")
     bsub = blocklist.add_subparsers(dest="blocklist_command", required=True)
     gen = bsub.add_parser("generate", help="regenerate weak keys (resumable) and build the list")
-    gen.add_argument("--bits", type=int, required=True)
+    gen.add_argument("--bits", type=_key_bits, required=True)
     gen.add_argument("--platforms", nargs="+", default=None, choices=("le32", "le64", "be32"))
     gen.add_argument("--variants", nargs="+", default=None, choices=("rnd", "nornd-old", "nornd-new", "ssh-keygen"))
-    gen.add_argument("--pid-start", type=int, default=0)
-    gen.add_argument("--pid-stop", type=int, default=32768)
-    gen.add_argument("--workers", type=int, default=None)
+    gen.add_argument("--pid-start", type=int, choices=range(32768), default=0, metavar="0..32767")
+    gen.add_argument("--pid-stop", type=int, choices=range(1, 32769), default=32768, metavar="1..32768")
+    gen.add_argument("--workers", type=_positive_int, default=None)
     gen.add_argument("--no-build", action="store_true", help="only compute checkpoints")
     build = bsub.add_parser("build", help="merge checkpoints into the shipped list")
-    build.add_argument("--bits", type=int, required=True)
+    build.add_argument("--bits", type=_key_bits, required=True)
     info = bsub.add_parser("info", help="which key sizes are covered")
     imp = bsub.add_parser("import", help="merge an openssl-vulnkey blacklist.RSA-NNNN file")
     imp.add_argument("file", type=Path)
-    imp.add_argument("--bits", type=int, required=True)
+    imp.add_argument("--bits", type=_key_bits, required=True)
     exp = bsub.add_parser("export", help="write a list in openssl-vulnkey format")
     exp.add_argument("out", type=Path)
-    exp.add_argument("--bits", type=int, required=True)
+    exp.add_argument("--bits", type=_key_bits, required=True)
     for p in (gen, build, info, imp, exp):
         _blocklists(p)
     return parser
 
 
-def _open_store(args: argparse.Namespace) -> AuditStore:
-    return AuditStore(args.store or default_store_path())
+# helpers ---------------------------------------------------------------------------------------
 
 
-def _print_audit(result: AuditResult, fmt: str) -> None:
-    render = audit_json if fmt == "json" else audit_text
-    print(render(result.task, result.findings, result.errors))
+def _open_store(args: argparse.Namespace) -> Store:
+    """The store, opened and checked before any AWS call (a bad one is a StoreError: exit 2)."""
+    from devicedefender_audit.store import open_store
+
+    return open_store(args.store)
 
 
-def _audit_exit_code(result: AuditResult) -> int:
-    if result.task.task_status is AuditTaskStatus.FAILED:
-        return EXIT_FAILED
-    if result.findings:
-        return EXIT_NON_COMPLIANT
-    return EXIT_INCOMPLETE if result.errors else EXIT_OK
+def _target(args: argparse.Namespace) -> AwsTarget:
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.aws.pacing import DEFAULT_RATES
+
+    return AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url,
+                     max_attempts=args.max_attempts, rates={**DEFAULT_RATES, **dict(args.rates)})
 
 
-def _run_audit(target: AwsTarget, args: argparse.Namespace, progress: bool) -> AuditResult:
+def _detectors(args: argparse.Namespace) -> list[Any]:
+    from devicedefender_audit.detectors import default_detectors
+
     detectors = default_detectors(args.blocklists)
     for detector in detectors:
         for error in getattr(detector, "load_errors", []):
             print(f"warning: {error}", file=sys.stderr)
-    scanner = CertificateScanner(target.client("iot"), workers=getattr(args, "workers", 8))
-    bar = ProgressBar("Scanning certificates") if progress else None
-    result = Auditor(scanner, detectors).run(progress=bar)
-    result.task.region = target.region or target.session().region_name
-    store = _open_store(args)
+    return detectors
+
+
+def _print_audit(store: Store, task: AuditTask, fmt: str) -> None:
+    from devicedefender_audit.report import audit_json, audit_text
+
+    render = audit_json if fmt == "json" else audit_text
+    print(render(task, store.findings(task.task_id), store.errors(task.task_id)))
+
+
+def _audit_exit_code(task: AuditTask) -> int:
+    if task.task_status.value != "COMPLETED":
+        return EXIT_FAILED
+    if task.details.non_compliant_resources_count:
+        return EXIT_NON_COMPLIANT
+    return EXIT_OK if task.details.check_compliant else EXIT_INCOMPLETE
+
+
+def _run_audit(target: AwsTarget, store: Store, args: argparse.Namespace, progress: bool) -> AuditTask:
+    from devicedefender_audit.audit import Audit, AuditInterrupted
+    from devicedefender_audit.progress import ProgressBar
+
+    def terminated(signum: int, frame: object) -> None:
+        raise AuditInterrupted  # in the main thread, so the audit records itself as canceled
+
+    detectors = _detectors(args)
+    bar: ProgressBar | None = None
+
+    def phase(label: str, total: int | None) -> None:
+        nonlocal bar
+        if bar:
+            bar.close()
+        bar = ProgressBar(label) if progress else None
+        if bar and total is not None:
+            bar.set_total(total)
+
+    def advance(step: int) -> None:
+        if bar:
+            bar.advance(step)
+
+    audit = Audit(target.client("iot"), store, detectors, workers=getattr(args, "workers", 8),
+                  region=target.region_name, on_phase=phase, on_advance=advance)
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        store.save_audit(result)
+        task = audit.run()
+    except (KeyboardInterrupt, AuditInterrupted) as exc:
+        code = EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else EXIT_SIGTERM
+        print(f"\naudit {audit.task.task_id} canceled and recorded as {audit.task.task_status.value}",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # In-flight AWS calls are abandoned, not awaited: a dead endpoint must not delay the exit.
+        os._exit(code)
     finally:
-        store.close()
-    return result
+        signal.signal(signal.SIGTERM, previous)
+    if bar:
+        bar.close()
+    return task
+
+
+# commands --------------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.demo:
-        from devicedefender_audit.demo import demo_account
+    store = _open_store(args)
+    try:
+        if args.demo:
+            from devicedefender_audit.demo import demo_account
 
-        with demo_account() as target:
-            result = _run_audit(target, args, progress=not args.no_progress)
-    else:
-        target = AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url,
-                           max_attempts=args.max_attempts)
-        result = _run_audit(target, args, progress=not args.no_progress)
-    _print_audit(result, args.format)
-    return _audit_exit_code(result)
+            with demo_account() as target:
+                task = _run_audit(target, store, args, progress=not args.no_progress)
+        else:
+            target = _target(args)
+            target.require_credentials()
+            task = _run_audit(target, store, args, progress=not args.no_progress)
+        _print_audit(store, task, args.format)
+    finally:
+        store.close()
+    return _audit_exit_code(task)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from devicedefender_audit.demo import QUARANTINE_GROUP, demo_account
+    from devicedefender_audit.mitigation import MitigationConfig, Mitigator
+    from devicedefender_audit.models import MitigationActionType
+    from devicedefender_audit.report import executions_text
 
-    with demo_account() as target:
-        result = _run_audit(target, args, progress=True)
-        _print_audit(result, args.format)
-        if args.format == "table" and result.findings:
-            mitigator = Mitigator(target.client("iot"), target.client("sns"), None, dry_run=True)
-            config = MitigationConfig(
-                actions=(MitigationActionType.UPDATE_DEVICE_CERTIFICATE,
-                         MitigationActionType.ADD_THINGS_TO_THING_GROUP),
-                thing_group=QUARANTINE_GROUP,
-            )
-            print("\nMitigation dry run (nothing is changed):")
-            print(executions_text(mitigator.apply(result.findings, config)))
+    store = _open_store(args)
+    try:
+        with demo_account() as target:
+            task = _run_audit(target, store, args, progress=True)
+            _print_audit(store, task, args.format)
+            findings = list(store.findings(task.task_id))
+            if args.format == "table" and findings:
+                mitigator = Mitigator(target.client("iot"), target.client("sns"), None, dry_run=True)
+                config = MitigationConfig(
+                    actions=(MitigationActionType.UPDATE_DEVICE_CERTIFICATE,
+                             MitigationActionType.ADD_THINGS_TO_THING_GROUP),
+                    thing_group=QUARANTINE_GROUP,
+                )
+                print("\nMitigation dry run (nothing is changed):")
+                print(executions_text(mitigator.apply(findings, config)))
+    finally:
+        store.close()
     if args.format == "table":
-        print(f"\nSaved as audit {result.task.task_id}; see `python -m devicedefender_audit list-audits`.")
-    return EXIT_OK if result.task.task_status is AuditTaskStatus.COMPLETED else EXIT_FAILED
+        print(f"\nSaved as audit {task.task_id}; see `python -m devicedefender_audit list-audits`.")
+    return EXIT_OK if task.task_status.value == "COMPLETED" else EXIT_FAILED
 
 
 def cmd_list_audits(args: argparse.Namespace) -> int:
+    from devicedefender_audit.audit import recover_interrupted
+    from devicedefender_audit.report import tasks_text
+
     store = _open_store(args)
-    tasks = store.list_tasks()
-    store.close()
+    try:
+        recover_interrupted(store)
+        tasks = store.list_tasks()
+    finally:
+        store.close()
     if args.format == "json":
         print(json.dumps({"tasks": [t.to_aws() for t in tasks]}, indent=2))
     else:
@@ -198,13 +306,17 @@ def cmd_list_audits(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _resolve_task(store: AuditStore, task_id: str | None) -> AuditTask:
-    """The named audit, or the latest one; exits with a clear message when there is none."""
+class _NoSuchAudit(Exception):
+    """``show-findings`` and friends on a store without that audit."""
+
+
+def _resolve_task(store: Store, task_id: str | None) -> AuditTask:
+    """The named audit, or the latest one."""
     resolved = task_id or store.latest_task_id()
     task = store.get_task(resolved) if resolved else None
     if task is None:
         wanted = f"audit {task_id}" if task_id else "audit"
-        raise SystemExit(f"error: no {wanted} in {store.path}; run an audit first")
+        raise _NoSuchAudit(f"no {wanted} in {store.path}; run an audit first")
     return task
 
 
@@ -212,14 +324,15 @@ def cmd_show_findings(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
         task = _resolve_task(store, args.task_id)
-        findings, errors = store.findings(task.task_id), store.errors(task.task_id)
+        _print_audit(store, task, args.format)
     finally:
         store.close()
-    print((audit_json if args.format == "json" else audit_text)(task, findings, errors))
-    return EXIT_NON_COMPLIANT if findings else EXIT_OK
+    return EXIT_NON_COMPLIANT if task.details.non_compliant_resources_count else EXIT_OK
 
 
 def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> None:
+    from devicedefender_audit.report import executions_text
+
     if fmt == "json":
         print(json.dumps({"actionsExecutions": [e.to_aws() for e in executions]}, indent=2))
     else:
@@ -227,23 +340,26 @@ def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> No
 
 
 def cmd_mitigate(args: argparse.Namespace) -> int:
+    from devicedefender_audit.mitigation import MitigationConfig, Mitigator
+    from devicedefender_audit.models import MitigationActionType
+
+    config = MitigationConfig(
+        actions=tuple(MitigationActionType(a) for a in args.actions),
+        thing_group=args.thing_group,
+        sns_topic_arn=args.sns_topic_arn,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     store = _open_store(args)
     try:
         task_id = _resolve_task(store, args.task_id).task_id
-        config = MitigationConfig(
-            actions=tuple(MitigationActionType(a) for a in args.actions),
-            thing_group=args.thing_group,
-            sns_topic_arn=args.sns_topic_arn,
-        )
-        try:
-            config.validate()
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        target = AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url,
-                           max_attempts=args.max_attempts)
+        target = _target(args)
+        target.require_credentials()
         mitigator = Mitigator(target.client("iot"), target.client("sns"), store, dry_run=args.dry_run)
-        executions = mitigator.apply(store.findings(task_id), config)
+        executions = mitigator.apply(list(store.findings(task_id)), config)
     finally:
         store.close()
     _print_executions(executions, args.format)
@@ -261,7 +377,10 @@ def cmd_list_mitigations(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    checks = check_files(args.files, default_detectors(args.blocklists))
+    from devicedefender_audit.key_check import check_files
+    from devicedefender_audit.text_table import table
+
+    checks = check_files(args.files, _detectors(args))
     if args.format == "json":
         print(json.dumps([
             {"file": c.path, "error": c.error,
@@ -287,10 +406,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_blocklist(args: argparse.Namespace) -> int:
     from devicedefender_audit.debian_weak import generator, vulnkey_format
+    from devicedefender_audit.detectors.debian_weak import DebianWeakDetector, default_blocklist_dir
+    from devicedefender_audit.text_table import table
 
     directory = args.blocklists or default_blocklist_dir()
     command = args.blocklist_command
     if command == "generate":
+        if args.pid_start >= args.pid_stop:
+            print("error: --pid-start must be below --pid-stop", file=sys.stderr)
+            return EXIT_USAGE
         chunks = generator.plan(
             args.bits,
             args.platforms or generator.PLATFORM_NAMES,
@@ -334,14 +458,40 @@ COMMANDS = {
 }
 
 
+def _explain(exc: Exception) -> tuple[int, str] | None:
+    """(exit code, one-line message) for the errors a user can cause or fix; None for bugs."""
+    from devicedefender_audit.store import StoreError
+
+    if isinstance(exc, StoreError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, _NoSuchAudit):
+        return EXIT_USAGE, str(exc)
+    if type(exc).__module__.startswith("botocore"):
+        from botocore.exceptions import NoCredentialsError, NoRegionError, PartialCredentialsError, ProfileNotFound
+
+        if isinstance(exc, (NoRegionError, ProfileNotFound, NoCredentialsError, PartialCredentialsError)):
+            return EXIT_FAILED, (f"{exc}. Set the AWS region/credentials (or --region/--profile), "
+                                 "or try the embedded demo: python -m devicedefender_audit run --demo")
+    from devicedefender_audit.debian_weak.blocklist_file import BlocklistError
+
+    if isinstance(exc, (BlocklistError, FileNotFoundError)):
+        return EXIT_FAILED, str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (NoRegionError, ProfileNotFound, NoCredentialsError) as exc:
-        print(f"error: {exc}. Set the AWS region/credentials (or --region/--profile), "
-              "or try the embedded demo: python -m devicedefender_audit run --demo", file=sys.stderr)
-        return EXIT_FAILED
-    except (BlocklistError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (``show-findings | head``): stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
+    except Exception as exc:
+        explained = _explain(exc)
+        if explained is None:
+            raise
+        code, message = explained
+        print(f"error: {message}", file=sys.stderr)
+        return code

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from devicedefender_audit.aws_clients import AwsTarget
+from devicedefender_audit.aws.clients import AwsTarget
 
 DEMO_REGION = "us-east-1"
 QUARANTINE_GROUP = "quarantine-weak-keys"

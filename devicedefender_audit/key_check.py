@@ -10,8 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from devicedefender_audit.audit import check_key
-from devicedefender_audit.detectors import Detector, DetectorResult, Verdict
+from devicedefender_audit.detectors import Detector, DetectorResult, Verdict, check_key
 from devicedefender_audit.key_material import (
     MAX_INPUT_BYTES,
     KeyMaterialError,

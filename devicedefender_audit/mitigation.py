@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError, NoCredentialsError
 
+from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, is_not_found
 from devicedefender_audit.models import (
     AuditFinding,
     MitigationActionType,
@@ -25,7 +26,7 @@ from devicedefender_audit.models import (
     PlannedCall,
     utcnow,
 )
-from devicedefender_audit.store import AuditStore
+from devicedefender_audit.store import Store
 
 INACTIVE_STATUSES = frozenset({"INACTIVE", "REVOKED"})
 
@@ -47,14 +48,8 @@ class _Skip(Exception):
     """An action that has nothing to do for this finding."""
 
 
-def _error_code(exc: Exception) -> str:
-    if isinstance(exc, ClientError):
-        return exc.response.get("Error", {}).get("Code", "ClientError")
-    return type(exc).__name__
-
-
 class Mitigator:
-    def __init__(self, iot: Any, sns: Any, store: AuditStore | None, dry_run: bool) -> None:
+    def __init__(self, iot: Any, sns: Any, store: Store | None, dry_run: bool) -> None:
         self.iot = iot
         self.sns = sns
         self.store = store
@@ -85,7 +80,7 @@ class Mitigator:
         )
         self._calls = []
         try:
-            if self.store and self.store.already_succeeded(finding.finding_id, action):
+            if self.store and self.store.already_succeeded(finding.finding_id, action.value):
                 raise _Skip("already applied by an earlier run")
             handler = {
                 MitigationActionType.UPDATE_DEVICE_CERTIFICATE: self._deactivate_certificate,
@@ -99,9 +94,11 @@ class Mitigator:
         except _Skip as skip:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
-        except (ClientError, BotoCoreError) as exc:
+        except NoCredentialsError:
+            raise  # one clear error for the whole run, not a FAILED record per finding
+        except AWS_ERRORS as exc:
             execution.status = MitigationStatus.FAILED
-            execution.error_code = _error_code(exc)
+            execution.error_code = aws_error_code(exc)
             execution.message = str(exc)
         execution.calls = self._calls
         execution.end_time = utcnow()
@@ -118,7 +115,7 @@ class Mitigator:
         try:
             response = self.iot.describe_certificate(certificateId=certificate_id)
         except ClientError as exc:
-            if _error_code(exc) == "ResourceNotFoundException":
+            if is_not_found(exc):
                 raise _Skip("certificate no longer exists") from exc
             raise
         return response["certificateDescription"]["status"]
@@ -143,7 +140,7 @@ class Mitigator:
         try:
             self.iot.describe_thing_group(thingGroupName=name)
         except ClientError as exc:
-            if _error_code(exc) != "ResourceNotFoundException":
+            if not is_not_found(exc):
                 raise
             self._mutate(self.iot, "iot", "create_thing_group", thingGroupName=name)
         # In a dry run the group "would exist" from here on, so it is planned only once.

@@ -74,11 +74,16 @@ class AuditFinding(AwsModel):
 
 
 class ResourceError(AwsModel):
-    """A certificate the audit could not check, and why. Reported, never dropped."""
+    """A certificate the audit could not check, and why. Reported, never dropped.
+
+    ``leftScope`` (our extension) marks a certificate that stopped existing during the scan
+    (``DELETED_DURING_SCAN``): reported, but not an unchecked certificate of the account.
+    """
 
     certificate_id: str
     error_code: str  # DELETED_DURING_SCAN, MALFORMED_CERTIFICATE, KEY_TOO_LARGE, THROTTLED, ...
     message: str
+    left_scope: bool = False
 
 
 class TaskStatistics(AwsModel):
@@ -108,6 +113,15 @@ class AuditCheckDetails(AwsModel):
     message: str | None = None
 
 
+class AuditProgress(AwsModel):
+    """Our extension: how far an audit has got, updated as it runs (``describe-audit-task``
+    shows it while the task is ``IN_PROGRESS``)."""
+
+    listed_certificates: int = 0
+    described_certificates: int = 0
+    checked_certificates: int = 0
+
+
 class AuditTask(AwsModel):
     task_id: str = Field(default_factory=new_id)
     task_status: AuditTaskStatus = AuditTaskStatus.IN_PROGRESS
@@ -119,6 +133,7 @@ class AuditTask(AwsModel):
     )
     account: str | None = None
     region: str | None = None
+    progress: AuditProgress = Field(default_factory=AuditProgress)
 
     @property
     def details(self) -> AuditCheckDetails:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from devicedefender_audit.models import AuditFinding, AuditTask, MitigationExecution, ResourceError
+from devicedefender_audit.text_table import table
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def audit_json(task: AuditTask, findings: Sequence[AuditFinding], errors: Sequence[ResourceError]) -> str:
+def audit_json(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterable[ResourceError]) -> str:
     return json.dumps(
         {
             "auditTask": task.to_aws(),
@@ -27,7 +20,8 @@ def audit_json(task: AuditTask, findings: Sequence[AuditFinding], errors: Sequen
     )
 
 
-def audit_text(task: AuditTask, findings: Sequence[AuditFinding], errors: Sequence[ResourceError]) -> str:
+def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterable[ResourceError]) -> str:
+    findings, errors = list(findings), list(errors)
     d = task.details
     out = [
         f"Audit task {task.task_id}  {task.task_status.value}  started {task.task_start_time:%Y-%m-%d %H:%M:%S %Z}",
@@ -39,7 +33,11 @@ def audit_text(task: AuditTask, findings: Sequence[AuditFinding], errors: Sequen
         ),
     ]
     if d.message:
-        out.append(f"  error: {d.error_code}: {d.message}")
+        out.append(f"  {d.error_code or 'note'}: {d.message}")
+    if task.task_status.value != "COMPLETED":
+        p = task.progress
+        out.append(f"  progress: listed {p.listed_certificates}, described {p.described_certificates}, "
+                   f"checked {p.checked_certificates}")
     if findings:
         out += ["", "Findings:", table(
             ("SEVERITY", "CERTIFICATE", "THINGS", "REASON CODE", "REASON"),
@@ -47,10 +45,12 @@ def audit_text(task: AuditTask, findings: Sequence[AuditFinding], errors: Sequen
               f.reason_for_non_compliance_code, f.reason_for_non_compliance)
              for f in findings],
         )]
-    else:
+    elif d.check_run_status == "COMPLETED_COMPLIANT":
         out += ["", "No non-compliant certificates."]
+    else:
+        out += ["", "No finding, but the check did not cover every certificate (see above)."]
     if errors:
-        out += ["", "Certificates that could not be checked:", table(
+        out += ["", "Certificates that could not be checked (or left scope during the scan):", table(
             ("CERTIFICATE", "ERROR", "MESSAGE"), [(e.certificate_id, e.error_code, e.message) for e in errors]
         )]
     return "\n".join(out)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 
+from devicedefender_audit.audit import Audit
 from devicedefender_audit.demo import issue_certificate
+from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
+from devicedefender_audit.store import Store, open_store
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
@@ -71,6 +78,20 @@ def aws(aws_env) -> Iterator[None]:
 
 
 @pytest.fixture
+def moto_server(aws_env) -> Iterator[str]:
+    """A moto server on loopback, with a fresh account: moto's backends are process-wide, so
+    what an earlier test left behind is reset first."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    requests.post(f"{url}/moto-api/reset", timeout=30).raise_for_status()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
 def iot(aws):
     return boto3.client("iot", region_name=REGION)
 
@@ -82,3 +103,20 @@ def register(iot, pem: str, status: str = "ACTIVE", thing: str | None = None) ->
         iot.create_thing(thingName=thing)
         iot.attach_thing_principal(thingName=thing, principal=cert["certificateArn"])
     return cert
+
+
+@dataclass
+class Audited:
+    """An audit run through the engine, with what it stored."""
+
+    task: AuditTask
+    findings: list[AuditFinding]
+    errors: list[ResourceError]
+    store: Store
+
+
+def run_audit(iot, detectors, store: Store | None = None, workers: int = 8) -> Audited:
+    """Run one audit task against ``iot`` into ``store`` (a fresh in-memory one by default)."""
+    store = store or open_store(":memory:")
+    task = Audit(iot, store, detectors, workers=workers).run()
+    return Audited(task, list(store.findings(task.task_id)), list(store.errors(task.task_id)), store)

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 
 import boto3
 import pytest
 from conftest import DATA, REGION, REPO, issue_certificate, register
-from moto.server import ThreadedMotoServer
 
 from devicedefender_audit.cli import main
 
 ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
 DEBIAN = "CERTIFICATE_KEY_VULNERABILITY_CVE-2008-0166"
-
-
-@pytest.fixture
-def moto_server(aws_env):
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
@@ -92,8 +80,49 @@ def test_run_fails_cleanly_when_listing_fails(capsys, aws_env):
 
 
 def test_show_findings_without_audits_is_an_error(capsys, aws_env):
-    with pytest.raises(SystemExit, match="no audit"):
-        main(["show-findings"])
+    assert main(["show-findings"]) == 2
+    assert "no audit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--workers", "0"],
+    ["run", "--max-attempts", "-1"],
+    ["run", "--rate", "DescribeCertificate=0"],
+    ["blocklist", "generate", "--bits", "-5"],
+    ["blocklist", "generate", "--bits", "2048", "--pid-start", "40000"],
+])
+def test_bad_arguments_are_usage_errors_not_tracebacks(capsys, argv):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make_bad", [
+    lambda tmp: tmp,  # a directory
+    lambda tmp: (tmp / "file.txt", (tmp / "file.txt").write_text("x"))[0] / "audits.sqlite3",  # parent is a file
+    lambda tmp: (tmp / "notdb.sqlite3", (tmp / "notdb.sqlite3").write_bytes(b"not a database" * 100))[0],
+])
+def test_bad_store_fails_before_any_aws_call(capsys, aws_env, tmp_path, make_bad):
+    bad = make_bad(tmp_path)
+    # an endpoint that would fail: the store must be refused before it is ever tried
+    code = main(["run", "--store", str(bad), "--endpoint-url", "http://127.0.0.1:9", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: store") and len(err.strip().splitlines()) == 1
+
+
+def test_mitigate_without_credentials_is_one_clear_error(capsys, monkeypatch, tmp_path, moto_server, server_iot):
+    register(server_iot, (DATA / "roca" / "cert04.pem").read_text())
+    assert main(["run", "--endpoint-url", moto_server, "--no-progress"]) == 3
+    capsys.readouterr()
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = main(["mitigate", "--endpoint-url", moto_server, "--action", "UPDATE_DEVICE_CERTIFICATE"])
+    captured = capsys.readouterr()
+    assert code == 1 and "credentials" in captured.err.lower() and "FAILED" not in captured.out
 
 
 def test_check_files(capsys):

@@ -6,15 +6,13 @@ import json
 
 import boto3
 import pytest
-from conftest import DATA, REGION, register
+from conftest import DATA, REGION, register, run_audit
 
-from devicedefender_audit.audit import Auditor
 from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.mitigation import MitigationConfig, Mitigator
 from devicedefender_audit.models import MitigationActionType as Action
 from devicedefender_audit.models import MitigationStatus
-from devicedefender_audit.scanner import CertificateScanner
-from devicedefender_audit.store import AuditStore
+from devicedefender_audit.store import open_store
 
 GROUP = "quarantine"
 ALL = (Action.UPDATE_DEVICE_CERTIFICATE, Action.ADD_THINGS_TO_THING_GROUP, Action.PUBLISH_FINDINGS_TO_SNS)
@@ -35,9 +33,8 @@ def account(iot, tmp_path):
     queue = sqs.create_queue(QueueName="findings")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
-    result = Auditor(CertificateScanner(iot), [RocaDetector()]).run()
-    store = AuditStore(tmp_path / "audits.sqlite3")
-    store.save_audit(result)
+    store = open_store(tmp_path / "audits.sqlite3")
+    result = run_audit(iot, [RocaDetector()], store)
     yield {"iot": iot, "sns": sns, "sqs": sqs, "queue": queue, "topic": topic, "store": store,
            "findings": result.findings, "certs": certs}
     store.close()
@@ -134,7 +131,7 @@ def test_missing_parameters_are_a_clear_error(account):
 
 def test_certificate_without_things_is_skipped(iot, tmp_path):
     register(iot, (DATA / "roca" / "cert04.pem").read_text())
-    result = Auditor(CertificateScanner(iot), [RocaDetector()]).run()
+    result = run_audit(iot, [RocaDetector()])
     sns = boto3.client("sns", region_name=REGION)
     executions = Mitigator(iot, sns, None, dry_run=False).apply(
         result.findings, MitigationConfig(actions=(Action.ADD_THINGS_TO_THING_GROUP,), thing_group=GROUP))

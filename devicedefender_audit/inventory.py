@@ -1,0 +1,255 @@
+"""Sync of the account's certificates into the inventory: list everything, describe only what is new.
+
+A certificate id is the SHA-256 of the certificate, so the PEM (and its key) behind an id never
+changes: ``DescribeCertificate`` is called once per id, ever. A sync pages ``ListCertificates``
+(status and creation date come from the listing), records every page, describes the in-scope ids
+that have no description yet, and commits descriptions in small batches as they arrive, so an
+interrupted sync loses at most one batch and the next one goes on from there. Certificates that
+are no longer listed are marked gone.
+
+Describes run concurrently, paced by the client's token buckets (:mod:`.aws.pacing`), with a
+bounded number in flight so memory stays flat in fleet size.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from devicedefender_audit.aws.errors import (
+    AWS_ERRORS,
+    aws_error_code,
+    aws_error_message,
+    is_connection_error,
+    is_not_found,
+    is_throttling,
+)
+from devicedefender_audit.aws.iot_certificates import (
+    ListedCertificate,
+    describe_certificate_pem,
+    list_certificate_pages,
+)
+from devicedefender_audit.key_material import KeyMaterialError, certificate_public_key
+from devicedefender_audit.models import ResourceError
+from devicedefender_audit.store import Store
+from devicedefender_audit.store.base import Description
+
+IN_SCOPE_STATUSES = frozenset({"ACTIVE", "PENDING_TRANSFER"})
+#: Descriptions committed together: what an interrupted sync can lose at most.
+BATCH_SIZE = 50
+#: Consecutive calls without any HTTP response after which the endpoint counts as lost.
+CONNECTION_LOSS_LIMIT = 20
+
+
+class SyncAborted(RuntimeError):
+    """The sync cannot go on (the listing failed, or the connection is lost)."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+@dataclass
+class SyncResult:
+    started: float
+    listed: int = 0
+    in_scope: int = 0
+    described: int = 0
+    gone: int = 0
+    #: In-scope certificates this sync could not describe (reported in ``errors``).
+    undescribed: set[str] = field(default_factory=set)
+
+
+def _pem_der(pem: str) -> bytes | None:
+    """The DER inside the first CERTIFICATE block of ``pem``, if it decodes."""
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = pem.find(begin)
+    stop = pem.find(end, start + len(begin)) if start >= 0 else -1
+    if stop < 0:
+        return None
+    try:
+        return base64.b64decode("".join(pem[start + len(begin) : stop].split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def certificate_id_matches(certificate_id: str, pem: str) -> bool:
+    """Whether ``pem`` is the certificate that ``certificate_id`` names.
+
+    AWS IoT's id is the SHA-256 of the DER certificate; moto (by default) hashes the PEM text.
+    Either binds the PEM to the id, which is what makes describing once per id sound.
+    """
+    if hashlib.sha256(pem.encode("utf-8", "replace")).hexdigest() == certificate_id:
+        return True
+    der = _pem_der(pem)
+    return der is not None and hashlib.sha256(der).hexdigest() == certificate_id
+
+
+def describe(certificate_id: str, pem: str) -> Description:
+    """Read the key of a described certificate; an unparsable PEM is kept for a later parser."""
+    try:
+        key = certificate_public_key(pem)
+    except KeyMaterialError as exc:
+        return Description(certificate_id, unparsed_pem=pem, error_code=exc.error_code, error_message=str(exc))
+    return Description(certificate_id, spki=key.spki, key_algorithm=key.algorithm, key_bits=key.bits)
+
+
+@dataclass(frozen=True)
+class _Described:
+    listed: ListedCertificate
+    status: str
+    description: Description | None
+    error: ResourceError | None
+
+
+class InventorySync:
+    """One sync of the account's certificates into ``store``."""
+
+    def __init__(
+        self,
+        iot: Any,
+        store: Store,
+        workers: int = 8,
+        on_progress: Callable[[SyncResult], None] | None = None,
+        on_error: Callable[[ResourceError], None] | None = None,
+    ) -> None:
+        self.iot = iot
+        self.store = store
+        self.workers = workers
+        self.on_progress = on_progress
+        self.on_error = on_error
+
+    def run(self) -> SyncResult:
+        result = SyncResult(started=time.time())
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="describe")
+        pending: set[Future[_Described]] = set()
+        done: list[_Described] = []
+        connection_failures = 0
+        try:
+            pages = list_certificate_pages(self.iot)
+            while True:
+                try:
+                    page = next(pages)
+                except StopIteration:
+                    break
+                except AWS_ERRORS as exc:
+                    raise SyncAborted(aws_error_code(exc),
+                                      f"could not list certificates: {aws_error_message(exc)}") from exc
+                self.store.record_listing(page, result.started)
+                result.listed += len(page)
+                in_scope = [c for c in page if c.status in IN_SCOPE_STATUSES]
+                result.in_scope += len(in_scope)
+                missing = self.store.ids_without_description(c.certificate_id for c in in_scope)
+                for cert in in_scope:
+                    if cert.certificate_id not in missing:
+                        continue
+                    while len(pending) >= 4 * self.workers:
+                        connection_failures = self._drain(pending, done, result, connection_failures)
+                    pending.add(pool.submit(self._describe, cert))
+                if self.on_progress:
+                    self.on_progress(result)
+            while pending:
+                connection_failures = self._drain(pending, done, result, connection_failures)
+            self._commit(done, result)
+            result.gone = self.store.mark_gone(result.started, time.time())
+            return result
+        except BaseException:
+            # Interrupted or aborted: keep what was described; nothing in flight is waited for.
+            for future in pending:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    done.append(future.result())
+            self._commit(done, result)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _drain(self, pending: set[Future[_Described]], done: list[_Described], result: SyncResult,
+               connection_failures: int) -> int:
+        finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+        for future in finished:
+            pending.discard(future)
+            item = future.result()
+            done.append(item)
+            lost = item.error is not None and item.error.error_code == "CONNECTION_ERROR"
+            connection_failures = connection_failures + 1 if lost else 0
+            if connection_failures >= CONNECTION_LOSS_LIMIT:
+                self._commit(done, result)
+                raise SyncAborted(
+                    "CONNECTION_ERROR",
+                    f"lost the connection to AWS IoT: {CONNECTION_LOSS_LIMIT} calls in a row got no "
+                    f"response (last: {item.error.message if item.error else ''})",
+                )
+        if len(done) >= BATCH_SIZE:
+            self._commit(done, result)
+        return connection_failures
+
+    def _describe(self, cert: ListedCertificate) -> _Described:
+        """Runs in a worker thread: one paced DescribeCertificate and the parse of its PEM."""
+        cid = cert.certificate_id
+        try:
+            status, pem = describe_certificate_pem(self.iot, cid)
+        except KeyError as exc:
+            return _Described(cert, cert.status, None, ResourceError(
+                certificate_id=cid, error_code="MALFORMED_RESPONSE",
+                message=f"DescribeCertificate response lacks {exc}"))
+        except AWS_ERRORS as exc:
+            return _Described(cert, cert.status, None, _describe_error(cid, exc))
+        if not certificate_id_matches(cid, pem):
+            return _Described(cert, status, None, ResourceError(
+                certificate_id=cid, error_code="CERTIFICATE_ID_MISMATCH",
+                message="the PEM that DescribeCertificate returned does not hash to the certificate id"))
+        try:
+            description = describe(cid, pem)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not end the audit; it is reported
+            return _Described(cert, status, None, ResourceError(
+                certificate_id=cid, error_code="CHECK_FAILED", message=f"{type(exc).__name__}: {exc}"))
+        return _Described(cert, status or cert.status, description, None)
+
+    def _commit(self, done: list[_Described], result: SyncResult) -> None:
+        """Write one batch of describe results in one transaction."""
+        if not done:
+            return
+        descriptions = [d.description for d in done if d.description is not None]
+        changed = [
+            ListedCertificate(d.listed.certificate_id, d.listed.certificate_arn, d.status, d.listed.creation_date)
+            for d in done if d.status != d.listed.status
+        ]
+        errors = [d.error for d in done if d.error is not None]
+        deleted = [e.certificate_id for e in errors if e.left_scope]
+        with self.store.batch():
+            self.store.save_descriptions(descriptions)
+            if changed:
+                self.store.record_listing(changed, result.started)
+            if deleted:
+                self.store.set_gone(deleted, time.time())
+        for error in errors:
+            if not error.left_scope:
+                result.undescribed.add(error.certificate_id)
+            if self.on_error:
+                self.on_error(error)
+        result.described += len(descriptions)
+        done.clear()
+        if self.on_progress:
+            self.on_progress(result)
+
+
+def _describe_error(certificate_id: str, exc: BaseException) -> ResourceError:
+    """Classify a failed DescribeCertificate for the audit report."""
+    message = aws_error_message(exc)
+    if is_not_found(exc):
+        return ResourceError(certificate_id=certificate_id, error_code="DELETED_DURING_SCAN",
+                             message=f"listed, but deleted before it could be described: {message}",
+                             left_scope=True)
+    if is_throttling(exc):
+        return ResourceError(certificate_id=certificate_id, error_code="THROTTLED",
+                             message=f"still throttled after all retries: {message}")
+    if is_connection_error(exc):
+        return ResourceError(certificate_id=certificate_id, error_code="CONNECTION_ERROR",
+                             message=f"no response from AWS IoT: {message}")
+    return ResourceError(certificate_id=certificate_id, error_code=aws_error_code(exc), message=message)

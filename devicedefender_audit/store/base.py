@@ -1,0 +1,110 @@
+"""What every store keeps, and the operations the engine needs from it.
+
+The store is an interface: SQLite is the embedded default, and another backend (DynamoDB for
+deployments in AWS) implements the same :class:`Store` protocol and passes the same tests.
+Three things live in it: the certificate inventory (one record per certificate id ever seen,
+with its public key once described, and the detector verdicts on that key), audit tasks with
+their findings and unchecked resources, and mitigation executions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from devicedefender_audit.aws.iot_certificates import ListedCertificate
+from devicedefender_audit.models import AuditFinding, AuditTask, MitigationExecution, ResourceError
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written: one clear message, before any AWS call if possible."""
+
+
+@dataclass(frozen=True)
+class Description:
+    """What ``DescribeCertificate`` taught us about one certificate, kept forever.
+
+    Either the key was read (``spki`` and its facts), or the PEM could not be parsed, in which
+    case the PEM itself is kept so that a better parser can read it later without AWS.
+    """
+
+    certificate_id: str
+    spki: bytes | None = None
+    key_algorithm: str | None = None
+    key_bits: int | None = None
+    unparsed_pem: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class InventoryRecord:
+    """One certificate of the inventory as the checks see it."""
+
+    certificate_id: str
+    certificate_arn: str
+    status: str
+    creation_date: str | None
+    first_seen: float
+    last_seen: float
+    gone_since: float | None
+    description: Description | None
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    """A detector's verdict on a certificate's key, and the detector/data version behind it."""
+
+    certificate_id: str
+    detector: str
+    version: str
+    verdict: str
+    reason_code: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class TaskOwner:
+    """Which process runs an in-progress task, and when it last showed signs of life."""
+
+    host: str
+    pid: int
+    heartbeat: float
+
+
+class Store(Protocol):
+    path: str
+
+    def close(self) -> None: ...
+
+    # inventory
+    def record_listing(self, certificates: Sequence[ListedCertificate], seen_at: float) -> None: ...
+    def ids_without_description(self, ids: Iterable[str]) -> set[str]: ...
+    def save_descriptions(self, descriptions: Sequence[Description]) -> None: ...
+    def mark_gone(self, listed_before: float, now: float) -> int: ...
+    def set_gone(self, ids: Sequence[str], now: float) -> None: ...
+    def count_in_scope(self, seen_since: float, statuses: Iterable[str]) -> int: ...
+    def in_scope(self, seen_since: float, statuses: Iterable[str], batch: int) -> Iterator[list[InventoryRecord]]: ...
+    def inventory_record(self, certificate_id: str) -> InventoryRecord | None: ...
+    def verdicts(self, ids: Iterable[str]) -> dict[str, list[StoredVerdict]]: ...
+    def save_verdicts(self, verdicts: Sequence[StoredVerdict]) -> None: ...
+
+    # audit tasks
+    def save_task(self, task: AuditTask, owner: TaskOwner | None = None) -> None: ...
+    def get_task(self, task_id: str) -> AuditTask | None: ...
+    def list_tasks(self, limit: int = 50) -> list[AuditTask]: ...
+    def latest_task_id(self) -> str | None: ...
+    def in_progress_tasks(self) -> list[tuple[AuditTask, TaskOwner | None]]: ...
+    def add_findings(self, findings: Sequence[AuditFinding]) -> None: ...
+    def findings(self, task_id: str) -> Iterator[AuditFinding]: ...
+    def add_errors(self, task_id: str, errors: Sequence[ResourceError]) -> None: ...
+    def errors(self, task_id: str) -> Iterator[ResourceError]: ...
+
+    # mitigation
+    def record_execution(self, execution: MitigationExecution) -> None: ...
+    def executions(self, task_id: str) -> list[MitigationExecution]: ...
+    def already_succeeded(self, finding_id: str, action: str) -> bool: ...
+
+    # one transaction around several writes (a batch of progress)
+    def batch(self) -> object: ...

@@ -1,0 +1,360 @@
+"""The embedded store: one SQLite file, written as the audit goes.
+
+Opening checks the file before anything else happens (a directory, a path that cannot be
+created, a file that is not SQLite or is corrupt gives one :class:`StoreError`), creates a new
+file with mode 0600 (it holds the account's inventory), and uses WAL so readers (``list-audits``
+during a scan) never block the audit. A database locked by another writer is waited for
+(``lock_timeout``) instead of failing the write.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from devicedefender_audit.aws.iot_certificates import ListedCertificate
+from devicedefender_audit.models import AuditFinding, AuditTask, MitigationExecution, ResourceError
+from devicedefender_audit.store.base import (
+    Description,
+    InventoryRecord,
+    StoredVerdict,
+    StoreError,
+    TaskOwner,
+)
+
+SCHEMA_VERSION = 2
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS certificates (
+    certificate_id TEXT PRIMARY KEY,
+    certificate_arn TEXT NOT NULL,
+    status TEXT NOT NULL,
+    creation_date TEXT,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    gone_since REAL,
+    described INTEGER NOT NULL DEFAULT 0,
+    spki BLOB,
+    key_algorithm TEXT,
+    key_bits INTEGER,
+    unparsed_pem TEXT,
+    error_code TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_seen ON certificates(last_seen);
+CREATE TABLE IF NOT EXISTS verdicts (
+    certificate_id TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    version TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason_code TEXT,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (certificate_id, detector)
+);
+CREATE TABLE IF NOT EXISTS audit_tasks (
+    task_id TEXT PRIMARY KEY,
+    start_time TEXT NOT NULL,
+    status TEXT NOT NULL,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    heartbeat REAL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_tasks_status ON audit_tasks(status);
+CREATE TABLE IF NOT EXISTS findings (
+    finding_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    certificate_id TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_task ON findings(task_id, certificate_id);
+CREATE TABLE IF NOT EXISTS resource_errors (
+    task_id TEXT NOT NULL,
+    certificate_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resource_errors_task ON resource_errors(task_id, certificate_id);
+CREATE TABLE IF NOT EXISTS mitigation_executions (
+    finding_id TEXT NOT NULL,
+    action_name TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    dry_run INTEGER NOT NULL,
+    start_time TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_finding ON mitigation_executions(finding_id, action_name);
+"""
+
+#: How long a write waits for another process's lock before giving up.
+LOCK_TIMEOUT_S = 120.0
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` with mode 0600 unless it exists (the inventory is account data)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _ids_param(ids: Sequence[str]) -> str:
+    return ",".join("?" * len(ids))
+
+
+class SqliteStore:
+    """:class:`~devicedefender_audit.store.base.Store` in one SQLite file."""
+
+    def __init__(self, path: Path | str, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+        self.path = str(path)
+        memory = self.path == ":memory:"
+        if not memory:
+            file = Path(path)
+            if file.is_dir():
+                raise StoreError(f"store {file} is a directory; give a file path (--store or $DDA_STORE)")
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(file)
+            except OSError as exc:
+                raise StoreError(f"store {file} cannot be created: {exc.strerror or exc}") from exc
+            if not os.access(file, os.R_OK | os.W_OK):
+                raise StoreError(f"store {file} is not readable and writable by this user")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=lock_timeout, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("PRAGMA quick_check(1)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {self.path} is not a usable SQLite database: {exc}") from exc
+        self._depth = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around several writes; nested batches join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _write(self, sql: str, rows: Iterable[Sequence[object]] | None = None) -> None:
+        with self.batch():
+            if rows is None:
+                self._db.execute(sql)
+            else:
+                self._db.executemany(sql, rows)
+
+    # inventory -----------------------------------------------------------------------------
+
+    def record_listing(self, certificates: Sequence[ListedCertificate], seen_at: float) -> None:
+        self._write(
+            "INSERT INTO certificates (certificate_id, certificate_arn, status, creation_date, "
+            "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(certificate_id) DO UPDATE SET certificate_arn = excluded.certificate_arn, "
+            "status = excluded.status, last_seen = MAX(last_seen, excluded.last_seen), gone_since = NULL",
+            [
+                (c.certificate_id, c.certificate_arn, c.status,
+                 c.creation_date.isoformat() if c.creation_date else None, seen_at, seen_at)
+                for c in certificates
+            ],
+        )
+
+    def ids_without_description(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(ids)
+        if not wanted:
+            return set()
+        described = {
+            row[0]
+            for row in self._db.execute(
+                f"SELECT certificate_id FROM certificates WHERE described = 1 "
+                f"AND certificate_id IN ({_ids_param(wanted)})",
+                wanted,
+            )
+        }
+        return set(wanted) - described
+
+    def save_descriptions(self, descriptions: Sequence[Description]) -> None:
+        self._write(
+            "UPDATE certificates SET described = 1, spki = ?, key_algorithm = ?, key_bits = ?, "
+            "unparsed_pem = ?, error_code = ?, error_message = ? WHERE certificate_id = ?",
+            [
+                (d.spki, d.key_algorithm, d.key_bits, d.unparsed_pem, d.error_code, d.error_message,
+                 d.certificate_id)
+                for d in descriptions
+            ],
+        )
+
+    def mark_gone(self, listed_before: float, now: float) -> int:
+        with self.batch():
+            cursor = self._db.execute(
+                "UPDATE certificates SET gone_since = ? WHERE last_seen < ? AND gone_since IS NULL",
+                (now, listed_before),
+            )
+        return cursor.rowcount
+
+    def set_gone(self, ids: Sequence[str], now: float) -> None:
+        self._write("UPDATE certificates SET gone_since = ? WHERE certificate_id = ?", [(now, i) for i in ids])
+
+    def _scope_where(self, statuses: Iterable[str]) -> tuple[str, list[object]]:
+        wanted = list(statuses)
+        return f"last_seen >= ? AND gone_since IS NULL AND status IN ({_ids_param(wanted)})", wanted
+
+    def count_in_scope(self, seen_since: float, statuses: Iterable[str]) -> int:
+        where, params = self._scope_where(statuses)
+        return self._db.execute(f"SELECT COUNT(*) FROM certificates WHERE {where}", [seen_since, *params]).fetchone()[0]
+
+    def in_scope(self, seen_since: float, statuses: Iterable[str], batch: int) -> Iterator[list[InventoryRecord]]:
+        """In-scope certificates in id order, ``batch`` at a time (keyset paging: flat memory,
+        and writes between batches do not disturb the iteration)."""
+        where, params = self._scope_where(statuses)
+        after = ""
+        while True:
+            rows = self._db.execute(
+                f"SELECT * FROM certificates WHERE {where} AND certificate_id > ? "
+                f"ORDER BY certificate_id LIMIT ?",
+                [seen_since, *params, after, batch],
+            ).fetchall()
+            if not rows:
+                return
+            yield [self._record(row) for row in rows]
+            after = rows[-1][0]
+
+    def inventory_record(self, certificate_id: str) -> InventoryRecord | None:
+        row = self._db.execute("SELECT * FROM certificates WHERE certificate_id = ?", (certificate_id,)).fetchone()
+        return self._record(row) if row else None
+
+    @staticmethod
+    def _record(row: Sequence[object]) -> InventoryRecord:
+        (cid, arn, status, created, first, last, gone, described, spki, algorithm, bits, pem, code,
+         message) = row
+        description = None
+        if described:
+            description = Description(cid, spki, algorithm, bits, pem, code, message)  # type: ignore[arg-type]
+        return InventoryRecord(cid, arn, status, created, first, last, gone, description)  # type: ignore[arg-type]
+
+    def verdicts(self, ids: Iterable[str]) -> dict[str, list[StoredVerdict]]:
+        wanted = list(ids)
+        out: dict[str, list[StoredVerdict]] = {}
+        if not wanted:
+            return out
+        for row in self._db.execute(
+            f"SELECT * FROM verdicts WHERE certificate_id IN ({_ids_param(wanted)})", wanted
+        ):
+            out.setdefault(row[0], []).append(StoredVerdict(*row))
+        return out
+
+    def save_verdicts(self, verdicts: Sequence[StoredVerdict]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
+            [(v.certificate_id, v.detector, v.version, v.verdict, v.reason_code, v.detail) for v in verdicts],
+        )
+
+    # audit tasks ---------------------------------------------------------------------------
+
+    def save_task(self, task: AuditTask, owner: TaskOwner | None = None) -> None:
+        self._write(
+            "INSERT INTO audit_tasks VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(task_id) DO UPDATE SET "
+            "status = excluded.status, body = excluded.body, "
+            "owner_host = COALESCE(excluded.owner_host, owner_host), "
+            "owner_pid = COALESCE(excluded.owner_pid, owner_pid), "
+            "heartbeat = COALESCE(excluded.heartbeat, heartbeat)",
+            [(task.task_id, task.task_start_time.isoformat(), task.task_status.value,
+              owner.host if owner else None, owner.pid if owner else None,
+              owner.heartbeat if owner else None, task.model_dump_json(by_alias=True))],
+        )
+
+    def get_task(self, task_id: str) -> AuditTask | None:
+        row = self._db.execute("SELECT body FROM audit_tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return AuditTask.model_validate_json(row[0]) if row else None
+
+    def list_tasks(self, limit: int = 50) -> list[AuditTask]:
+        rows = self._db.execute(
+            "SELECT body FROM audit_tasks ORDER BY start_time DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [AuditTask.model_validate_json(body) for (body,) in rows]
+
+    def latest_task_id(self) -> str | None:
+        row = self._db.execute("SELECT task_id FROM audit_tasks ORDER BY start_time DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def in_progress_tasks(self) -> list[tuple[AuditTask, TaskOwner | None]]:
+        rows = self._db.execute(
+            "SELECT body, owner_host, owner_pid, heartbeat FROM audit_tasks WHERE status = 'IN_PROGRESS'"
+        ).fetchall()
+        return [
+            (AuditTask.model_validate_json(body), TaskOwner(host, pid, beat) if host is not None else None)
+            for body, host, pid, beat in rows
+        ]
+
+    def add_findings(self, findings: Sequence[AuditFinding]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO findings VALUES (?, ?, ?, ?, ?)",
+            [(f.finding_id, f.task_id, f.certificate_id, f.reason_for_non_compliance_code,
+              f.model_dump_json(by_alias=True)) for f in findings],
+        )
+
+    def findings(self, task_id: str) -> Iterator[AuditFinding]:
+        cursor = self._db.execute(
+            "SELECT body FROM findings WHERE task_id = ? ORDER BY certificate_id, reason_code", (task_id,)
+        )
+        for (body,) in cursor:
+            yield AuditFinding.model_validate_json(body)
+
+    def add_errors(self, task_id: str, errors: Sequence[ResourceError]) -> None:
+        self._write(
+            "INSERT INTO resource_errors VALUES (?, ?, ?)",
+            [(task_id, e.certificate_id, e.model_dump_json(by_alias=True)) for e in errors],
+        )
+
+    def errors(self, task_id: str) -> Iterator[ResourceError]:
+        cursor = self._db.execute(
+            "SELECT body FROM resource_errors WHERE task_id = ? ORDER BY certificate_id", (task_id,)
+        )
+        for (body,) in cursor:
+            yield ResourceError.model_validate_json(body)
+
+    # mitigation ----------------------------------------------------------------------------
+
+    def record_execution(self, execution: MitigationExecution) -> None:
+        self._write(
+            "INSERT INTO mitigation_executions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(execution.finding_id, execution.action_name.value, execution.task_id, execution.status.value,
+              int(execution.dry_run), execution.start_time.isoformat(), execution.model_dump_json(by_alias=True))],
+        )
+
+    def executions(self, task_id: str) -> list[MitigationExecution]:
+        rows = self._db.execute(
+            "SELECT body FROM mitigation_executions WHERE task_id = ? ORDER BY start_time", (task_id,)
+        ).fetchall()
+        return [MitigationExecution.model_validate_json(body) for (body,) in rows]
+
+    def already_succeeded(self, finding_id: str, action: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM mitigation_executions WHERE finding_id = ? AND action_name = ? "
+            "AND status = 'SUCCEEDED' AND dry_run = 0 LIMIT 1",
+            (finding_id, action),
+        ).fetchone()
+        return row is not None
