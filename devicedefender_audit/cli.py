@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_PIPE, EXIT_SIGTERM = 130, 141, 143
+EC_CURVES = ("p256", "p384", "p521")
 MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP", "PUBLISH_FINDINGS_TO_SNS")
 
 
@@ -89,6 +90,12 @@ def _blocklists(parser: argparse.ArgumentParser) -> None:
                         help="CVE-2008-0166 blocklist directory (default $DDA_BLOCKLISTS, else the shipped lists)")
 
 
+def _size_or_curve(parser: argparse.ArgumentParser) -> None:
+    space = parser.add_mutually_exclusive_group(required=True)
+    space.add_argument("--bits", type=_key_bits, help="an RSA key size")
+    space.add_argument("--curve", choices=EC_CURVES, help="an EC curve (openssl ecparam -genkey / req -newkey ec)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devicedefender_audit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     blocklist = sub.add_parser("blocklist", help="CVE-2008-0166 blocklists")
     bsub = blocklist.add_subparsers(dest="blocklist_command", required=True)
     gen = bsub.add_parser("generate", help="regenerate weak keys (resumable) and build the list")
-    gen.add_argument("--bits", type=_key_bits, required=True)
+    _size_or_curve(gen)
     gen.add_argument("--platforms", nargs="+", default=None, choices=("le32", "le64", "be32"))
     gen.add_argument("--variants", nargs="+", default=None, choices=("rnd", "nornd-old", "nornd-new", "ssh-keygen"))
     gen.add_argument("--pid-start", type=int, choices=range(32768), default=0, metavar="0..32767")
@@ -142,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--workers", type=_positive_int, default=None)
     gen.add_argument("--no-build", action="store_true", help="only compute checkpoints")
     build = bsub.add_parser("build", help="merge checkpoints into the shipped list")
-    build.add_argument("--bits", type=_key_bits, required=True)
+    _size_or_curve(build)
     info = bsub.add_parser("info", help="which key sizes are covered")
     imp = bsub.add_parser("import", help="merge an openssl-vulnkey blacklist.RSA-NNNN file")
     imp.add_argument("file", type=Path)
@@ -415,6 +422,19 @@ def cmd_blocklist(args: argparse.Namespace) -> int:
         if args.pid_start >= args.pid_stop:
             print("error: --pid-start must be below --pid-stop", file=sys.stderr)
             return EXIT_USAGE
+        if args.curve:
+            from devicedefender_audit.debian_weak import ec_generator
+            from devicedefender_audit.debian_weak.fingerprint import OPENSSL_VARIANTS
+
+            if args.variants and not set(args.variants) <= set(OPENSSL_VARIANTS):
+                print("error: EC keys were made by openssl only (variants rnd, nornd-old, nornd-new)",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            manifest = ec_generator.generate_ec_list(
+                directory, args.curve, args.platforms or generator.PLATFORM_NAMES,
+                args.variants or OPENSSL_VARIANTS, args.pid_start, args.pid_stop, workers=args.workers)
+            print(f"EC {args.curve}: {manifest['keys_generated']} keys, complete={manifest['complete']}")
+            return EXIT_OK
         chunks = generator.plan(
             args.bits,
             args.platforms or generator.PLATFORM_NAMES,
@@ -428,15 +448,25 @@ def cmd_blocklist(args: argparse.Namespace) -> int:
             manifest = generator.build(directory, args.bits)
             print(f"RSA-{args.bits}: {manifest['keys_generated']} keys, complete={manifest['complete']}")
     elif command == "build":
-        manifest = generator.build(directory, args.bits)
-        print(f"RSA-{args.bits}: {manifest['keys_generated']} keys, complete={manifest['complete']}")
+        if args.curve:
+            from devicedefender_audit.debian_weak import ec_generator
+
+            manifest = ec_generator.build(directory, args.curve)
+            print(f"EC {args.curve}: {manifest['keys_generated']} keys, complete={manifest['complete']}")
+        else:
+            manifest = generator.build(directory, args.bits)
+            print(f"RSA-{args.bits}: {manifest['keys_generated']} keys, complete={manifest['complete']}")
     elif command == "info":
         detector = DebianWeakDetector(directory)
         rows = [(bits, state) for bits, state in detector.coverage().items()]
         print(f"blocklists: {directory}")
-        print(table(("RSA BITS", "COVERAGE"), rows) if rows else "no blocklists found")
+        print(table(("RSA BITS", "COVERAGE"), rows) if rows else "no RSA blocklists found")
+        ec_rows = list(detector.ec.coverage().items())
+        print(table(("EC CURVE", "COVERAGE"), ec_rows) if ec_rows else "no EC blocklists found")
         for error in detector.load_errors:
             print(f"error: {error}", file=sys.stderr)
+        if detector.load_errors:
+            return EXIT_FAILED
     elif command == "import":
         added = vulnkey_format.import_vulnkey_list(directory, args.bits, args.file)
         print(f"added {added} fingerprint(s) to RSA-{args.bits}")

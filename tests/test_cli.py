@@ -182,3 +182,17 @@ def test_progress_bar_draws_only_when_enabled():
     quiet = io.StringIO()
     ProgressBar("Scanning", stream=quiet).set_total(3)  # StringIO is not a terminal
     assert quiet.getvalue() == ""
+
+
+def test_blocklist_info_lists_rsa_and_ec_coverage(capsys):
+    code, out = run_cli(capsys, "blocklist", "info")
+    assert code == 0 and "RSA BITS" in out and "EC CURVE" in out and "P-256     complete" in out
+
+
+def test_blocklist_generate_and_build_an_ec_range(capsys, tmp_path):
+    code, out = run_cli(capsys, "blocklist", "generate", "--curve", "p256", "--platforms", "le64",
+                        "--variants", "rnd", "--pid-start", "0", "--pid-stop", "2", "--workers", "1",
+                        "--blocklists", str(tmp_path))
+    assert code == 0 and "complete=False" in out
+    assert main(["blocklist", "generate", "--curve", "p256", "--variants", "ssh-keygen",
+                 "--blocklists", str(tmp_path)]) == 2

@@ -391,3 +391,19 @@ def test_task_of_a_dead_process_is_marked_interrupted():
     failed = store.get_task(dead.task_id)
     assert failed.task_status is AuditTaskStatus.FAILED and failed.details.error_code == "INTERRUPTED"
     assert store.get_task(alive.task_id).task_status is AuditTaskStatus.IN_PROGRESS
+
+
+def test_debian_detector_version_follows_its_lists(tmp_path):
+    import shutil
+
+    from devicedefender_audit.detectors.debian_weak import DebianWeakDetector
+
+    shipped = DATA.parent.parent / "blocklists"
+    one, two, same = tmp_path / "one", tmp_path / "two", tmp_path / "same"
+    for directory, sizes in ((one, [1024]), (two, [1024, 2048]), (same, [1024])):
+        directory.mkdir()
+        for bits in sizes:
+            for suffix in (".ddwk", ".json"):
+                shutil.copy(shipped / f"rsa-{bits}{suffix}", directory)
+    versions = [DebianWeakDetector(d).version for d in (one, two, same)]
+    assert versions[0] != versions[1] and versions[0] == versions[2]

@@ -5,12 +5,11 @@ and ``req -newkey ec`` seed the PRNG identically (:mod:`.ec_keygen`), so one lis
 and OpenSSH of the era made no EC keys. Chunks, checkpoints (``checkpoints/ec-<curve>/``) and
 resuming are :mod:`.generator`'s; only what a chunk computes and the manifest differ.
 
-Run ``python -m devicedefender_audit.debian_weak.ec_generator --curves p256`` to generate.
+Run ``python -m devicedefender_audit blocklist generate --curve p256`` to generate.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,22 +132,3 @@ def generate_ec_list(
     ``blocklist generate --curve`` runs); return the manifest."""
     generate(blocklists, plan(curve, platforms, variants, pid_start, pid_stop), workers, progress)
     return build(blocklists, curve)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocklists", type=Path, default=Path("blocklists"))
-    parser.add_argument("--curves", nargs="+", choices=sorted(CURVES), default=sorted(CURVES))
-    parser.add_argument("--pid-start", type=int, default=0)
-    parser.add_argument("--pid-stop", type=int, default=PID_COUNT)
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    for curve in args.curves:
-        manifest = generate_ec_list(
-            args.blocklists, curve, pid_start=args.pid_start, pid_stop=args.pid_stop, workers=args.workers
-        )
-        print(f"EC {manifest['curve']}: {manifest['keys_generated']} keys, complete={manifest['complete']}")
-
-
-if __name__ == "__main__":
-    main()

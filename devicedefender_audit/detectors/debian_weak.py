@@ -14,6 +14,8 @@ key hashes only the list it needs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from functools import cached_property
@@ -78,6 +80,15 @@ class DebianWeakDetector:
         self._complete = {bits for bits, table in self.tables.items() if self._covers_openssl_space(table)}
         #: Results are immutable: one CLEAN result serves every clean key (saves ~0.5 us a key).
         self._clean = DetectorResult(self.name, Verdict.CLEAN)
+
+    @cached_property
+    def version(self) -> str:
+        """This detector's code version and a digest of every shipped list's sha256: stored
+        verdicts are recomputed (from the stored key, no AWS call) once any list changes."""
+        digests = sorted(
+            f"{path.name}:{json.loads(path.read_text()).get('sha256', '')}" for path in self.directory.glob("*.json")
+        )
+        return "1-" + hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16]
 
     @cached_property
     def ec(self) -> DebianWeakEcLists:
