@@ -1,4 +1,4 @@
-"""Prints the figures that matter for speed: weak-key generation, lookups, detection, scanning.
+"""Prints the figures that matter for speed: weak-key generation, lookups, detection (scanning: bench_scan.py).
 
 Run: ``.venv/bin/python benchmarks/bench.py [--keys N] [--before REV]``. Figures are per process
 (one core); generation parallelises across cores with ``blocklist generate``. Generation is timed
@@ -98,37 +98,11 @@ def bench_roca(samples: int) -> None:
     print(f"ROCA check RSA-2048: {statistics.median(times) * 1e6:6.1f} us/key (median)")
 
 
-def bench_scan(certs: int) -> None:
-    import os
-
-    import boto3
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from moto import mock_aws
-
-    from devicedefender_audit.audit import Auditor
-    from devicedefender_audit.demo import issue_certificate
-    from devicedefender_audit.detectors import default_detectors
-    from devicedefender_audit.scanner import CertificateScanner
-
-    os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
-    pem = issue_certificate(rsa.generate_private_key(public_exponent=65537, key_size=2048), "bench")
-    with mock_aws():
-        iot = boto3.client("iot")
-        for i in range(certs):
-            iot.register_certificate_without_ca(certificatePem=f"# {i}\n{pem}", status="ACTIVE")
-        began = time.perf_counter()
-        result = Auditor(CertificateScanner(iot), default_detectors()).run()
-        elapsed = time.perf_counter() - began
-    print(f"audit (in-process moto, {certs} certs): {certs / elapsed:7.1f} certs/s "
-          f"({len(result.errors)} errors)")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=40, help="keys per generation figure")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 3072, 4096],
                         help="RSA sizes to time generation for")
-    parser.add_argument("--certs", type=int, default=500)
     parser.add_argument("--before", default=BEFORE,
                         help="git revision whose replay to time side by side ('' for none)")
     args = parser.parse_args()
@@ -139,7 +113,6 @@ def main() -> None:
             bench_generation(bits, args.keys, before)
     bench_lookup(2000)
     bench_roca(2000)
-    bench_scan(args.certs)
 
 
 if __name__ == "__main__":
