@@ -407,3 +407,24 @@ def test_debian_detector_version_follows_its_lists(tmp_path):
                 shutil.copy(shipped / f"rsa-{bits}{suffix}", directory)
     versions = [DebianWeakDetector(d).version for d in (one, two, same)]
     assert versions[0] != versions[1] and versions[0] == versions[2]
+
+
+def test_store_locked_by_another_writer_is_waited_for(tmp_path, iot):
+    """sqlite3's default gives up after 5 s; the audit waits (up to 120 s) and loses nothing."""
+    import sqlite3
+    import threading
+
+    roca = register(iot, roca_pem(4))
+    path = tmp_path / "audits.sqlite3"
+    store = open_store(path)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock for 6 s
+    release = threading.Timer(6.0, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        audited = run_audit(iot, [RocaDetector()], store)
+    finally:
+        release.join()
+        other.close()
+    assert [f.certificate_id for f in audited.findings] == [roca["certificateId"]]
+    assert audited.task.task_status is AuditTaskStatus.COMPLETED
