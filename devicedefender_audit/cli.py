@@ -135,8 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="check local PEM certificates, keys or CSRs")
     check.add_argument("files", nargs="+")
-    check.add_argument("--format", choices=("table", "json"), default="table")
+    check.add_argument("--format", choices=("table", "json", "sarif"), default="table",
+                       help="sarif: SARIF 2.1.0 for code scanning in CI")
     _blocklists(check)
+
+    from devicedefender_audit.cli_export import add_export_command
+
+    COMMANDS.update(add_export_command(sub))
 
     blocklist = sub.add_parser("blocklist", help="CVE-2008-0166 blocklists")
     bsub = blocklist.add_subparsers(dest="blocklist_command", required=True)
@@ -388,7 +393,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from devicedefender_audit.text_table import table
 
     checks = check_files(args.files, _detectors(args))
-    if args.format == "json":
+    if args.format == "sarif":
+        from devicedefender_audit.exports.sarif import checks_sarif
+
+        print(json.dumps(checks_sarif(checks), indent=2))
+    elif args.format == "json":
         print(json.dumps([
             {"file": c.path, "error": c.error,
              "key": None if c.key is None else {"algorithm": c.key.algorithm, "bits": c.key.bits,

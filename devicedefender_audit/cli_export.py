@@ -1,0 +1,120 @@
+"""``export``: an audit's findings as ASFF, SARIF, CSV or JSON, optionally into Security Hub.
+
+Kept out of :mod:`.cli` so that the other commands (``check`` above all) never import the export
+modules: :func:`add_export_command` only declares arguments, and the formats are imported when
+the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.exports.asff import AsffContext
+    from devicedefender_audit.models import AuditFinding, AuditTask
+
+FORMATS = ("asff", "sarif", "csv", "json")
+
+
+def add_export_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Declare ``export`` on the CLI's subparsers; return its handler by command name."""
+    from devicedefender_audit import cli
+
+    export = sub.add_parser("export", help="an audit's findings as ASFF, SARIF, CSV or JSON (or into Security Hub)")
+    export.add_argument("task_id", nargs="?", help="default: the latest audit")
+    export.add_argument("--format", choices=FORMATS, default=None,
+                        help="default json; asff with --to-securityhub")
+    export.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output")
+    export.add_argument("--to-securityhub", action="store_true",
+                        help="import the ASFF findings into AWS Security Hub (BatchImportFindings)")
+    export.add_argument("--account-id", help="ASFF account when it cannot be told from the findings "
+                        "(default: the findings' certificate ARNs; with --to-securityhub, the caller's account)")
+    cli._aws_options(export)
+    cli._store_option(export)
+    return {"export": cmd_export}
+
+
+def _asff_context(args: argparse.Namespace, task: AuditTask, findings: list[AuditFinding],
+                  target: AwsTarget | None) -> AsffContext | str:
+    """Where the findings are imported (product ARN), or why that cannot be told."""
+    from devicedefender_audit.exports.asff import AsffContext, certificate_arn_parts
+
+    parts = next((p for p in (certificate_arn_parts(f.certificate_arn) for f in findings) if p), None)
+    if target is not None:
+        # Security Hub takes custom findings only under the importing account's own product ARN.
+        account = args.account_id or target.client("sts").get_caller_identity()["Account"]
+        region = target.region_name
+    else:
+        account = args.account_id or task.account or (parts.account if parts else None)
+        region = args.region or task.region or (parts.region if parts else None)
+    if not account or not region:
+        return "cannot tell the AWS account or region of this audit: give --account-id and --region"
+    return AsffContext(account_id=account, region=region, partition=parts.partition if parts else "aws")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from devicedefender_audit import cli
+
+    fmt = args.format or ("asff" if args.to_securityhub else "json")
+    if args.to_securityhub and fmt != "asff":
+        print("error: --to-securityhub sends ASFF; leave out --format or use --format asff", file=sys.stderr)
+        return cli.EXIT_USAGE
+    store = cli._open_store(args)
+    try:
+        task = cli._resolve_task(store, args.task_id)
+        findings = list(store.findings(task.task_id))
+        errors = list(store.errors(task.task_id))
+    finally:
+        store.close()
+    target = None
+    if args.to_securityhub:
+        target = cli._target(args)
+        target.require_credentials()
+    document: Any
+    if fmt == "asff":
+        from devicedefender_audit.exports.asff import asff_findings
+
+        context = _asff_context(args, task, findings, target)
+        if isinstance(context, str):
+            print(f"error: {context}", file=sys.stderr)
+            return cli.EXIT_USAGE
+        document = {"Findings": asff_findings(findings, context)}
+    elif fmt == "sarif":
+        from devicedefender_audit.exports.sarif import audit_sarif
+
+        document = audit_sarif(task, findings, errors)
+    elif fmt == "csv":
+        from devicedefender_audit.exports.csv_format import findings_csv
+
+        document = findings_csv(findings)
+    else:
+        from devicedefender_audit.exports.json_format import audit_document
+
+        document = audit_document(task, findings, errors)
+    text = document if isinstance(document, str) else json.dumps(document, indent=2)
+    if args.output:
+        args.output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    elif not args.to_securityhub:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if target is None:
+        return cli.EXIT_OK
+    return _send_to_securityhub(target, document["Findings"])
+
+
+def _send_to_securityhub(target: AwsTarget, findings: list[dict[str, Any]]) -> int:
+    from devicedefender_audit import cli
+    from devicedefender_audit.aws.securityhub import import_findings
+
+    result = import_findings(target.client("securityhub"), findings)
+    print(f"Security Hub ({target.region_name}): imported {result.success_count} of {len(findings)} finding(s) "
+          f"in {result.batches} request(s); {len(result.failed)} failed")
+    for failure in result.failed:
+        print(f"error: {failure.get('Id')}: {failure.get('ErrorCode')}: {failure.get('ErrorMessage')}",
+              file=sys.stderr)
+    return cli.EXIT_FAILED if result.failed else cli.EXIT_OK

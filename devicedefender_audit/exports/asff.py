@@ -1,0 +1,117 @@
+"""Findings in the AWS Security Finding Format (ASFF), for Security Hub's ``BatchImportFindings``.
+
+Every required top-level attribute is set (``SchemaVersion``, ``Id``, ``ProductArn``,
+``GeneratorId``, ``AwsAccountId``, ``Types``, ``CreatedAt``, ``UpdatedAt``, ``Severity``,
+``Title``, ``Description``, ``Resources``). ``ProductArn`` is the importing account's default
+product for custom findings. ``Id`` is stable per account, region, certificate and flaw -- not per
+audit task -- so a scheduled audit that finds the same weak key again updates one Security Hub
+finding (its ``UpdatedAt``) instead of adding a duplicate every day.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from devicedefender_audit.exports.safety import exported_info, safe_text
+from devicedefender_audit.models import AuditFinding
+
+SCHEMA_VERSION = "2018-10-08"
+PRODUCT = "devicedefender-audit"
+#: ASFF length limits (AwsSecurityFinding in the Security Hub API reference).
+MAX_TITLE, MAX_DESCRIPTION, MAX_RECOMMENDATION = 256, 1024, 512
+RECOMMENDATION = (
+    "Deactivate the certificate (UpdateCertificate to INACTIVE) or quarantine its things, have the "
+    "device generate a new key pair with a sound random number generator, and register a new "
+    "certificate for it. Anyone can derive the private key of this certificate."
+)
+
+_CERT_ARN = re.compile(r"arn:(?P<partition>[\w-]+):iot:(?P<region>[\w-]+):(?P<account>\d{12}):cert/[0-9a-fA-F]+")
+_CVE = re.compile(r"CVE-\d{4}-\d{4,}")
+
+
+@dataclass(frozen=True)
+class ArnParts:
+    partition: str
+    region: str
+    account: str
+
+
+def certificate_arn_parts(arn: str | None) -> ArnParts | None:
+    """Partition, region and account of an IoT certificate ARN (None if it is not one)."""
+    match = _CERT_ARN.fullmatch(arn or "")
+    return ArnParts(match["partition"], match["region"], match["account"]) if match else None
+
+
+@dataclass(frozen=True)
+class AsffContext:
+    """Who imports the findings, where, and when (the product ARN and ``UpdatedAt``)."""
+
+    account_id: str
+    region: str
+    partition: str = "aws"
+    generated_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def product_arn(self) -> str:
+        return (f"arn:{self.partition}:securityhub:{self.region}:{self.account_id}:"
+                f"product/{self.account_id}/default")
+
+
+def asff_timestamp(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and ``Z``, as ASFF's examples write it."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
+    """One ``AwsSecurityFinding`` for one audit finding."""
+    parts = certificate_arn_parts(finding.certificate_arn)
+    account = parts.account if parts else context.account_id
+    region = parts.region if parts else context.region
+    code = finding.reason_for_non_compliance_code
+    cve = _CVE.search(code)
+    details = {"deviceCertificateId": finding.certificate_id,
+               **exported_info(finding.non_compliant_resource.additional_info)}
+    document: dict[str, Any] = {
+        "SchemaVersion": SCHEMA_VERSION,
+        "Id": f"{PRODUCT}/{account}/{region}/{finding.check_name}/{finding.certificate_id}/{code}",
+        "ProductArn": context.product_arn,
+        "GeneratorId": f"{PRODUCT}/{finding.check_name}",
+        "AwsAccountId": account,
+        "Types": ["Software and Configuration Checks/Vulnerabilities/CVE" if cve
+                  else "Software and Configuration Checks/Vulnerabilities"],
+        "CreatedAt": asff_timestamp(finding.finding_time),
+        "UpdatedAt": asff_timestamp(max(context.generated_at, finding.finding_time)),
+        "Severity": {"Label": finding.severity, "Original": finding.severity},
+        "Title": f"Weak key in AWS IoT device certificate: {code}"[:MAX_TITLE],
+        "Description": safe_text(finding.reason_for_non_compliance)[:MAX_DESCRIPTION] or code,
+        "Remediation": {"Recommendation": {"Text": RECOMMENDATION[:MAX_RECOMMENDATION]}},
+        "ProductFields": {
+            f"{PRODUCT}/CheckName": finding.check_name,
+            f"{PRODUCT}/ReasonCode": code,
+            f"{PRODUCT}/TaskId": finding.task_id,
+            f"{PRODUCT}/FindingId": finding.finding_id,
+            f"{PRODUCT}/Suppressed": str(finding.is_suppressed).lower(),
+        },
+        "Resources": [{
+            "Type": "Other",
+            "Id": finding.certificate_arn or finding.certificate_id,
+            "Partition": parts.partition if parts else context.partition,
+            "Region": region,
+            "Details": {"Other": details},
+        }],
+        "RecordState": "ACTIVE",
+    }
+    if cve:
+        document["Vulnerabilities"] = [{"Id": cve.group(),
+                                        "ReferenceUrls": [f"https://nvd.nist.gov/vuln/detail/{cve.group()}"]}]
+    return document
+
+
+def asff_findings(findings: Iterable[AuditFinding], context: AsffContext) -> list[dict[str, Any]]:
+    return [asff_finding(finding, context) for finding in findings]
