@@ -3,7 +3,8 @@
 The task is stored ``IN_PROGRESS`` before the first AWS call, with its owner (host, pid) and a
 heartbeat; progress, unchecked resources and findings are committed batch by batch. A task ends
 ``COMPLETED``, ``FAILED`` (the certificates could not be listed, or the connection was lost) or
-``CANCELED`` (SIGINT/SIGTERM); a task whose process died is marked ``FAILED`` ("interrupted") by
+``CANCELED`` (SIGINT/SIGTERM, or a cancel request in the store from ``CancelAuditTask``, seen
+between pages and batches); a task whose process died is marked ``FAILED`` ("interrupted") by
 the next start (:func:`recover_interrupted`).
 
 Outcomes are honest: a certificate that could not be checked, or whose key no detector data
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code
@@ -33,9 +35,11 @@ from devicedefender_audit.models import (
     NonCompliantResource,
     ResourceError,
     ResourceIdentifier,
+    utcnow,
 )
 from devicedefender_audit.store import Store
 from devicedefender_audit.store.base import InventoryRecord, StoredVerdict, TaskOwner
+from devicedefender_audit.suppressions import ActiveSuppressions
 
 #: In-scope certificates checked and committed together.
 CHECK_BATCH = 500
@@ -45,6 +49,10 @@ STALE_AFTER_S = 15 * 60
 
 class AuditInterrupted(BaseException):
     """SIGTERM during an audit (SIGINT arrives as ``KeyboardInterrupt``)."""
+
+
+class AuditCanceled(Exception):
+    """``CancelAuditTask`` asked this task to stop: it ends ``CANCELED``, and ``run`` returns."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -89,6 +97,7 @@ class AuditCounts:
     not_applicable: int = 0
     not_covered: int = 0
     left_scope: int = 0
+    suppressed: int = 0
 
 
 class Audit:
@@ -103,6 +112,7 @@ class Audit:
         region: str | None = None,
         on_phase: Callable[[str, int | None], None] | None = None,
         on_advance: Callable[[int], None] | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.iot = iot
         self.store = store
@@ -110,13 +120,16 @@ class Audit:
         self.workers = workers
         self.on_phase = on_phase
         self.on_advance = on_advance
-        self.task = AuditTask(region=region)
+        self.clock = clock
+        self.task = AuditTask(region=region, task_start_time=clock())
+        self._suppressions: ActiveSuppressions | None = None
         self.task.task_statistics.in_progress_checks = 1
         self.counts = AuditCounts()
         self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
 
     def run(self) -> AuditTask:
         recover_interrupted(self.store)
+        self._suppressions = ActiveSuppressions(self.store, self.clock())
         self._save()
         try:
             sync = self._sync()
@@ -124,6 +137,8 @@ class Audit:
             self._finish()
         except SyncAborted as exc:
             self._fail(exc.error_code, str(exc))
+        except AuditCanceled:
+            self._cancel("canceled by CancelAuditTask")
         except (KeyboardInterrupt, AuditInterrupted):
             self._record_end(self._cancel)
             raise
@@ -147,6 +162,7 @@ class Audit:
 
         def progress(result: SyncResult) -> None:
             nonlocal listed
+            self._raise_if_canceled()
             self.task.progress.listed_certificates = result.listed
             self.task.progress.described_certificates = result.described
             if self.on_advance and result.listed > listed:
@@ -172,6 +188,7 @@ class Audit:
                 self._check_batch(records, sync.undescribed, pool)
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor) -> None:
+        self._raise_if_canceled()
         stored = self.store.verdicts(r.certificate_id for r in records)
         fresh: list[StoredVerdict] = []
         errors: list[ResourceError] = []
@@ -199,8 +216,12 @@ class Audit:
             for (record, outcome), note in zip(weak, things, strict=True)
             for finding in self._findings(record, outcome, note)
         ]
+        suppressed = {f.certificate_id for f in findings if self._suppressions and self._suppressions.covers(f)}
+        for finding in findings:
+            finding.is_suppressed = finding.certificate_id in suppressed
         self.counts.failed += len(errors)
         self.counts.non_compliant += len(weak)
+        self.counts.suppressed += len(suppressed)
         self.task.progress.checked_certificates += len(records)
         self._update_details()
         with self.store.batch():
@@ -250,6 +271,7 @@ class Audit:
     def _update_details(self) -> None:
         details, counts = self.task.details, self.counts
         details.non_compliant_resources_count = counts.non_compliant
+        details.suppressed_non_compliant_resources_count = counts.suppressed
         details.failed_resources_count = counts.failed
         details.not_applicable_resources_count = counts.not_applicable
         details.not_covered_resources_count = counts.not_covered
@@ -290,11 +312,15 @@ class Audit:
         self.task.task_status = AuditTaskStatus.FAILED
         self._save()
 
-    def _cancel(self) -> None:
+    def _raise_if_canceled(self) -> None:
+        if self.store.cancel_requested(self.task.task_id):
+            raise AuditCanceled
+
+    def _cancel(self, message: str = "canceled before it finished") -> None:
         self._update_details()
         self.task.details.check_run_status = "CANCELED"
         self.task.details.check_compliant = False
-        self.task.details.message = "canceled before it finished"
+        self.task.details.message = message
         self.task.task_statistics.in_progress_checks = 0
         self.task.task_statistics.canceled_checks = 1
         self.task.task_status = AuditTaskStatus.CANCELED

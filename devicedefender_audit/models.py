@@ -126,6 +126,7 @@ class AuditTask(AwsModel):
     task_id: str = Field(default_factory=new_id)
     task_status: AuditTaskStatus = AuditTaskStatus.IN_PROGRESS
     task_type: str = "ON_DEMAND_AUDIT_TASK"
+    scheduled_audit_name: str | None = None
     task_start_time: datetime = Field(default_factory=utcnow)
     task_statistics: TaskStatistics = Field(default_factory=TaskStatistics)
     audit_details: dict[str, AuditCheckDetails] = Field(

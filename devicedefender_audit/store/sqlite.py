@@ -9,10 +9,12 @@ during a scan) never block the audit. A database locked by another writer is wai
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from devicedefender_audit.aws.iot_certificates import ListedCertificate
@@ -87,6 +89,12 @@ CREATE TABLE IF NOT EXISTS mitigation_executions (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_finding ON mitigation_executions(finding_id, action_name);
+CREATE TABLE IF NOT EXISTS api_records (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 """
 
 #: How long a write waits for another process's lock before giving up.
@@ -309,6 +317,23 @@ class SqliteStore:
             for body, host, pid, beat in rows
         ]
 
+    def tasks_started_between(self, start: datetime, end: datetime) -> list[AuditTask]:
+        """Tasks whose start time lies in [start, end], oldest first (exact datetime comparison:
+        the stored ISO text only narrows the scan)."""
+        rows = self._db.execute(
+            "SELECT body FROM audit_tasks WHERE start_time >= ? AND start_time <= ? ORDER BY start_time, task_id",
+            (start.astimezone(timezone.utc).isoformat()[:19],
+             end.astimezone(timezone.utc).isoformat()[:19] + "\uffff"),
+        ).fetchall()
+        tasks = [AuditTask.model_validate_json(body) for (body,) in rows]
+        return [t for t in tasks if start <= t.task_start_time <= end]
+
+    def request_cancel(self, task_id: str) -> None:
+        self.put_record("cancel_request", task_id, {"taskId": task_id})
+
+    def cancel_requested(self, task_id: str) -> bool:
+        return self.get_record("cancel_request", task_id) is not None
+
     def add_findings(self, findings: Sequence[AuditFinding]) -> None:
         self._write(
             "INSERT OR REPLACE INTO findings VALUES (?, ?, ?, ?, ?)",
@@ -335,6 +360,34 @@ class SqliteStore:
         )
         for (body,) in cursor:
             yield ResourceError.model_validate_json(body)
+
+    def get_finding(self, finding_id: str) -> AuditFinding | None:
+        row = self._db.execute("SELECT body FROM findings WHERE finding_id = ?", (finding_id,)).fetchone()
+        return AuditFinding.model_validate_json(row[0]) if row else None
+
+    # API records (configuration, suppressions, schedules, ...) -----------------------------
+
+    def put_record(self, kind: str, key: str, body: dict) -> None:
+        self._write("INSERT OR REPLACE INTO api_records VALUES (?, ?, ?)", [(kind, key, json.dumps(body))])
+
+    def insert_record(self, kind: str, key: str, body: dict) -> bool:
+        with self.batch():
+            cursor = self._db.execute("INSERT OR IGNORE INTO api_records VALUES (?, ?, ?)",
+                                      (kind, key, json.dumps(body)))
+        return cursor.rowcount == 1
+
+    def get_record(self, kind: str, key: str) -> dict | None:
+        row = self._db.execute("SELECT body FROM api_records WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete_record(self, kind: str, key: str) -> bool:
+        with self.batch():
+            cursor = self._db.execute("DELETE FROM api_records WHERE kind = ? AND key = ?", (kind, key))
+        return cursor.rowcount == 1
+
+    def records(self, kind: str) -> list[tuple[str, dict]]:
+        rows = self._db.execute("SELECT key, body FROM api_records WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return [(key, json.loads(body)) for key, body in rows]
 
     # mitigation ----------------------------------------------------------------------------
 

@@ -1,0 +1,123 @@
+"""What every operation runs against: the store, the account, AWS clients, detectors, a clock.
+
+Operations are plain functions ``operation(ctx, **request) -> response``; the context carries
+what a real service has around a request. The clock is injectable so that tests (and
+``run-due``) can move time; AWS clients and detectors are made on demand because most
+operations read the store only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import islice
+from typing import Any
+
+from devicedefender_audit.service.errors import InvalidRequest
+from devicedefender_audit.store import Store
+
+#: The account id used when the context is given none (moto's and the demo account's).
+DEFAULT_ACCOUNT = "123456789012"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class ServiceContext:
+    """The state and collaborators of one Device Defender emulation.
+
+    ``background`` makes ``StartOnDemandAuditTask`` return at once while the audit runs in a
+    thread with its own store connection (as the API does); the CLI runs audits in the
+    foreground so that the process does not exit under them.
+    """
+
+    store: Store
+    iot_client: Callable[[], Any]
+    detectors: Callable[[], Sequence[Any]]
+    region: str = "us-east-1"
+    account_id: str = DEFAULT_ACCOUNT
+    clock: Callable[[], datetime] = utc_now
+    background: bool = False
+    open_worker_store: Callable[[], Store] | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.background and self.open_worker_store is None:
+            raise ValueError("background audits need open_worker_store (one store connection per thread)")
+
+    def worker_store(self) -> Store:
+        """The store an audit started now writes to: its own connection when it runs in a thread."""
+        if self.background and self.open_worker_store is not None:
+            return self.open_worker_store()
+        return self.store
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def arn(self, resource: str) -> str:
+        return f"arn:aws:iot:{self.region}:{self.account_id}:{resource}"
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the audits this context started in the background (tests, shutdown)."""
+        for thread in list(self.threads):
+            thread.join(timeout)
+
+
+def as_utc(value: datetime | str | float) -> datetime:
+    """A request timestamp as an aware UTC datetime (boto3 accepts datetimes, ISO 8601, epoch)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc)
+    try:
+        return as_utc(float(value))
+    except ValueError:
+        pass
+    try:
+        return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError as exc:
+        raise InvalidRequest(f"{value!r} is not a timestamp (ISO 8601 or epoch seconds)") from exc
+
+
+def page(items: Iterable[Any], next_token: str | None, max_results: int | None, default: int) -> dict:
+    """One page of ``items`` as ``{"items": [...], "nextToken": ...}`` (the token only when more
+    follow). Tokens are opaque offsets into the operation's stable ordering."""
+    offset = _offset(next_token)
+    size = max_results or default
+    window = list(islice(iter(items), offset, offset + size + 1))
+    result: dict[str, Any] = {"items": window[:size]}
+    if len(window) > size:
+        result["nextToken"] = base64.urlsafe_b64encode(json.dumps({"offset": offset + size}).encode()).decode()
+    return result
+
+
+def _offset(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest("the nextToken is not one this service issued") from exc
+    if not isinstance(offset, int) or offset < 0:
+        raise InvalidRequest("the nextToken is not one this service issued")
+    return offset
+
+
+def drop_none(value: dict) -> dict:
+    """Members that are set, as boto3 omits absent ones."""
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)

@@ -1,0 +1,102 @@
+"""botocore's ``iot`` service model as the source of truth for request and response shapes.
+
+Requests are checked with botocore's own parameter validator (what boto3 checks before sending);
+responses are checked by :func:`output_problems`, a small walk over botocore's ``Shape`` objects
+(required members, types, enums, no unknown members), used by the tests on every response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from botocore.model import OperationModel, ServiceModel, Shape
+from botocore.validate import ParamValidator
+
+from devicedefender_audit.service.errors import InvalidRequest
+
+
+@lru_cache(maxsize=1)
+def iot_model() -> ServiceModel:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("iot")
+
+
+def operation(name: str) -> OperationModel:
+    return iot_model().operation_model(name)
+
+
+def enum_values(shape_name: str) -> tuple[str, ...]:
+    """The values of one of the model's enums, e.g. ``AuditFrequency``."""
+    return tuple(iot_model().shape_for(shape_name).enum)
+
+
+def check_request(operation_name: str, params: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidRequest` when ``params`` would not pass boto3's own validation."""
+    input_shape = operation(operation_name).input_shape
+    if input_shape is None:
+        if params:
+            raise InvalidRequest(f"{operation_name} takes no parameters, got {sorted(params)}")
+        return
+    report = ParamValidator().validate(dict(params), input_shape)
+    if report.has_errors():
+        raise InvalidRequest(report.generate_report())
+    problems = _enum_problems(input_shape, params, "")
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+
+
+def _enum_problems(shape: Shape, value: Any, path: str) -> list[str]:
+    """botocore's validator leaves enums to the service; this is the service's side."""
+    return [p for p in output_problems(shape, value, path) if "not one of" in p]
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "long": (int,),
+    "float": (int, float),
+    "double": (int, float),
+    "timestamp": (datetime,),
+    "blob": (bytes,),
+}
+
+
+def output_problems(shape: Shape, value: Any, path: str = "") -> list[str]:
+    """Every way ``value`` differs from ``shape``: missing required members, members the shape
+    does not have, wrong types, values outside an enum. Empty when it conforms."""
+    where = path or shape.name
+    kind = shape.type_name
+    if kind == "structure":
+        if not isinstance(value, Mapping):
+            return [f"{where}: expected a structure, got {type(value).__name__}"]
+        problems = [f"{where}: missing required member {m}" for m in shape.required_members if m not in value]
+        for member, item in value.items():
+            if member not in shape.members:
+                problems.append(f"{where}: unknown member {member}")
+            elif item is not None:
+                problems += output_problems(shape.members[member], item, f"{where}.{member}")
+        return problems
+    if kind == "list":
+        if not isinstance(value, list):
+            return [f"{where}: expected a list, got {type(value).__name__}"]
+        return [p for i, item in enumerate(value) for p in output_problems(shape.member, item, f"{where}[{i}]")]
+    if kind == "map":
+        if not isinstance(value, Mapping):
+            return [f"{where}: expected a map, got {type(value).__name__}"]
+        problems = []
+        for key, item in value.items():
+            problems += output_problems(shape.key, key, f"{where} key")
+            problems += output_problems(shape.value, item, f"{where}[{key}]")
+        return problems
+    expected = _SCALARS[kind]
+    if not isinstance(value, expected) or (kind in ("integer", "long") and isinstance(value, bool)):
+        return [f"{where}: expected {kind}, got {type(value).__name__}"]
+    enum = getattr(shape, "enum", None)
+    if enum and value not in enum:
+        return [f"{where}: {value!r} is not one of {list(enum)}"]
+    return []
