@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     COMMANDS.update(add_export_command(sub))
 
+    from devicedefender_audit.cli_api import add_api_commands  # stdlib-only until a command runs
+
+    COMMANDS.update(add_api_commands(sub))
+
     blocklist = sub.add_parser("blocklist", help="CVE-2008-0166 blocklists")
     bsub = blocklist.add_subparsers(dest="blocklist_command", required=True)
     gen = bsub.add_parser("generate", help="regenerate weak keys (resumable) and build the list")

@@ -19,10 +19,23 @@ from devicedefender_audit.service.errors import InvalidRequest
 
 
 @lru_cache(maxsize=1)
-def iot_model() -> ServiceModel:
+def _session() -> Any:
     import botocore.session
 
-    return botocore.session.get_session().get_service_model("iot")
+    return botocore.session.get_session()
+
+
+@lru_cache(maxsize=1)
+def iot_model() -> ServiceModel:
+    return _session().get_service_model("iot")
+
+
+def pagination(operation_name: str) -> dict | None:
+    """The model's paginator for an operation (input/output token, limit and result keys), if any."""
+    try:
+        return _session().get_paginator_model("iot").get_paginator(operation_name)
+    except ValueError:
+        return None
 
 
 def operation(name: str) -> OperationModel:

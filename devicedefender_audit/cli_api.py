@@ -1,0 +1,169 @@
+"""The Device Defender operations as CLI subcommands, named and optioned as the AWS CLI has them.
+
+``python -m devicedefender_audit list-audit-findings --task-id ID`` takes what
+``aws iot list-audit-findings`` takes and prints what ``aws iot ... --output json`` prints
+(indented JSON, ISO 8601 timestamps, nothing for an empty response; paginated operations fetch
+every page unless ``--next-token`` or ``--max-results`` is given). Options are derived from
+botocore's model when the command runs: structures and maps are given as JSON, lists of strings
+as several values, booleans as ``--flag`` / ``--no-flag``. A service error prints AWS CLI's
+``An error occurred (Code) when calling the Op operation: message`` and exits 254, as AWS CLI v2.
+
+Only the standard library is imported here: the service, the engine and the model (0.3 s to
+load) are imported when an API command runs, so other commands (``check``) start as fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+#: CLI command -> operation, for every operation in :data:`devicedefender_audit.service.OPERATIONS`.
+API_COMMANDS = {
+    "describe-account-audit-configuration": "DescribeAccountAuditConfiguration",
+    "update-account-audit-configuration": "UpdateAccountAuditConfiguration",
+    "delete-account-audit-configuration": "DeleteAccountAuditConfiguration",
+    "start-on-demand-audit-task": "StartOnDemandAuditTask",
+    "describe-audit-task": "DescribeAuditTask",
+    "list-audit-tasks": "ListAuditTasks",
+    "cancel-audit-task": "CancelAuditTask",
+    "list-audit-findings": "ListAuditFindings",
+    "describe-audit-finding": "DescribeAuditFinding",
+    "list-related-resources-for-audit-finding": "ListRelatedResourcesForAuditFinding",
+    "create-audit-suppression": "CreateAuditSuppression",
+    "describe-audit-suppression": "DescribeAuditSuppression",
+    "update-audit-suppression": "UpdateAuditSuppression",
+    "delete-audit-suppression": "DeleteAuditSuppression",
+    "list-audit-suppressions": "ListAuditSuppressions",
+}
+#: AWS CLI v2's exit status for an error returned by the service.
+EXIT_SERVICE_ERROR = 254
+
+
+def add_api_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Register every API command (its arguments are parsed when it runs); {command: handler}."""
+    for command, operation in API_COMMANDS.items():
+        # No option prefix: every argument is passed through untouched to the model-derived parser.
+        parser = sub.add_parser(command, help=f"Device Defender {operation}", add_help=False, prefix_chars="\0")
+        parser.add_argument("api_args", nargs=argparse.REMAINDER)
+    return dict.fromkeys(API_COMMANDS, run_api_command)
+
+
+def _json_argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+
+
+def _add_member(parser: argparse.ArgumentParser, name: str, shape: Any, required: bool) -> None:
+    from botocore import xform_name
+
+    option = "--" + xform_name(name, "-")
+    kind = shape.type_name
+    if kind == "boolean":
+        parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        return
+    common: dict[str, Any] = {"dest": name, "required": required, "default": None,
+                              "metavar": xform_name(name).upper()}
+    if kind in ("integer", "long"):
+        parser.add_argument(option, type=int, **common)
+    elif kind == "list" and shape.member.type_name == "string":
+        parser.add_argument(option, nargs="+", **common)
+    elif kind in ("structure", "map", "list"):
+        parser.add_argument(option, type=_json_argument, **{**common, "metavar": "JSON"})
+    else:
+        parser.add_argument(option, choices=getattr(shape, "enum", None) or None, **common)
+
+
+def _operation_parser(command: str) -> argparse.ArgumentParser:
+    from devicedefender_audit.service.shapes import operation
+
+    model = operation(API_COMMANDS[command])
+    parser = argparse.ArgumentParser(prog=f"devicedefender_audit {command}",
+                                     description=model.documentation.split("</p>")[0].removeprefix("<p>"))
+    if model.input_shape is not None:
+        for name, shape in model.input_shape.members.items():
+            _add_member(parser, name, shape, name in model.input_shape.required_members)
+    local = parser.add_argument_group("where (this tool's options)")
+    local.add_argument("--store", type=Path, default=None, help="SQLite audit store (default $DDA_STORE)")
+    local.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
+    local.add_argument("--region")
+    local.add_argument("--profile")
+    local.add_argument("--endpoint-url", help="AWS IoT endpoint the audits read (e.g. a moto server)")
+    local.add_argument("--output", choices=("json",), default="json")
+    return parser
+
+
+def _timestamp_text(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def print_response(response: dict) -> None:
+    """As ``aws ... --output json``: nothing for an empty response."""
+    if response:
+        print(json.dumps(response, indent=4, ensure_ascii=False, default=_timestamp_text))
+
+
+def _call_all_pages(call: Callable[..., dict], config: dict, request: dict) -> dict:
+    """Every page merged into one response, as the AWS CLI's automatic pagination prints it;
+    one page when the request names a token or a page size itself."""
+    response = call(**request)
+    if {config["input_token"], config["limit_key"]} & set(request):
+        return response
+    key = config["result_key"]
+    while response.get("nextToken"):
+        following = call(**request, nextToken=response.pop("nextToken"))
+        response[key] = response.get(key, []) + following.get(key, [])
+        response.update({k: v for k, v in following.items() if k != key})
+    return response
+
+
+def run_api_command(args: argparse.Namespace) -> int:
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.service import OPERATIONS, ServiceContext, ServiceError
+    from devicedefender_audit.service.shapes import pagination
+    from devicedefender_audit.store import open_store
+
+    options = _operation_parser(args.command).parse_args(args.api_args)
+    operation_name = API_COMMANDS[args.command]
+    model_members = _members(operation_name)
+    request = {name: getattr(options, name) for name in model_members if getattr(options, name) is not None}
+    target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
+    store = open_store(options.store)
+
+    def detectors() -> list[Any]:
+        from devicedefender_audit.detectors import default_detectors
+
+        return default_detectors(options.blocklists)
+
+    ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
+                         region=target.region_name or "us-east-1")
+    try:
+        def call(**params: Any) -> dict:
+            return OPERATIONS[operation_name](ctx, **params)
+
+        config = pagination(operation_name)
+        response = _call_all_pages(call, config, request) if config else call(**request)
+    except ServiceError as exc:
+        print(f"\nAn error occurred ({exc.code}) when calling the {operation_name} operation: {exc.message}",
+              file=sys.stderr)
+        return EXIT_SERVICE_ERROR
+    finally:
+        store.close()
+    print_response(response)
+    return 0
+
+
+def _members(operation_name: str) -> Sequence[str]:
+    from devicedefender_audit.service.shapes import operation
+
+    shape = operation(operation_name).input_shape
+    return list(shape.members) if shape is not None else []
+
