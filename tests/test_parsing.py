@@ -181,12 +181,14 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
-def test_hostile_megabyte_is_handled_in_well_under_a_second(text):
+def test_hostile_megabyte_is_handled_in_linear_time(text):
+    # Linear parsing takes ~0.02-0.3 s; the quadratic regex took 168 s on the 1 MiB file. The bound
+    # is loose so a loaded CI machine cannot fail it, and tight enough to catch a quadratic scan.
     assert len(text) <= MAX_INPUT_BYTES
     for parse in (parse_key_material, public_keys_from_pem):
         result, seconds = timed(parse, text.encode())
         assert isinstance(result, (list, KeyMaterialError))
-        assert seconds < 1.0, f"{parse.__name__}: {seconds:.2f} s"
+        assert seconds < 10.0, f"{parse.__name__}: {seconds:.2f} s"
 
 
 def test_input_over_the_size_cap_is_refused():
