@@ -39,6 +39,11 @@ API_COMMANDS = {
     "update-audit-suppression": "UpdateAuditSuppression",
     "delete-audit-suppression": "DeleteAuditSuppression",
     "list-audit-suppressions": "ListAuditSuppressions",
+    "create-scheduled-audit": "CreateScheduledAudit",
+    "describe-scheduled-audit": "DescribeScheduledAudit",
+    "update-scheduled-audit": "UpdateScheduledAudit",
+    "delete-scheduled-audit": "DeleteScheduledAudit",
+    "list-scheduled-audits": "ListScheduledAudits",
 }
 #: AWS CLI v2's exit status for an error returned by the service.
 EXIT_SERVICE_ERROR = 254
@@ -50,7 +55,10 @@ def add_api_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[arg
         # No option prefix: every argument is passed through untouched to the model-derived parser.
         parser = sub.add_parser(command, help=f"Device Defender {operation}", add_help=False, prefix_chars="\0")
         parser.add_argument("api_args", nargs=argparse.REMAINDER)
-    return dict.fromkeys(API_COMMANDS, run_api_command)
+    run_due = sub.add_parser("run-due", help="start the scheduled audits that are due (for cron or EventBridge)",
+                             add_help=False, prefix_chars="\0")
+    run_due.add_argument("api_args", nargs=argparse.REMAINDER)
+    return {**dict.fromkeys(API_COMMANDS, run_api_command), "run-due": run_due_command}
 
 
 def _json_argument(text: str) -> Any:
@@ -89,6 +97,12 @@ def _operation_parser(command: str) -> argparse.ArgumentParser:
     if model.input_shape is not None:
         for name, shape in model.input_shape.members.items():
             _add_member(parser, name, shape, name in model.input_shape.required_members)
+    _local_options(parser)
+    return parser
+
+
+def _local_options(parser: argparse.ArgumentParser) -> None:
+    """Where the operations run: this tool's options, beside the model's."""
     local = parser.add_argument_group("where (this tool's options)")
     local.add_argument("--store", type=Path, default=None, help="SQLite audit store (default $DDA_STORE)")
     local.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
@@ -96,7 +110,6 @@ def _operation_parser(command: str) -> argparse.ArgumentParser:
     local.add_argument("--profile")
     local.add_argument("--endpoint-url", help="AWS IoT endpoint the audits read (e.g. a moto server)")
     local.add_argument("--output", choices=("json",), default="json")
-    return parser
 
 
 def _timestamp_text(value: object) -> str:
@@ -126,25 +139,15 @@ def _call_all_pages(call: Callable[..., dict], config: dict, request: dict) -> d
 
 
 def run_api_command(args: argparse.Namespace) -> int:
-    from devicedefender_audit.aws.clients import AwsTarget
-    from devicedefender_audit.service import OPERATIONS, ServiceContext, ServiceError
+    from devicedefender_audit.service import OPERATIONS, ServiceError
     from devicedefender_audit.service.shapes import pagination
-    from devicedefender_audit.store import open_store
 
     options = _operation_parser(args.command).parse_args(args.api_args)
     operation_name = API_COMMANDS[args.command]
     model_members = _members(operation_name)
     request = {name: getattr(options, name) for name in model_members if getattr(options, name) is not None}
-    target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
-    store = open_store(options.store)
-
-    def detectors() -> list[Any]:
-        from devicedefender_audit.detectors import default_detectors
-
-        return default_detectors(options.blocklists)
-
-    ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
-                         region=target.region_name or "us-east-1")
+    ctx = _context(options)
+    store = ctx.store
     try:
         def call(**params: Any) -> dict:
             return OPERATIONS[operation_name](ctx, **params)
@@ -167,3 +170,51 @@ def _members(operation_name: str) -> Sequence[str]:
     shape = operation(operation_name).input_shape
     return list(shape.members) if shape is not None else []
 
+
+
+def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None = None) -> Any:
+    """The service context for one command: the store, paced AWS clients, detectors on demand."""
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.service import ServiceContext
+    from devicedefender_audit.service.context import utc_now
+    from devicedefender_audit.store import open_store
+
+    target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
+    store = open_store(options.store)
+
+    def detectors() -> list[Any]:
+        from devicedefender_audit.detectors import default_detectors
+
+        return default_detectors(options.blocklists)
+
+    return ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
+                          region=target.region_name or "us-east-1", clock=clock or utc_now)
+
+
+def run_due_command(args: argparse.Namespace) -> int:
+    """Start the due scheduled audits (in the foreground) and print what started, as JSON.
+
+    Exit 0 when every due schedule started, 1 when one could not (e.g. its check was disabled).
+    """
+    from devicedefender_audit.service.context import as_utc
+    from devicedefender_audit.service.errors import InvalidRequest
+    from devicedefender_audit.service.scheduled import run_due
+
+    def moment(text: str) -> datetime:
+        try:
+            return as_utc(text)
+        except InvalidRequest as exc:
+            raise argparse.ArgumentTypeError(exc.message) from exc
+
+    parser = argparse.ArgumentParser(prog="devicedefender_audit run-due", description=run_due_command.__doc__)
+    parser.add_argument("--now", type=moment, default=None,
+                        help="take this moment (ISO 8601 or epoch seconds) as now: catch up or test a schedule")
+    _local_options(parser)
+    options = parser.parse_args(args.api_args)
+    ctx = _context(options, clock=(lambda: options.now) if options.now else None)
+    try:
+        result = run_due(ctx)
+    finally:
+        ctx.store.close()
+    print_response(result)
+    return 1 if result["failedSchedules"] else 0

@@ -115,6 +115,18 @@ def test_lifecycle_calls_every_operation_with_model_shaped_responses(ctx, accoun
         call(ctx, "CancelAuditTask", taskId=second)
     assert start_and_cancel(ctx)["taskStatus"] == "CANCELED"
 
+    arn = call(ctx, "CreateScheduledAudit", scheduledAuditName="weekly", frequency="WEEKLY", dayOfWeek="MON",
+               targetCheckNames=[CHECK_NAME])["scheduledAuditArn"]
+    assert arn == "arn:aws:iot:us-east-1:123456789012:scheduledaudit/weekly"
+    call(ctx, "UpdateScheduledAudit", scheduledAuditName="weekly", frequency="MONTHLY", dayOfMonth="LAST")
+    assert call(ctx, "DescribeScheduledAudit", scheduledAuditName="weekly") == {
+        "frequency": "MONTHLY", "dayOfMonth": "LAST", "targetCheckNames": [CHECK_NAME],
+        "scheduledAuditName": "weekly", "scheduledAuditArn": arn}
+    assert call(ctx, "ListScheduledAudits") == {"scheduledAudits": [
+        {"scheduledAuditName": "weekly", "scheduledAuditArn": arn, "frequency": "MONTHLY", "dayOfMonth": "LAST"}]}
+    with pytest.raises(InvalidRequest, match="deleteScheduledAudits"):
+        call(ctx, "DeleteAccountAuditConfiguration")
+    call(ctx, "DeleteScheduledAudit", scheduledAuditName="weekly")
     call(ctx, "DeleteAuditSuppression", checkName=CHECK_NAME, resourceIdentifier=suppressed)
     assert call(ctx, "ListAuditSuppressions") == {"suppressions": []}
     call(ctx, "DeleteAccountAuditConfiguration")

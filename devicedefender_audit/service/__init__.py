@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from devicedefender_audit.service import configuration, findings, suppressions, tasks
+from devicedefender_audit.service import configuration, findings, scheduled, suppressions, tasks
 from devicedefender_audit.service.context import ServiceContext
 from devicedefender_audit.service.errors import InvalidRequest, ResourceAlreadyExists, ResourceNotFound, ServiceError
 
@@ -31,6 +31,11 @@ OPERATIONS: dict[str, Callable[..., dict]] = {
     "UpdateAuditSuppression": suppressions.update_audit_suppression,
     "DeleteAuditSuppression": suppressions.delete_audit_suppression,
     "ListAuditSuppressions": suppressions.list_audit_suppressions,
+    "CreateScheduledAudit": scheduled.create_scheduled_audit,
+    "DescribeScheduledAudit": scheduled.describe_scheduled_audit,
+    "UpdateScheduledAudit": scheduled.update_scheduled_audit,
+    "DeleteScheduledAudit": scheduled.delete_scheduled_audit,
+    "ListScheduledAudits": scheduled.list_scheduled_audits,
 }
 
 __all__ = ["OPERATIONS", "InvalidRequest", "ResourceAlreadyExists", "ResourceNotFound", "ServiceContext",

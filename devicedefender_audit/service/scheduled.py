@@ -1,0 +1,164 @@
+"""Scheduled audits: create, describe, update, delete, list, and :func:`run_due`, the scheduler.
+
+Device Defender picks the time of day of a scheduled audit; this service runs it at 00:00 UTC
+on each of its days: every day (DAILY), on ``dayOfWeek`` (WEEKLY), on every other ``dayOfWeek``
+counted from the first one after the schedule was created (BIWEEKLY), on ``dayOfMonth`` (MONTHLY;
+``LAST``, or a day the month lacks, means the month's last day). Only slots after the schedule's
+creation count. :func:`run_due` starts, as ``SCHEDULED_AUDIT_TASK`` with ``scheduledAuditName``,
+every schedule whose latest slot has not run yet (missed slots run once, not once each); a slot
+is claimed in the store before its audit starts, so two schedulers never run it twice.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from devicedefender_audit.service.configuration import SCHEDULED_AUDIT_KIND, require_enabled
+from devicedefender_audit.service.context import ServiceContext, drop_none, page
+from devicedefender_audit.service.errors import InvalidRequest, ResourceAlreadyExists, ResourceNotFound, ServiceError
+from devicedefender_audit.service.shapes import check_request, enum_values
+from devicedefender_audit.service.tasks import SCHEDULED, start_audit
+
+RUN_KIND = "scheduled_audit_run"
+_WEEKDAYS = enum_values("DayOfWeek")  # SUN..SAT
+_PUBLIC = ("frequency", "dayOfMonth", "dayOfWeek", "targetCheckNames", "scheduledAuditName", "scheduledAuditArn")
+
+
+def _check_timing(body: dict) -> None:
+    frequency, day_of_week, day_of_month = body["frequency"], body.get("dayOfWeek"), body.get("dayOfMonth")
+    if frequency in ("WEEKLY", "BIWEEKLY") and not day_of_week:
+        raise InvalidRequest(f"a {frequency} audit needs dayOfWeek")
+    if frequency != "MONTHLY" and day_of_month:
+        raise InvalidRequest(f"dayOfMonth applies to MONTHLY audits only, not {frequency}")
+    if frequency not in ("WEEKLY", "BIWEEKLY") and day_of_week:
+        raise InvalidRequest(f"dayOfWeek applies to WEEKLY and BIWEEKLY audits only, not {frequency}")
+    if frequency == "MONTHLY":
+        if not day_of_month:
+            raise InvalidRequest("a MONTHLY audit needs dayOfMonth")
+        if day_of_month != "LAST" and not (day_of_month.isdigit() and 1 <= int(day_of_month) <= 31):
+            raise InvalidRequest(f"dayOfMonth must be 1..31 or LAST, not {day_of_month!r}")
+
+
+def _stored(ctx: ServiceContext, name: str) -> dict:
+    body = ctx.store.get_record(SCHEDULED_AUDIT_KIND, name)
+    if body is None:
+        raise ResourceNotFound(f"no scheduled audit {name}")
+    return body
+
+
+def create_scheduled_audit(ctx: ServiceContext, **request: Any) -> dict:
+    check_request("CreateScheduledAudit", request)
+    name = request["scheduledAuditName"]
+    require_enabled(ctx.store, list(request["targetCheckNames"]))
+    body = drop_none({
+        "frequency": request["frequency"],
+        "dayOfMonth": request.get("dayOfMonth"),
+        "dayOfWeek": request.get("dayOfWeek"),
+        "targetCheckNames": list(request["targetCheckNames"]),
+        "scheduledAuditName": name,
+        "scheduledAuditArn": ctx.arn(f"scheduledaudit/{name}"),
+        "tags": request.get("tags"),
+        "createdAt": ctx.now().timestamp(),
+    })
+    _check_timing(body)
+    if not ctx.store.insert_record(SCHEDULED_AUDIT_KIND, name, body):
+        raise ResourceAlreadyExists(f"scheduled audit {name} exists")
+    return {"scheduledAuditArn": body["scheduledAuditArn"]}
+
+
+def describe_scheduled_audit(ctx: ServiceContext, **request: Any) -> dict:
+    check_request("DescribeScheduledAudit", request)
+    body = _stored(ctx, request["scheduledAuditName"])
+    return {k: body[k] for k in _PUBLIC if k in body}
+
+
+def update_scheduled_audit(ctx: ServiceContext, **request: Any) -> dict:
+    """Changing the frequency drops the day that no longer applies (WEEKLY -> MONTHLY, ...)."""
+    check_request("UpdateScheduledAudit", request)
+    body = _stored(ctx, request["scheduledAuditName"])
+    if "targetCheckNames" in request:
+        require_enabled(ctx.store, list(request["targetCheckNames"]))
+    if "frequency" in request and request["frequency"] != body["frequency"]:
+        body.pop("dayOfWeek", None)
+        body.pop("dayOfMonth", None)
+    body.update({k: request[k] for k in ("frequency", "dayOfMonth", "dayOfWeek", "targetCheckNames") if k in request})
+    _check_timing(body)
+    ctx.store.put_record(SCHEDULED_AUDIT_KIND, body["scheduledAuditName"], body)
+    return {"scheduledAuditArn": body["scheduledAuditArn"]}
+
+
+def delete_scheduled_audit(ctx: ServiceContext, **request: Any) -> dict:
+    check_request("DeleteScheduledAudit", request)
+    if not ctx.store.delete_record(SCHEDULED_AUDIT_KIND, request["scheduledAuditName"]):
+        raise ResourceNotFound(f"no scheduled audit {request['scheduledAuditName']}")
+    return {}
+
+
+def list_scheduled_audits(ctx: ServiceContext, **request: Any) -> dict:
+    check_request("ListScheduledAudits", request)
+    bodies = [body for _, body in ctx.store.records(SCHEDULED_AUDIT_KIND)]
+    result = page(bodies, request.get("nextToken"), request.get("maxResults"), default=25)
+    return drop_none({
+        "scheduledAudits": [
+            {k: b[k] for k in ("scheduledAuditName", "scheduledAuditArn", "frequency", "dayOfMonth", "dayOfWeek")
+             if k in b}
+            for b in result["items"]
+        ],
+        "nextToken": result.get("nextToken"),
+    })
+
+
+def _weekday(day: date) -> str:
+    return _WEEKDAYS[(day.weekday() + 1) % 7]  # Python's Monday=0; the model's list starts on Sunday
+
+
+def _runs_on(body: dict, day: date, created: date) -> bool:
+    frequency = body["frequency"]
+    if frequency == "DAILY":
+        return True
+    if frequency in ("WEEKLY", "BIWEEKLY"):
+        if _weekday(day) != body["dayOfWeek"]:
+            return False
+        if frequency == "WEEKLY":
+            return True
+        first = created + timedelta(days=(_WEEKDAYS.index(body["dayOfWeek"]) - _WEEKDAYS.index(_weekday(created))) % 7)
+        return (day - first).days % 14 == 0
+    last = calendar.monthrange(day.year, day.month)[1]
+    wanted = last if body["dayOfMonth"] == "LAST" else min(int(body["dayOfMonth"]), last)
+    return day.day == wanted
+
+
+def latest_slot(body: dict, now: datetime) -> datetime | None:
+    """The most recent run time at or before ``now`` and after the schedule's creation."""
+    created = datetime.fromtimestamp(body["createdAt"], timezone.utc)
+    day = now.astimezone(timezone.utc).date()
+    for _ in range(62):  # every frequency runs at least once in any 62 days
+        slot = datetime.combine(day, time(0, 0), timezone.utc)
+        if slot <= created:
+            return None
+        if slot <= now and _runs_on(body, day, created.date()):
+            return slot
+        day -= timedelta(days=1)
+    return None
+
+
+def run_due(ctx: ServiceContext) -> dict:
+    """Start every scheduled audit that is due at ``ctx.now()``; what started and what could not.
+
+    Not an API operation (Device Defender schedules internally): ``run-due`` for cron/EventBridge.
+    """
+    started, failed = [], []
+    for name, body in ctx.store.records(SCHEDULED_AUDIT_KIND):
+        slot = latest_slot(body, ctx.now())
+        if slot is None or not ctx.store.insert_record(RUN_KIND, f"{name}@{slot.isoformat()}",
+                                                       {"scheduledAuditName": name, "slot": slot.timestamp()}):
+            continue
+        try:
+            task_id = start_audit(ctx, body["targetCheckNames"], SCHEDULED, name)
+        except ServiceError as exc:
+            failed.append({"scheduledAuditName": name, "errorCode": exc.code, "message": exc.message})
+            continue
+        started.append({"scheduledAuditName": name, "taskId": task_id, "slot": slot})
+    return {"startedTasks": started, "failedSchedules": failed}

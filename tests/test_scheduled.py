@@ -1,0 +1,103 @@
+"""Scheduled audits: day rules per frequency, and ``run-due`` with a clock the test moves."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from conftest import DATA, register
+from service_helpers import call
+from test_service_api import Clock, enable
+
+from devicedefender_audit.cli import main
+from devicedefender_audit.detectors.roca import RocaDetector
+from devicedefender_audit.models import CHECK_NAME
+from devicedefender_audit.service import InvalidRequest, ResourceAlreadyExists, ServiceContext
+from devicedefender_audit.service.scheduled import latest_slot, run_due
+from devicedefender_audit.store import open_store
+
+UTC = timezone.utc
+CREATED = datetime(2024, 1, 10, 15, 0, tzinfo=UTC)  # a Wednesday
+
+
+def slot(now: datetime, **schedule: str) -> datetime | None:
+    return latest_slot({**schedule, "createdAt": CREATED.timestamp()}, now)
+
+
+def test_slots_per_frequency():
+    at = datetime(2024, 3, 20, 12, 0, tzinfo=UTC)  # a Wednesday
+    assert slot(at, frequency="DAILY") == datetime(2024, 3, 20, tzinfo=UTC)
+    assert slot(at, frequency="WEEKLY", dayOfWeek="MON") == datetime(2024, 3, 18, tzinfo=UTC)
+    # BIWEEKLY counts from the first Monday after creation, 2024-01-15: every 14 days from there
+    assert slot(at, frequency="BIWEEKLY", dayOfWeek="MON") == datetime(2024, 3, 11, tzinfo=UTC)
+    assert slot(at, frequency="MONTHLY", dayOfMonth="15") == datetime(2024, 3, 15, tzinfo=UTC)
+    assert slot(datetime(2024, 3, 2, tzinfo=UTC), frequency="MONTHLY", dayOfMonth="LAST") == datetime(
+        2024, 2, 29, tzinfo=UTC)
+    assert slot(datetime(2024, 5, 1, tzinfo=UTC), frequency="MONTHLY", dayOfMonth="31") == datetime(
+        2024, 4, 30, tzinfo=UTC)  # April lacks a 31st: its last day
+    assert slot(CREATED + timedelta(hours=1), frequency="DAILY") is None  # nothing before creation
+    assert slot(datetime(2024, 1, 11, 0, 0, tzinfo=UTC), frequency="DAILY") == datetime(2024, 1, 11, tzinfo=UTC)
+
+
+@pytest.fixture
+def ctx(iot, tmp_path):
+    register(iot, (DATA / "roca" / "cert04.pem").read_text())
+    store = open_store(tmp_path / "audits.sqlite3")
+    clock = Clock()
+    clock.now = CREATED
+    context = ServiceContext(store=store, iot_client=lambda: iot, detectors=lambda: [RocaDetector()], clock=clock)
+    enable(context)
+    yield context
+    store.close()
+
+
+def test_run_due_starts_each_slot_once_as_a_scheduled_task(ctx):
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="daily", frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    with pytest.raises(ResourceAlreadyExists):
+        call(ctx, "CreateScheduledAudit", scheduledAuditName="daily", frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    assert run_due(ctx)["startedTasks"] == []  # created after today's slot
+    ctx.clock.now = CREATED + timedelta(days=3)  # two slots missed: one run catches up
+    started = run_due(ctx)["startedTasks"]
+    assert [s["scheduledAuditName"] for s in started] == ["daily"]
+    assert run_due(ctx)["startedTasks"] == []  # the slot has run
+    task = call(ctx, "DescribeAuditTask", taskId=started[0]["taskId"])
+    assert task["taskType"] == "SCHEDULED_AUDIT_TASK" and task["scheduledAuditName"] == "daily"
+    assert task["taskStartTime"] == ctx.clock.now
+    window = {"startTime": CREATED, "endTime": ctx.clock.now}
+    assert call(ctx, "ListAuditTasks", taskType="SCHEDULED_AUDIT_TASK", **window)["tasks"][0]["taskId"] == \
+        started[0]["taskId"]
+    ctx.clock.now += timedelta(days=1)
+    assert len(run_due(ctx)["startedTasks"]) == 1
+
+
+def test_disabled_check_is_reported_not_raised(ctx):
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="weekly", frequency="WEEKLY", dayOfWeek="FRI",
+         targetCheckNames=[CHECK_NAME])
+    call(ctx, "UpdateAccountAuditConfiguration", auditCheckConfigurations={CHECK_NAME: {"enabled": False}})
+    ctx.clock.now = CREATED + timedelta(days=2)  # Friday
+    result = run_due(ctx)
+    assert result["startedTasks"] == [] and result["failedSchedules"][0]["errorCode"] == "InvalidRequestException"
+
+
+def test_timing_rules(ctx):
+    base = {"scheduledAuditName": "s", "targetCheckNames": [CHECK_NAME]}
+    for bad, match in (({"frequency": "WEEKLY"}, "needs dayOfWeek"),
+                       ({"frequency": "MONTHLY"}, "needs dayOfMonth"),
+                       ({"frequency": "MONTHLY", "dayOfMonth": "32"}, "1..31"),
+                       ({"frequency": "DAILY", "dayOfWeek": "MON"}, "WEEKLY and BIWEEKLY audits only"),
+                       ({"frequency": "WEEKLY", "dayOfWeek": "MON", "dayOfMonth": "1"}, "MONTHLY audits only")):
+        with pytest.raises(InvalidRequest, match=match):
+            call(ctx, "CreateScheduledAudit", **base, **bad)
+    with pytest.raises(InvalidRequest, match="DayOfWeek|SUN"):
+        call(ctx, "CreateScheduledAudit", **base, frequency="WEEKLY", dayOfWeek="MONDAY")
+
+
+def test_run_due_command_with_a_given_now(ctx, capsys, monkeypatch):
+    monkeypatch.setenv("DDA_STORE", ctx.store.path)
+    assert main(["create-scheduled-audit", "--scheduled-audit-name", "monthly", "--frequency", "MONTHLY",
+                 "--day-of-month", "LAST", "--target-check-names", CHECK_NAME]) == 0
+    assert json.loads(capsys.readouterr().out)["scheduledAuditArn"].endswith(":scheduledaudit/monthly")
+    assert main(["run-due", "--now", "2099-01-31T00:30:00Z"]) == 0
+    started = json.loads(capsys.readouterr().out)["startedTasks"]
+    assert [(s["scheduledAuditName"], s["slot"]) for s in started] == [("monthly", "2099-01-31T00:00:00+00:00")]
