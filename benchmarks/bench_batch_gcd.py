@@ -110,7 +110,6 @@ def run_size(size: int, workers: int, incremental: int) -> None:
     fillers = Fillers()
     keys += [(f"f{i}", int(fillers.modulus())) for i in range(size - len(keys))]
     generated = time.perf_counter() - began
-    workers = max(1, min(workers, size // MIN_MODULI_PER_WORKER))  # what batch_gcd will use
     print(f"\n== {size:,} RSA-2048 moduli, {workers} worker process(es); load before {load()}")
     print(f"generated in {generated:.1f} s; RSS holding the fleet: {rss_mb():,.0f} MB")
 
@@ -189,7 +188,7 @@ def main() -> None:
     print(f"{os.cpu_count()} x {cpu}; {gmpy2.mp_version()}, gmpy2 {gmpy2.version()}, Python {sys.version.split()[0]}")
     script = [sys.executable, str(Path(__file__).resolve())]
     for size in args.sizes:
-        for workers in args.workers:
+        for workers in sorted({max(1, min(w, size // MIN_MODULI_PER_WORKER)) for w in args.workers}):
             extra = ["--incremental", str(args.incremental), "--workers", str(workers)]
             subprocess.run([*script, "--one", str(size), *extra], check=True)
     if args.naive:

@@ -209,21 +209,25 @@ def test_incremental_batches_equal_a_full_recomputation(fleet, tmp_path):
 
 def test_add_names_existing_keys_and_is_read_lazily(good):
     p, q = prime(128), prime(128)
-    old = [("old", p * q)]
-    state, _ = FleetState.build(good + old)
+    inventory = good + [("old", p * q)]
+    state, _ = FleetState.build(inventory)
     reads = []
 
-    def inventory():
-        for key in good + old:
+    def stream():
+        for key in inventory:
             reads.append(key)
             yield key
 
-    assert state.add([("unrelated", prime(128) * prime(128))], existing=inventory()) == {}
+    unrelated = [("unrelated", prime(128) * prime(128))]
+    assert state.add(unrelated, existing=stream()) == {}
     assert reads == []  # no hit: the fleet is not read at all
-    changed = state.add([("new", p * prime(128)), ("copy", p * q)], existing=inventory())
+    inventory += unrelated
+    changed = state.add([("new", p * prime(128)), ("copy", p * q)], existing=stream())
+    assert len(reads) == len(inventory)
     assert changed["old"] == FleetFinding(("new",), 1, ("copy",), 1)
     assert changed["new"] == FleetFinding(("copy", "old"), 2)
     assert state.distinct_moduli == len(good) + 3  # "copy" repeats a modulus already in the product
+    assert state.keys == len(good) + 4
 
 
 def test_remove_equals_a_full_recomputation_of_what_is_left(fleet):

@@ -54,6 +54,8 @@ def is_fermat_factorable(modulus: int, steps: int = MAX_STEPS) -> bool:
 class FermatDetector:
     name = "fermat"
     reason_code = FERMAT_FACTORABLE
+    #: A stored verdict is valid for this bound only (see ``detectors.detector_version``).
+    version = f"steps={MAX_STEPS}"
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
         if not key.is_rsa or key.modulus is None:

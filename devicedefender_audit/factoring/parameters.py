@@ -38,6 +38,8 @@ def parameter_problems(modulus: int, exponent: int | None) -> list[str]:
 class InsecureParametersDetector:
     name = "insecure_parameters"
     reason_code = INSECURE_PARAMETERS
+    #: A stored verdict is valid for this minimum only (see ``detectors.detector_version``).
+    version = f"min_bits={MIN_RSA_BITS}"
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
         if not key.is_rsa or key.modulus is None:

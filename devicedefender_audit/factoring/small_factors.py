@@ -46,6 +46,8 @@ def small_factor_problem(modulus: int) -> str | None:
 class SmallFactorDetector:
     name = "small_factor"
     reason_code = SMALL_FACTOR
+    #: A stored verdict is valid for this bound only (see ``detectors.detector_version``).
+    version = f"primes<={SMALL_PRIME_BOUND}"
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
         if not key.is_rsa or key.modulus is None:
