@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     COMMANDS.update(add_api_commands(sub))
 
+    from devicedefender_audit.cli_serve import add_serve_command
+
+    COMMANDS.update(add_serve_command(sub))
+
     blocklist = sub.add_parser("blocklist", help="CVE-2008-0166 blocklists")
     bsub = blocklist.add_subparsers(dest="blocklist_command", required=True)
     gen = bsub.add_parser("generate", help="regenerate weak keys (resumable) and build the list")

@@ -1,0 +1,101 @@
+"""``serve``: the Device Defender API over HTTP for the unmodified boto3 ``iot`` client and AWS CLI.
+
+Kept out of :mod:`.cli` so that other commands never import the server, botocore's protocol
+classes or the service: :func:`add_serve_command` only declares arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.service import ServiceContext
+
+
+def add_serve_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Declare ``serve`` on the CLI's subparsers; return its handler by command name."""
+    serve = sub.add_parser("serve", help="serve the Device Defender audit API over rest-json (boto3, AWS CLI)")
+    serve.add_argument("--endpoint-url", help="AWS IoT endpoint that the audits read and that every other iot "
+                       "operation is forwarded to (default: AWS IoT in --region)")
+    serve.add_argument("--region", help="default: the standard AWS chain")
+    serve.add_argument("--profile", help="credentials the server runs with, verifies requests against and "
+                       "forwards with")
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="default 8080; 0 picks a free port")
+    serve.add_argument("--store", type=Path, default=None,
+                       help="SQLite audit store (default $DDA_STORE or ~/.local/share/devicedefender-audit/"
+                       "audits.sqlite3)")
+    serve.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
+    serve.add_argument("--demo", action="store_true",
+                       help="serve the embedded demo account (a seeded moto server; credentials demo/demo/demo)")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="accept requests without verifying their SigV4 signature (loopback addresses only)")
+    return {"serve": cmd_serve}
+
+
+def service_context(target: AwsTarget, store_path: Path, blocklists: Path | None) -> ServiceContext:
+    """The context the server's operations share: audits run in the background (as the API's
+    do), each in a thread with its own store connection; detectors are loaded once, when the
+    first audit starts."""
+    from devicedefender_audit.detectors import default_detectors
+    from devicedefender_audit.service import ServiceContext
+    from devicedefender_audit.store import open_store
+
+    loaded: list[Any] = []
+    lock = threading.Lock()
+
+    def detectors() -> list[Any]:
+        with lock:
+            if not loaded:
+                loaded.extend(default_detectors(blocklists))
+            return loaded
+
+    return ServiceContext(store=open_store(store_path), iot_client=lambda: target.client("iot"),
+                          detectors=detectors, region=target.region_name or "us-east-1", background=True,
+                          open_worker_store=lambda: open_store(store_path))
+
+
+@contextmanager
+def _target(args: argparse.Namespace) -> Iterator[AwsTarget]:
+    if args.demo:
+        from devicedefender_audit.demo import demo_account
+
+        with demo_account() as target:
+            yield target
+        return
+    from devicedefender_audit.aws.clients import AwsTarget
+
+    yield AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until interrupted; exit 2 when the address may not or cannot be served."""
+    from devicedefender_audit.server import make_server
+    from devicedefender_audit.store import default_store_path
+
+    store_path = args.store or default_store_path()
+    with _target(args) as target:
+        ctx = service_context(target, store_path, args.blocklists)
+        try:
+            server = make_server(target, ctx, args.host, args.port, authenticate=not args.no_auth)
+        except (ValueError, OSError) as exc:
+            ctx.store.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"serving the Device Defender audit API on {server.url} (region {target.region_name}; other iot "
+              f"operations go to {server.forwarder.endpoint_url})", file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+            ctx.store.close()
+    return 0
