@@ -25,10 +25,12 @@ from typing import Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code
 from devicedefender_audit.aws.iot_certificates import attached_things
-from devicedefender_audit.checks import KeyOutcome, KeyQualityCheck
-from devicedefender_audit.detectors import Detector
+from devicedefender_audit.checks import KeyCheck, KeyOutcome, key_quality_check, severity_of
+from devicedefender_audit.detectors import Detector, DetectorResult
 from devicedefender_audit.inventory import IN_SCOPE_STATUSES, InventorySync, SyncAborted, SyncResult
+from devicedefender_audit.key_material import KeyMaterialError, public_key_from_spki
 from devicedefender_audit.models import (
+    AuditCheckDetails,
     AuditFinding,
     AuditTask,
     AuditTaskStatus,
@@ -96,7 +98,6 @@ class AuditCounts:
     failed: int = 0
     not_applicable: int = 0
     not_covered: int = 0
-    left_scope: int = 0
     suppressed: int = 0
 
 
@@ -113,18 +114,23 @@ class Audit:
         on_phase: Callable[[str, int | None], None] | None = None,
         on_advance: Callable[[int], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        checks: Sequence[KeyCheck] | None = None,
     ) -> None:
         self.iot = iot
         self.store = store
-        self.check = KeyQualityCheck(detectors)
+        #: The checks this task runs; by default Device Defender's key-quality check alone.
+        self.checks = list(checks) if checks else [key_quality_check(detectors)]
         self.workers = workers
         self.on_phase = on_phase
         self.on_advance = on_advance
         self.clock = clock
         self.task = AuditTask(region=region, task_start_time=clock())
+        self.task.audit_details = {check.name: AuditCheckDetails() for check in self.checks}
         self._suppressions: ActiveSuppressions | None = None
-        self.task.task_statistics.in_progress_checks = 1
-        self.counts = AuditCounts()
+        self.task.task_statistics.total_checks = len(self.checks)
+        self.task.task_statistics.in_progress_checks = len(self.checks)
+        self.counts = {check.name: AuditCounts() for check in self.checks}
+        self.left_scope = 0
         self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
 
     def run(self) -> AuditTask:
@@ -172,69 +178,105 @@ class Audit:
 
         def error(err: ResourceError) -> None:
             if err.left_scope:
-                self.counts.left_scope += 1
+                self.left_scope += 1
             else:
-                self.counts.failed += 1
+                for counts in self.counts.values():
+                    counts.failed += 1
             self.store.add_errors(self.task.task_id, [err])
 
         return InventorySync(self.iot, self.store, self.workers, on_progress=progress, on_error=error).run()
 
     def _check(self, sync: SyncResult) -> None:
         total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES)
-        self.task.details.total_resources_count = total
+        for details in self.task.audit_details.values():
+            details.total_resources_count = total
+        fleet = self._fleet_scan(sync) if any(check.fleet for check in self.checks) else {}
         self._phase("Checking keys", total)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="things") as pool:
             for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
-                self._check_batch(records, sync.undescribed, pool)
+                self._check_batch(records, sync.undescribed, pool, fleet)
 
-    def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor) -> None:
+    def _fleet_scan(self, sync: SyncResult) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
+        """Batch GCD over every in-scope RSA modulus: results and evidence of the keys with a
+        finding (shared prime, or the same modulus in another certificate)."""
+        from devicedefender_audit.factoring.fleet_detector import evidence, fleet_results
+        from devicedefender_audit.factoring.sharing import scan_fleet
+
+        self._phase("Comparing the fleet's moduli", None)
+        keys = []
+        for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
+            self._raise_if_canceled()
+            for record in records:
+                description = record.description
+                if description is None or description.spki is None or description.key_algorithm != "RSA":
+                    continue
+                try:
+                    modulus = public_key_from_spki(description.spki).modulus
+                except KeyMaterialError:
+                    continue  # reported by the per-key pass
+                if modulus:
+                    keys.append((record.certificate_id, modulus))
+        scan = scan_fleet(keys)
+        return {key_id: (fleet_results(found), evidence(found)) for key_id, found in scan.findings.items()}
+
+    def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
+                     fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]]) -> None:
         self._raise_if_canceled()
         stored = self.store.verdicts(r.certificate_id for r in records)
         fresh: list[StoredVerdict] = []
-        errors: list[ResourceError] = []
-        weak: list[tuple[InventoryRecord, KeyOutcome]] = []
-        reparsed = []
+        errors: dict[str, ResourceError] = {}
+        weak: list[tuple[KeyCheck, InventoryRecord, KeyOutcome]] = []
+        reparsed = {}
         for record in records:
-            if record.certificate_id in undescribed:
+            cid = record.certificate_id
+            if cid in undescribed:
                 continue  # reported by the sync already
-            outcome = self.check.evaluate(record, stored.get(record.certificate_id, ()))
-            fresh += outcome.fresh
-            if outcome.reparsed:
-                reparsed.append(outcome.reparsed)
-            if outcome.error:
-                errors.append(ResourceError(certificate_id=record.certificate_id, error_code=outcome.error[0],
-                                            message=outcome.error[1]))
-            elif outcome.vulnerable:
-                weak.append((record, outcome))
-            elif outcome.not_applicable:
-                self.counts.not_applicable += 1
-            elif outcome.not_covered:
-                self.counts.not_covered += 1
-        things = list(pool.map(self._things_note, [record.certificate_arn for record, _ in weak]))
+            fleet_results, _ = fleet.get(cid, ((), {}))
+            for check in self.checks:
+                counts = self.counts[check.name]
+                outcome = check.evaluate(record, stored.get(cid, ()), fleet_results if check.fleet else ())
+                fresh += outcome.fresh
+                if outcome.reparsed:
+                    reparsed[cid] = outcome.reparsed
+                if outcome.error:
+                    errors[cid] = ResourceError(certificate_id=cid, error_code=outcome.error[0],
+                                                message=outcome.error[1])
+                    counts.failed += 1
+                elif outcome.vulnerable:
+                    weak.append((check, record, outcome))
+                    counts.non_compliant += 1
+                elif outcome.not_applicable:
+                    counts.not_applicable += 1
+                elif outcome.not_covered:
+                    counts.not_covered += 1
+        arns = sorted({record.certificate_arn for _, record, _ in weak})
+        things = dict(zip(arns, pool.map(self._things_note, arns), strict=True))
         findings = [
             finding
-            for (record, outcome), note in zip(weak, things, strict=True)
-            for finding in self._findings(record, outcome, note)
+            for check, record, outcome in weak
+            for finding in self._findings(check, record, outcome, things[record.certificate_arn],
+                                          fleet.get(record.certificate_id, ((), {}))[1])
         ]
-        suppressed = {f.certificate_id for f in findings if self._suppressions and self._suppressions.covers(f)}
+        suppressed = {(f.check_name, f.certificate_id) for f in findings
+                      if self._suppressions and self._suppressions.covers(f)}
         for finding in findings:
-            finding.is_suppressed = finding.certificate_id in suppressed
-        self.counts.failed += len(errors)
-        self.counts.non_compliant += len(weak)
-        self.counts.suppressed += len(suppressed)
+            finding.is_suppressed = (finding.check_name, finding.certificate_id) in suppressed
+        for check_name, _ in suppressed:
+            self.counts[check_name].suppressed += 1
         self.task.progress.checked_certificates += len(records)
         self._update_details()
         with self.store.batch():
             self.store.save_verdicts(fresh)
             if reparsed:
-                self.store.save_descriptions(reparsed)
-            self.store.add_errors(self.task.task_id, errors)
+                self.store.save_descriptions(list(reparsed.values()))
+            self.store.add_errors(self.task.task_id, list(errors.values()))
             self.store.add_findings(findings)
             self._save()
         if self.on_advance:
             self.on_advance(len(records))
 
-    def _findings(self, record: InventoryRecord, outcome: KeyOutcome, things: str) -> list[AuditFinding]:
+    def _findings(self, check: KeyCheck, record: InventoryRecord, outcome: KeyOutcome, things: str,
+                  fleet_evidence: dict[str, str]) -> list[AuditFinding]:
         description = record.description
         info = {
             "keyAlgorithm": (description.key_algorithm if description else None) or "",
@@ -242,9 +284,13 @@ class Audit:
             "certificateStatus": record.status,
             "things": things,
         }
+        if check.fleet:
+            info.update(fleet_evidence)  # the other certificates' ids; never a factor
         return [
             AuditFinding(
                 task_id=self.task.task_id,
+                check_name=check.name,
+                severity=severity_of(verdict.reason_code or ""),
                 task_start_time=self.task.task_start_time,
                 non_compliant_resource=NonCompliantResource(
                     resource_identifier=ResourceIdentifier(
@@ -269,46 +315,49 @@ class Audit:
     # task state ----------------------------------------------------------------------------
 
     def _update_details(self) -> None:
-        details, counts = self.task.details, self.counts
-        details.non_compliant_resources_count = counts.non_compliant
-        details.suppressed_non_compliant_resources_count = counts.suppressed
-        details.failed_resources_count = counts.failed
-        details.not_applicable_resources_count = counts.not_applicable
-        details.not_covered_resources_count = counts.not_covered
+        for name, counts in self.counts.items():
+            details = self.task.audit_details[name]
+            details.non_compliant_resources_count = counts.non_compliant
+            details.suppressed_non_compliant_resources_count = counts.suppressed
+            details.failed_resources_count = counts.failed
+            details.not_applicable_resources_count = counts.not_applicable
+            details.not_covered_resources_count = counts.not_covered
 
     def _finish(self) -> None:
         self._update_details()
-        details, counts, stats = self.task.details, self.counts, self.task.task_statistics
-        unchecked = []
-        if counts.failed:
-            unchecked.append(f"{counts.failed} could not be checked")
-        if counts.not_covered:
-            unchecked.append(f"{counts.not_covered} have keys no detector data covers yet")
-        if counts.non_compliant:
-            details.check_run_status, details.check_compliant = "COMPLETED_NON_COMPLIANT", False
-            stats.non_compliant_checks = 1
-            if unchecked:
-                details.message = f"of {details.total_resources_count} certificates, " + " and ".join(unchecked)
-        elif unchecked:
-            details.check_run_status, details.check_compliant = "FAILED", False
-            details.error_code = "RESOURCES_NOT_CHECKED" if counts.failed else "RESOURCES_NOT_COVERED"
-            details.message = (f"no finding, but of {details.total_resources_count} certificates "
-                               + " and ".join(unchecked))
-            stats.failed_checks = 1
-        else:
-            details.check_run_status, details.check_compliant = "COMPLETED_COMPLIANT", True
-            stats.compliant_checks = 1
+        stats = self.task.task_statistics
+        for name, counts in self.counts.items():
+            details = self.task.audit_details[name]
+            unchecked = []
+            if counts.failed:
+                unchecked.append(f"{counts.failed} could not be checked")
+            if counts.not_covered:
+                unchecked.append(f"{counts.not_covered} have keys no detector data covers yet")
+            if counts.non_compliant:
+                details.check_run_status, details.check_compliant = "COMPLETED_NON_COMPLIANT", False
+                stats.non_compliant_checks += 1
+                if unchecked:
+                    details.message = f"of {details.total_resources_count} certificates, " + " and ".join(unchecked)
+            elif unchecked:
+                details.check_run_status, details.check_compliant = "FAILED", False
+                details.error_code = "RESOURCES_NOT_CHECKED" if counts.failed else "RESOURCES_NOT_COVERED"
+                details.message = (f"no finding, but of {details.total_resources_count} certificates "
+                                   + " and ".join(unchecked))
+                stats.failed_checks += 1
+            else:
+                details.check_run_status, details.check_compliant = "COMPLETED_COMPLIANT", True
+                stats.compliant_checks += 1
         stats.in_progress_checks = 0
         self.task.task_status = AuditTaskStatus.COMPLETED
         self._save()
 
     def _fail(self, error_code: str, message: str) -> None:
         self._update_details()
-        details = self.task.details
-        details.check_run_status, details.check_compliant = "FAILED", False
-        details.error_code, details.message = error_code, message
+        for details in self.task.audit_details.values():
+            details.check_run_status, details.check_compliant = "FAILED", False
+            details.error_code, details.message = error_code, message
         self.task.task_statistics.in_progress_checks = 0
-        self.task.task_statistics.failed_checks = 1
+        self.task.task_statistics.failed_checks = len(self.checks)
         self.task.task_status = AuditTaskStatus.FAILED
         self._save()
 
@@ -318,11 +367,12 @@ class Audit:
 
     def _cancel(self, message: str = "canceled before it finished") -> None:
         self._update_details()
-        self.task.details.check_run_status = "CANCELED"
-        self.task.details.check_compliant = False
-        self.task.details.message = message
+        for details in self.task.audit_details.values():
+            details.check_run_status = "CANCELED"
+            details.check_compliant = False
+            details.message = message
         self.task.task_statistics.in_progress_checks = 0
-        self.task.task_statistics.canceled_checks = 1
+        self.task.task_statistics.canceled_checks = len(self.checks)
         self.task.task_status = AuditTaskStatus.CANCELED
         self._save()
 

@@ -1,6 +1,8 @@
-"""The audit check ``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK``: the detectors over the inventory's keys.
+"""Audit checks over the inventory's keys: ``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK`` (the two CVEs)
+and our ``DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK`` (shared primes across the fleet, close primes,
+small factors, insecure parameters).
 
-Checks need no AWS call: the key is in the inventory. A stored verdict is reused while its
+A check is a name and detectors. Checks need no AWS call: the key is in the inventory. A stored verdict is reused while its
 detector's version (code and data, e.g. a blocklist's digest) is unchanged, and recomputed from
 the stored key otherwise, so a new blocklist re-checks the whole fleet without touching AWS.
 """
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from devicedefender_audit.detectors import Detector, DetectorResult, Verdict, check_key, detector_version
+from devicedefender_audit.factoring.codes import DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, INSECURE_PARAMETERS
 from devicedefender_audit.key_material import (
     KeyMaterialError,
     PublicKeyInfo,
@@ -20,7 +23,21 @@ from devicedefender_audit.key_material import (
 from devicedefender_audit.models import CHECK_NAME
 from devicedefender_audit.store.base import Description, InventoryRecord, StoredVerdict
 
-__all__ = ["CHECK_NAME", "KeyOutcome", "KeyQualityCheck"]
+__all__ = [
+    "CHECK_NAME",
+    "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK",
+    "KeyCheck",
+    "KeyOutcome",
+    "factorable_check",
+    "key_quality_check",
+    "severity_of",
+]
+
+
+def severity_of(reason_code: str) -> str:
+    """``CRITICAL`` for keys anyone can break; ``HIGH`` for insecure parameters, which make a key
+    weak (a 1024-bit modulus is beyond all but well-funded attackers) without handing it over."""
+    return "HIGH" if reason_code == INSECURE_PARAMETERS else "CRITICAL"
 
 
 @dataclass
@@ -48,15 +65,25 @@ class KeyOutcome:
         return [r for r in self.results if r.verdict is Verdict.NOT_COVERED]
 
 
-class KeyQualityCheck:
-    name = CHECK_NAME
+class KeyCheck:
+    """One audit check: per-key detectors, and for the factorable check the fleet's shared-prime
+    results (which depend on the whole fleet, so they are handed in, never stored per key)."""
 
-    def __init__(self, detectors: Sequence[Detector]) -> None:
+    def __init__(self, name: str, detectors: Sequence[Detector], fleet: bool = False) -> None:
+        self.name = name
         self.detectors = list(detectors)
+        self.fleet = fleet
         self.versions = {d.name: detector_version(d) for d in self.detectors}
 
-    def evaluate(self, record: InventoryRecord, stored: Sequence[StoredVerdict] = ()) -> KeyOutcome:
-        """The verdicts on ``record``'s key, from the store when still valid."""
+    def evaluate(self, record: InventoryRecord, stored: Sequence[StoredVerdict] = (),
+                 fleet_results: Sequence[DetectorResult] = ()) -> KeyOutcome:
+        """The verdicts on ``record``'s key, from the store when still valid, plus ``fleet_results``."""
+        outcome = self._evaluate(record, stored)
+        if not outcome.error:
+            outcome.results += fleet_results
+        return outcome
+
+    def _evaluate(self, record: InventoryRecord, stored: Sequence[StoredVerdict]) -> KeyOutcome:
         description = record.description
         if description is None:
             return KeyOutcome(error=("NOT_DESCRIBED", "the certificate's key is not in the inventory yet"))
@@ -98,3 +125,15 @@ class KeyQualityCheck:
 
 def _result(verdict: StoredVerdict) -> DetectorResult:
     return DetectorResult(verdict.detector, Verdict(verdict.verdict), verdict.reason_code, verdict.detail)
+
+
+def key_quality_check(detectors: Sequence[Detector]) -> KeyCheck:
+    """``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK``: Device Defender's check, CVE-2008-0166 and ROCA."""
+    return KeyCheck(CHECK_NAME, detectors)
+
+
+def factorable_check() -> KeyCheck:
+    """``DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK``: what Device Defender does not check."""
+    from devicedefender_audit.factoring import per_key_detectors
+
+    return KeyCheck(DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, per_key_detectors(), fleet=True)

@@ -115,8 +115,8 @@ class Audited:
     store: Store
 
 
-def run_audit(iot, detectors, store: Store | None = None, workers: int = 8) -> Audited:
+def run_audit(iot, detectors, store: Store | None = None, workers: int = 8, checks=None) -> Audited:
     """Run one audit task against ``iot`` into ``store`` (a fresh in-memory one by default)."""
     store = store or open_store(":memory:")
-    task = Audit(iot, store, detectors, workers=workers).run()
+    task = Audit(iot, store, detectors, workers=workers, checks=checks).run()
     return Audited(task, list(store.findings(task.task_id)), list(store.errors(task.task_id)), store)

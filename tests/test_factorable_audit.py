@@ -1,0 +1,82 @@
+"""``DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK`` in the audit engine, against moto: a fleet with planted
+shared primes, close primes and short keys is flagged exactly, good keys are not, no factor leaks."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import gmpy2
+from conftest import issue_certificate, register, run_audit
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devicedefender_audit.checks import factorable_check, key_quality_check
+from devicedefender_audit.detectors import default_detectors
+from devicedefender_audit.factoring.codes import (
+    DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK,
+    DUPLICATE_KEY,
+    FERMAT_FACTORABLE,
+    INSECURE_PARAMETERS,
+    SHARED_PRIME,
+)
+
+E = 65537
+
+
+def prime(rng: random.Random, bits: int = 1024) -> int:
+    while True:
+        p = int(gmpy2.next_prime(rng.getrandbits(bits) | 3 << (bits - 2)))  # p*q has 2*bits bits
+        if p.bit_length() == bits and gmpy2.gcd(p - 1, E) == 1:
+            return p
+
+
+def key(p: int, q: int):
+    """The RSA private key with primes ``p`` and ``q``, to issue a certificate for."""
+    n, phi = p * q, (p - 1) * (q - 1)
+    d = int(gmpy2.invert(E, phi))
+    numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), int(gmpy2.invert(q, p)),
+                                    rsa.RSAPublicNumbers(E, n))
+    return numbers.private_key(unsafe_skip_rsa_key_validation=True)
+
+
+def test_factorable_keys_are_flagged_exactly(iot):
+    rng = random.Random(2012)
+    shared, triple = prime(rng), prime(rng)
+    close = prime(rng)
+    plan = {
+        "pair-a": (shared, prime(rng)), "pair-b": (shared, prime(rng)),
+        "triple-a": (triple, prime(rng)), "triple-b": (triple, prime(rng)), "triple-c": (triple, prime(rng)),
+        "fermat": (close, int(gmpy2.next_prime(close + 2**200))),
+        "short": (prime(rng, 512), prime(rng, 512)),
+    }
+    plan.update({f"good-{i}": (prime(rng), prime(rng)) for i in range(12)})
+    ids, primes = {}, {}
+    for name, (p, q) in plan.items():
+        ids[name] = register(iot, issue_certificate(key(p, q), name))["certificateId"]
+        primes[name] = (p, q)
+    twin = register(iot, issue_certificate(key(*plan["good-0"]), "good-0-again"))["certificateId"]
+
+    audited = run_audit(iot, [], checks=[key_quality_check(default_detectors()), factorable_check()])
+    factorable = [f for f in audited.findings if f.check_name == DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK]
+    got = {(f.certificate_id, f.reason_for_non_compliance_code) for f in factorable}
+    expected = {(ids[n], SHARED_PRIME) for n in ("pair-a", "pair-b", "triple-a", "triple-b", "triple-c")}
+    expected |= {(ids["fermat"], FERMAT_FACTORABLE), (ids["short"], INSECURE_PARAMETERS)}
+    expected |= {(ids["good-0"], DUPLICATE_KEY), (twin, DUPLICATE_KEY)}
+    assert got == expected
+
+    by = {(f.certificate_id, f.reason_for_non_compliance_code): f for f in factorable}
+    pair = by[(ids["pair-a"], SHARED_PRIME)]
+    assert pair.non_compliant_resource.additional_info["sharedPrimeWith"] == ids["pair-b"]
+    assert by[(ids["triple-a"], SHARED_PRIME)].non_compliant_resource.additional_info["sharedPrimeCount"] == "2"
+    assert pair.severity == "CRITICAL" and by[(ids["short"], INSECURE_PARAMETERS)].severity == "HIGH"
+
+    details = audited.task.audit_details
+    assert details[DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK].non_compliant_resources_count == 9
+    assert details[DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK].check_run_status == "COMPLETED_NON_COMPLIANT"
+    assert details["DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"].check_run_status == "COMPLETED_COMPLIANT"
+    assert audited.task.task_statistics.total_checks == 2
+
+    # No prime factor appears anywhere in what the audit stored or would print.
+    wire = json.dumps([f.to_aws() for f in audited.findings] + [audited.task.to_aws()])
+    for p, q in primes.values():
+        assert str(p) not in wire and str(q) not in wire and format(p, "x") not in wire
