@@ -38,13 +38,28 @@ class FileCheck:
         return any(r.verdict is Verdict.VULNERABLE for r in self.results)
 
 
+#: Bytes asked of the OS per read: a key file comes in one read (and an empty one that says the
+#: file ended). Asking for the whole cap at once made every read allocate and free 1 MiB, which
+#: was a third of ``check``'s time over many small files.
+_READ_CHUNK = 64 * 1024
+
+
 def _read_capped(path: str) -> bytes:
     """The file's content, at most one byte over :data:`MAX_INPUT_BYTES`: enough for the parser to
     refuse an oversized file without reading it whole (or forever, for a device such as /dev/zero)."""
+    limit = MAX_INPUT_BYTES + 1
     if path == STDIN:
-        return sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-    with open(path, "rb") as handle:
-        return handle.read(MAX_INPUT_BYTES + 1)
+        return sys.stdin.buffer.read(limit)
+    chunks = []
+    size = 0
+    with open(path, "rb", buffering=0) as handle:  # unbuffered: no second copy through a buffer
+        while size < limit:
+            chunk = handle.read(min(_READ_CHUNK, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
 
 
 def _unreadable(exc: OSError) -> str:

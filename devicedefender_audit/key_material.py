@@ -5,20 +5,18 @@ message a user can act on, so callers record it against the file or resource and
 is bounded on hostile input: inputs over :data:`MAX_INPUT_BYTES` or with more than
 :data:`MAX_BLOCKS` keys are refused, PEM blocks are found in one linear pass, and key shapes that
 would make loading expensive (huge DSA/DH groups) are refused before cryptography sees them.
+
+cryptography is imported on first use, not with this module: its x509 package is about half of
+``check``'s start-up, and the commonest key file (one RSA SubjectPublicKeyInfo) is read without it
+(:func:`_rsa_spki_key`).
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
-from cryptography import x509
-from cryptography.exceptions import InternalError, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from dataclasses import dataclass
 
 #: Moduli above this are refused: no real device key is larger, and the arithmetic on an
 #: attacker-supplied huge modulus would only cost time.
@@ -102,6 +100,8 @@ class PublicKeyInfo:
 
 
 def _spki(key: object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         return key.public_bytes(  # type: ignore[attr-defined]
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -111,11 +111,12 @@ def _spki(key: object) -> bytes:
 
 
 def _describe(key: object, source: str) -> PublicKeyInfo:
-    info = _describe_numbers(key, source)
-    return dataclasses.replace(info, spki=_spki(key))
+    """The detectors' view of a cryptography public key, built in one go (dataclasses.replace on
+    the frozen result would cost more than the detectors themselves)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-
-def _describe_numbers(key: object, source: str) -> PublicKeyInfo:
+    modulus = exponent = point = None
     if isinstance(key, rsa.RSAPublicKey):
         numbers = key.public_numbers()
         bits = numbers.n.bit_length()
@@ -123,17 +124,19 @@ def _describe_numbers(key: object, source: str) -> PublicKeyInfo:
             raise KeyTooLargeError(
                 f"RSA modulus of {bits} bits exceeds the {MAX_RSA_BITS}-bit limit; refused"
             )
-        return PublicKeyInfo("RSA", bits, numbers.n, numbers.e, source)
-    if isinstance(key, ec.EllipticCurvePublicKey):
+        algorithm, modulus, exponent = "RSA", numbers.n, numbers.e
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        algorithm, bits = f"EC {key.curve.name}", key.curve.key_size
         point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-        return PublicKeyInfo(f"EC {key.curve.name}", key.curve.key_size, source=source, point=point)
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return PublicKeyInfo("Ed25519", 256, source=source)
-    if isinstance(key, ed448.Ed448PublicKey):
-        return PublicKeyInfo("Ed448", 456, source=source)
-    if isinstance(key, dsa.DSAPublicKey):
-        return PublicKeyInfo("DSA", key.key_size, source=source)
-    return PublicKeyInfo(type(key).__name__, 0, source=source)
+    elif isinstance(key, ed25519.Ed25519PublicKey):
+        algorithm, bits = "Ed25519", 256
+    elif isinstance(key, ed448.Ed448PublicKey):
+        algorithm, bits = "Ed448", 456
+    elif isinstance(key, dsa.DSAPublicKey):
+        algorithm, bits = "DSA", key.key_size
+    else:
+        algorithm, bits = type(key).__name__, 0
+    return PublicKeyInfo(algorithm, bits, modulus, exponent, source, _spki(key), point)
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,9 @@ def _load(loader: _Loader, data: bytes, what: str) -> PublicKeyInfo:
     types and curves, ``x509.InvalidVersion`` (not a ValueError) for an X.509 version other than
     v1-v3, and InternalError when OpenSSL refuses a key it was handed (e.g. an oversized DH group).
     """
+    from cryptography import x509
+    from cryptography.exceptions import InternalError, UnsupportedAlgorithm
+
     try:
         key, source = loader(data)
     except KeyMaterialError:
@@ -226,14 +232,20 @@ def _refuse_costly_group(der: bytes) -> None:
 
 
 def _certificate(der: bytes) -> tuple[object, str]:
+    from cryptography import x509
+
     return x509.load_der_x509_certificate(der).public_key(), "certificate"
 
 
 def _certificate_request(der: bytes) -> tuple[object, str]:
+    from cryptography import x509
+
     return x509.load_der_x509_csr(der).public_key(), "certificate request"
 
 
 def _public_key(der: bytes) -> tuple[object, str]:
+    from cryptography.hazmat.primitives import serialization
+
     return serialization.load_der_public_key(der), "public key"
 
 
@@ -243,6 +255,8 @@ def _private_key(der: bytes) -> tuple[object, str]:
     RSA key validation is skipped: it runs primality tests on p and q (seconds on a large key a
     hostile file may hold many of), and only the public half is checked here anyway.
     """
+    from cryptography.hazmat.primitives import serialization
+
     _refuse_costly_group(der)
     try:
         private = serialization.load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
@@ -265,6 +279,8 @@ def _openssh_private_key(blob: bytes) -> tuple[object, str]:
     An encrypted one keeps its public key in clear in the header (``ssh-keygen -l`` reads it
     there without the passphrase), so it is checked rather than refused.
     """
+    from cryptography.hazmat.primitives import serialization
+
     if not blob.startswith(_OPENSSH_PRIVATE_MAGIC):
         raise ValueError("not an openssh-key-v1 private key")
     cipher, offset = _ssh_string(blob, len(_OPENSSH_PRIVATE_MAGIC))
@@ -281,6 +297,8 @@ def _openssh_private_key(blob: bytes) -> tuple[object, str]:
 
 
 def _ssh_public_key(line: bytes) -> tuple[object, str]:
+    from cryptography.hazmat.primitives import serialization
+
     identity = serialization.load_ssh_public_identity(line)
     if isinstance(identity, serialization.SSHCertificate):
         return identity.public_key(), "ssh certificate"
@@ -293,6 +311,8 @@ def _der_key(der: bytes) -> tuple[object, str]:
     Once the container parses (a certificate, a CSR), errors about its key are that file's
     errors, not a reason to try the next format.
     """
+    from cryptography import x509
+
     for parse, source in ((x509.load_der_x509_certificate, "certificate"),
                           (x509.load_der_x509_csr, "certificate request")):
         try:
@@ -328,13 +348,6 @@ _PEM_LOADERS: dict[str, _Loader] = {
 }
 
 
-@dataclass
-class _PemBlock:
-    label: str
-    line: int  # of the BEGIN line
-    body: list[str] = field(default_factory=list)
-
-
 def _pem_label(line: str, kind: str) -> str | None:
     """The label of a ``-----BEGIN LABEL-----`` line (``kind`` "BEGIN") or END line, else None."""
     prefix = f"-----{kind} "
@@ -345,11 +358,70 @@ def _pem_label(line: str, kind: str) -> str | None:
     return None
 
 
-def _pem_key(block: _PemBlock) -> PublicKeyInfo:
-    label = block.label
+#: rsaEncryption with NULL parameters: the AlgorithmIdentifier of every RSA SubjectPublicKeyInfo
+#: cryptography (and OpenSSL) writes.
+_RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")
+
+
+def _canonical_element(der: bytes, offset: int, tag: int) -> tuple[int, int] | None:
+    """(content start, end) of the ``tag`` element at ``offset`` if its length is in minimal DER
+    form and fits ``der``, else None."""
+    if offset + 2 > len(der) or der[offset] != tag:
+        return None
+    length, start = der[offset + 1], offset + 2
+    if length & 0x80:
+        size = length & 0x7F
+        length = int.from_bytes(der[start : start + size], "big")
+        start += size
+        if not 0 < size <= 4 or length < 0x80 or length >> (8 * size - 8) == 0:
+            return None  # indefinite, oversized or not minimal
+    end = start + length
+    return (start, end) if end <= len(der) else None
+
+
+def _canonical_positive_integer(der: bytes, offset: int) -> tuple[int, int] | None:
+    """(value, end) of the minimally encoded positive INTEGER at ``offset``, else None."""
+    element = _canonical_element(der, offset, 0x02)
+    if element is None:
+        return None
+    start, end = element
+    if start == end or der[start] & 0x80 or (der[start] == 0 and (end - start == 1 or der[start + 1] < 0x80)):
+        return None
+    return int.from_bytes(der[start:end], "big"), end
+
+
+def _rsa_spki_key(der: bytes) -> PublicKeyInfo | None:
+    """The key of an RSA SubjectPublicKeyInfo in canonical DER with ordinary values, read without
+    cryptography; None for anything else, which goes to cryptography (errors included).
+
+    Why: one RSA public key per file is the commonest input of ``check``, and importing and
+    calling cryptography for it was most of the command's start-up and a good part of its time
+    per file. The shapes accepted are exactly those cryptography writes back byte for byte, with
+    values it loads (odd n, odd 3 <= e < n, n within :data:`MAX_RSA_BITS`), so the result is
+    the one :func:`_load` gives (``tests/test_parsing.py`` compares the two on fuzzed input).
+    """
+    outer = _canonical_element(der, 0, 0x30)
+    if outer is None or outer[1] != len(der) or not der.startswith(_RSA_ALGORITHM, outer[0]):
+        return None
+    bit_string = _canonical_element(der, outer[0] + len(_RSA_ALGORITHM), 0x03)
+    if bit_string is None or bit_string[1] != len(der) or der[bit_string[0] : bit_string[0] + 1] != b"\0":
+        return None
+    sequence = _canonical_element(der, bit_string[0] + 1, 0x30)
+    modulus = None if sequence is None or sequence[1] != len(der) else _canonical_positive_integer(der, sequence[0])
+    exponent = None if modulus is None else _canonical_positive_integer(der, modulus[1])
+    if modulus is None or exponent is None or exponent[1] != len(der):
+        return None
+    n, e = modulus[0], exponent[0]
+    bits = n.bit_length()
+    if not (n & 1 and e & 1 and 3 <= e < n and bits <= MAX_RSA_BITS):
+        return None
+    return PublicKeyInfo("RSA", bits, n, e, "public key", der)
+
+
+def _pem_key(label: str, body: list[str]) -> PublicKeyInfo:
     if label == "ENCRYPTED PRIVATE KEY":
         raise KeyMaterialError(_ENCRYPTED_HINT.format(what="an ENCRYPTED PRIVATE KEY"))
-    if block.body and block.body[0].startswith("Proc-Type:") and "ENCRYPTED" in block.body[0]:
+    if body and body[0].startswith("Proc-Type:") and "ENCRYPTED" in body[0]:
         raise KeyMaterialError(_ENCRYPTED_HINT.format(what=f"an encrypted {label}"))
     loader = _PEM_LOADERS.get(label)
     if loader is None:
@@ -357,9 +429,13 @@ def _pem_key(block: _PemBlock) -> PublicKeyInfo:
             f"unsupported PEM block {label!r}: expected a certificate, certificate request, public or private key"
         )
     try:
-        der = base64.b64decode("".join(block.body), validate=True)
+        der = base64.b64decode("".join(body), validate=True)
     except ValueError as exc:
         raise KeyMaterialError(f"malformed {label}: its body is not base64 ({exc})") from exc
+    if label == "PUBLIC KEY":
+        key = _rsa_spki_key(der)
+        if key is not None:
+            return key
     return _load(loader, der, label)
 
 
@@ -369,46 +445,53 @@ def _pem_entries(text: str) -> list[ParsedKey]:
     Linear in the input: a BEGIN line pairs with the next marker line (a backtracking regex took
     minutes on a 1 MiB file of BEGIN lines). Text around the blocks is ignored, so commented
     bundles and ``openssl x509 -text`` output read as they are; parameter blocks (``EC
-    PARAMETERS`` before an ``openssl ecparam -genkey`` key) are skipped.
+    PARAMETERS`` before an ``openssl ecparam -genkey`` key) are skipped. Lines that do not start
+    with ``-----`` (body lines, the bulk of the input) cost one test each.
     """
     entries: list[ParsedKey] = []
-    block: _PemBlock | None = None
+    label: str | None = None  # of the open block
+    start = 0  # its BEGIN line
+    body: list[str] = []
     begins = 0
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        label = _pem_label(line, "BEGIN")
-        if label is not None:
+        if not line.startswith("-----"):
+            if label is not None:
+                body.append(line)
+            continue
+        begin = _pem_label(line, "BEGIN")
+        if begin is not None:
             begins += 1
             if begins > MAX_BLOCKS:
                 raise InputTooLargeError(f"more than {MAX_BLOCKS} PEM blocks; split the file")
-            if block is not None:
-                entries.append(_unterminated(block, f"before the next BEGIN at line {number}"))
-            block = _PemBlock(label, number)
+            if label is not None:
+                entries.append(_unterminated(label, start, f"before the next BEGIN at line {number}"))
+            label, start, body = begin, number, []
             continue
-        if block is None:
-            continue
-        label = _pem_label(line, "END")
         if label is None:
-            block.body.append(line)
             continue
-        if label != block.label:
-            error = KeyMaterialError(f"BEGIN {block.label} is closed by END {label} at line {number}")
-            entries.append(ParsedKey(f"line {block.line}", error=error))
-        elif not label.endswith(" PARAMETERS"):
+        end = _pem_label(line, "END")
+        if end is None:
+            body.append(line)
+            continue
+        if end != label:
+            error = KeyMaterialError(f"BEGIN {label} is closed by END {end} at line {number}")
+            entries.append(ParsedKey(f"line {start}", error=error))
+        elif not end.endswith(" PARAMETERS"):
             try:
-                entries.append(ParsedKey(f"line {block.line}", key=_pem_key(block)))
+                entries.append(ParsedKey(f"line {start}", key=_pem_key(label, body)))
             except KeyMaterialError as exc:
-                entries.append(ParsedKey(f"line {block.line}", error=exc))
-        block = None
-    if block is not None:
-        entries.append(_unterminated(block, "before the end of the file: it looks truncated"))
+                entries.append(ParsedKey(f"line {start}", error=exc))
+        label = None
+    if label is not None:
+        entries.append(_unterminated(label, start, "before the end of the file: it looks truncated"))
     if begins and not entries:
         raise KeyMaterialError("the PEM blocks hold parameters only, no key")
     return entries
 
 
-def _unterminated(block: _PemBlock, where: str) -> ParsedKey:
-    return ParsedKey(f"line {block.line}", error=KeyMaterialError(f"{block.label} has no END line {where}"))
+def _unterminated(label: str, start: int, where: str) -> ParsedKey:
+    return ParsedKey(f"line {start}", error=KeyMaterialError(f"{label} has no END line {where}"))
 
 
 def _skip_field(text: str) -> str:
@@ -537,6 +620,9 @@ def certificate_public_key(certificate_pem: str) -> PublicKeyInfo:
 
 def public_key_from_spki(der: bytes, source: str = "certificate") -> PublicKeyInfo:
     """The key the inventory stored (SubjectPublicKeyInfo DER), ready for the detectors again."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         key = serialization.load_der_public_key(der)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

@@ -623,6 +623,80 @@ def test_fuzz_mutated_der_inside_real_pem_and_as_der(block):
         pass
 
 
+def der(tag: int, content: bytes, length: bytes | None = None) -> bytes:
+    """A DER element; ``length`` overrides the (minimal) length octets to build non-canonical ones."""
+    if length is None:
+        size = len(content)
+        length = bytes([size]) if size < 0x80 else bytes([0x80 | (size.bit_length() + 7) // 8]) + size.to_bytes(
+            (size.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def der_integer(value: int, padding: bytes = b"") -> bytes:
+    return der(0x02, padding + value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")
+
+
+def rsa_spki(n: int, e: int, algorithm: bytes = RSA_ALGORITHM, unused_bits: bytes = b"\0",
+             n_padding: bytes = b"", trailer: bytes = b"") -> bytes:
+    inner = der(0x30, der_integer(n, n_padding) + der_integer(e))
+    return der(0x30, algorithm + der(0x03, unused_bits + inner) + trailer)
+
+
+def non_minimal(element: bytes) -> bytes:
+    """``element`` (of 128-65535 content bytes) with its length in three octets where two would do."""
+    content = element[2 + (element[1] & 0x7F):]
+    return der(element[0], content, b"\x83" + len(content).to_bytes(3, "big"))
+
+
+def via_cryptography(spki: bytes) -> PublicKeyInfo | None:
+    try:
+        return key_material._load(key_material._public_key, spki, "PUBLIC KEY")
+    except KeyMaterialError:
+        return None
+
+
+def assert_fast_path_agrees(spki: bytes) -> PublicKeyInfo | None:
+    """The property of the RSA SubjectPublicKeyInfo fast path: it gives what cryptography gives, or declines."""
+    fast = key_material._rsa_spki_key(spki)
+    assert fast is None or fast == via_cryptography(spki), spki.hex()
+    return fast
+
+
+MODULUS = weak_modulus()
+ODD_2048 = (1 << 2047) | 0x1234567 << 1000 | 1
+RSA_SPKIS = [block for label, block in REAL_BLOCKS if label == "PUBLIC KEY" and RSA_ALGORITHM in block] + [
+    rsa_spki(n, e) for n in (MODULUS, ODD_2048, (1 << key_material.MAX_RSA_BITS - 1) | 1) for e in (3, 65537)]
+
+
+def test_rsa_public_keys_are_read_without_cryptography_exactly_as_with_it():
+    for spki in RSA_SPKIS:
+        assert assert_fast_path_agrees(spki) is not None
+    assert only_key(pem("PUBLIC KEY", rsa_spki(MODULUS, 65537))) == via_cryptography(rsa_spki(MODULUS, 65537))
+
+
+@pytest.mark.parametrize("spki", [
+    rsa_spki(MODULUS, 1), rsa_spki(MODULUS, 4), rsa_spki(MODULUS, MODULUS), rsa_spki(MODULUS + 1, 3),
+    rsa_spki(-MODULUS, 3), rsa_spki(MODULUS, -3), rsa_spki(MODULUS, 3, n_padding=b"\0"),
+    rsa_spki((1 << key_material.MAX_RSA_BITS + 8) | 1, 65537),
+    rsa_spki(MODULUS, 3, algorithm=bytes.fromhex("300b06092a864886f70d010101")),  # no NULL parameters
+    rsa_spki(MODULUS, 3, unused_bits=b"\1"), rsa_spki(MODULUS, 3, trailer=der(0x05, b"")),
+    non_minimal(rsa_spki(MODULUS, 3)),
+    der(0x30, RSA_ALGORITHM + der(0x03, b"\0" + non_minimal(der(0x30, der_integer(MODULUS) + der_integer(3))))),
+    rsa_spki(MODULUS, 3) + b"\0", rsa_spki(MODULUS, 3)[:-1], b"", b"\x30",
+])
+def test_rsa_fast_path_leaves_every_unusual_encoding_to_cryptography(spki):
+    assert assert_fast_path_agrees(spki) is None
+
+
+@FUZZ
+@given(mutated(RSA_SPKIS))
+def test_fuzz_rsa_fast_path_agrees_with_cryptography(spki):
+    assert_fast_path_agrees(spki)
+
+
 @FUZZ
 @given(pem_documents())
 def test_fuzz_pem_looking_documents(data):
