@@ -6,8 +6,14 @@ from collections.abc import Sequence
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    """``headers`` over ``rows``, each column as wide as its widest cell, two spaces apart.
+
+    One ``%``-format per row rather than padding and joining cell by cell: ``check`` over many
+    files prints tens of thousands of rows. A row of the wrong length raises TypeError.
+    """
+    cells = [tuple(map(str, headers)), *(tuple(map(str, row)) for row in rows)]
+    widths = [max(map(len, column)) for column in zip(*cells)]
+    line = "  ".join(f"%-{width}s" for width in widths)
+    lines = [(line % row).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""``check`` starts light: what it parses its arguments with and what it imports.
+
+Start-up is most of ``check`` on one file, and a fixed cost on many (issue 8: at most 0.1 s).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import DATA, REPO
+
+from devicedefender_audit import cli
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "a.pem"],
+    ["check", "a.pem", "b.der", "--format", "sarif", "--blocklists", "/tmp/lists"],
+    ["check", "--format=json", "-", "c.pub"],
+])
+def test_check_parser_parses_as_the_full_parser(argv):
+    assert cli._check_parser().parse_args(argv) == cli.build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [["check"], ["check", "-h"], ["check", "--format", "xml", "a.pem"]])
+def test_check_parser_fails_and_helps_as_the_full_parser(argv, capsys):
+    outputs = []
+    for parser in (cli._check_parser(), cli.build_parser()):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(argv)
+        outputs.append((exited.value.code, capsys.readouterr()))
+    assert outputs[0] == outputs[1]
+
+
+def test_check_of_rsa_public_keys_imports_no_other_command_nor_cryptography():
+    probe = ("import sys; from devicedefender_audit.cli import main; code = main(['check', *sys.argv[1:]]); "
+             "print(code, sorted(m for m in sys.modules if m.startswith(('cryptography', 'pydantic', "
+             "'devicedefender_audit.cli_'))))")
+    files = [str(DATA / "good" / "pubkey01.pem"), str(DATA / "roca" / "pubkey03.pem")]
+    out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "3 []"  # the ROCA key found, nothing else imported
