@@ -7,7 +7,11 @@ goes on to moto.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -54,7 +58,7 @@ def served(moto_server, tmp_path) -> Iterator[dict]:
             for name in ("cert04.pem", "cert05.pem")]
     server, ctx = serve(target, tmp_path / "served.sqlite3")
     client = boto3.client("iot", region_name=REGION, endpoint_url=server.url, config=NO_RETRIES)
-    yield {"client": client, "url": server.url, "weak": weak}
+    yield {"client": client, "url": server.url, "weak": weak, "ctx": ctx}
     server.shutdown()
     server.server_close()
     ctx.wait(30)
@@ -166,3 +170,60 @@ def test_an_unauthenticated_server_listens_on_loopback_only(moto_server, tmp_pat
     assert main(["serve", "--no-auth", "--host", "0.0.0.0", "--port", "0", "--region", REGION,
                  "--endpoint-url", moto_server, "--store", str(tmp_path / "cli.sqlite3")]) == 2
     store.close()
+
+
+def aws_cli(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``aws iot ...`` (the AWS CLI from the ``awscli`` package) against ``serve``."""
+    aws = Path(sys.executable).parent / "aws"
+    command = [str(aws), "iot", *args, "--endpoint-url", url, "--region", REGION, "--output", "json"]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def aws_json(url: str, *args: str) -> dict:
+    done = aws_cli(url, *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if done.stdout.strip() else {}
+
+
+def test_audit_lifecycle_through_the_aws_cli(served):
+    pytest.importorskip("awscli")
+    url, weak = served["url"], served["weak"]
+    aws_json(url, "update-account-audit-configuration", "--role-arn", ROLE,
+             "--audit-check-configurations", json.dumps({CHECK_NAME: {"enabled": True}}))
+    task_id = aws_json(url, "start-on-demand-audit-task", "--target-check-names", CHECK_NAME)["taskId"]
+    served["ctx"].wait(60)  # the audit runs in the server's background thread
+    assert aws_json(url, "describe-audit-task", "--task-id", task_id)["taskStatus"] == "COMPLETED"
+    # The AWS CLI follows nextToken itself: two pages of one finding, printed as one list.
+    findings = aws_json(url, "list-audit-findings", "--task-id", task_id, "--page-size", "1")["findings"]
+    assert {f["nonCompliantResource"]["resourceIdentifier"]["deviceCertificateId"] for f in findings} == set(weak)
+    aws_json(url, "create-audit-suppression", "--check-name", CHECK_NAME, "--resource-identifier",
+             json.dumps({"deviceCertificateId": weak[0]}), "--suppress-indefinitely")
+    second = aws_json(url, "start-on-demand-audit-task", "--target-check-names", CHECK_NAME)["taskId"]
+    served["ctx"].wait(60)
+    assert aws_json(url, "describe-audit-task", "--task-id", second)["auditDetails"][CHECK_NAME][
+        "suppressedNonCompliantResourcesCount"] == 1
+    assert {c["certificateId"] for c in aws_json(url, "list-certificates")["certificates"]} == set(weak)
+    refused = aws_cli(url, "describe-account-audit-configuration", env={"AWS_SECRET_ACCESS_KEY": "not-it"})
+    assert refused.returncode != 0 and "(InvalidSignatureException)" in refused.stderr
+
+
+def test_serve_demo_serves_the_embedded_account(tmp_path):
+    """``serve --demo`` as a user starts it: a process, the demo credentials, the printed URL."""
+    demo_env = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_SESSION_TOKEN": "demo"}
+    process = subprocess.Popen([sys.executable, "-m", "devicedefender_audit", "serve", "--demo", "--port", "0",
+                                "--store", str(tmp_path / "demo.sqlite3")],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **demo_env})
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline()
+        url = re.search(r"on (http://127\.0\.0\.1:\d+)", banner)
+        assert url, banner
+        iot = boto3.client("iot", region_name=REGION, endpoint_url=url[1], config=NO_RETRIES,
+                           aws_access_key_id="demo", aws_secret_access_key="demo", aws_session_token="demo")
+        assert iot.describe_account_audit_configuration()["auditCheckConfigurations"][CHECK_NAME] == {
+            "enabled": False}
+        assert len(iot.list_certificates()["certificates"]) == 16  # the demo fleet, from its moto server
+    finally:
+        process.terminate()
+        process.wait(30)
