@@ -44,6 +44,21 @@ API_COMMANDS = {
     "update-scheduled-audit": "UpdateScheduledAudit",
     "delete-scheduled-audit": "DeleteScheduledAudit",
     "list-scheduled-audits": "ListScheduledAudits",
+    "create-mitigation-action": "CreateMitigationAction",
+    "describe-mitigation-action": "DescribeMitigationAction",
+    "update-mitigation-action": "UpdateMitigationAction",
+    "delete-mitigation-action": "DeleteMitigationAction",
+    "list-mitigation-actions": "ListMitigationActions",
+    "start-audit-mitigation-actions-task": "StartAuditMitigationActionsTask",
+    "describe-audit-mitigation-actions-task": "DescribeAuditMitigationActionsTask",
+    "list-audit-mitigation-actions-tasks": "ListAuditMitigationActionsTasks",
+    "cancel-audit-mitigation-actions-task": "CancelAuditMitigationActionsTask",
+    "list-audit-mitigation-actions-executions": "ListAuditMitigationActionsExecutions",
+}
+#: Our extensions, as options beside the model's: operation -> (option, keyword, help).
+EXTENSION_FLAGS = {
+    "StartAuditMitigationActionsTask": ("--dry-run", "dry_run",
+                                        "this tool's extension: make no mutating AWS call, record what would be done"),
 }
 #: AWS CLI v2's exit status for an error returned by the service.
 EXIT_SERVICE_ERROR = 254
@@ -97,6 +112,9 @@ def _operation_parser(command: str) -> argparse.ArgumentParser:
     if model.input_shape is not None:
         for name, shape in model.input_shape.members.items():
             _add_member(parser, name, shape, name in model.input_shape.required_members)
+    if API_COMMANDS[command] in EXTENSION_FLAGS:
+        option, keyword, text = EXTENSION_FLAGS[API_COMMANDS[command]]
+        parser.add_argument(option, dest=keyword, action="store_true", help=text)
     _local_options(parser)
     return parser
 
@@ -146,11 +164,13 @@ def run_api_command(args: argparse.Namespace) -> int:
     operation_name = API_COMMANDS[args.command]
     model_members = _members(operation_name)
     request = {name: getattr(options, name) for name in model_members if getattr(options, name) is not None}
+    flag = EXTENSION_FLAGS.get(operation_name)
+    extensions = {flag[1]: True} if flag and getattr(options, flag[1]) else {}
     ctx = _context(options)
     store = ctx.store
     try:
         def call(**params: Any) -> dict:
-            return OPERATIONS[operation_name](ctx, **params)
+            return OPERATIONS[operation_name](ctx, **params, **extensions)
 
         config = pagination(operation_name)
         response = _call_all_pages(call, config, request) if config else call(**request)
@@ -188,7 +208,8 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
         return default_detectors(options.blocklists)
 
     return ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
-                          region=target.region_name or "us-east-1", clock=clock or utc_now)
+                          region=target.region_name or "us-east-1", clock=clock or utc_now,
+                          sns_client=lambda: target.client("sns"))
 
 
 def run_due_command(args: argparse.Namespace) -> int:

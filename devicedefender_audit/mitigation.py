@@ -1,18 +1,28 @@
 """Mitigation actions for key-quality findings, with a dry run that changes nothing.
 
-Every mutating AWS call goes through :meth:`Mitigator._mutate`, which records it and, in a dry
-run, returns without calling AWS; read-only calls (Describe/List) still run so the dry run can
-say precisely what it *would* do. Each (finding, action) outcome is recorded as SUCCEEDED,
-FAILED or SKIPPED; an action that already succeeded for a finding is skipped on a re-run, and
-actions check current state first (an INACTIVE certificate is not updated again), so re-running
-is idempotent. One failing finding never stops the others.
+An action is an :class:`ActionDefinition`: a name, a type and the type's parameters, as
+``CreateMitigationAction`` defines it. Every mutating AWS call goes through
+:meth:`Mitigator._mutate`, which records it and, in a dry run, returns without calling AWS;
+read-only calls (Describe/List) still run so the dry run can say precisely what it *would* do.
+Each (finding, action) outcome is recorded as COMPLETED, FAILED or SKIPPED; one failing finding
+never stops the others.
+
+Applying an action is idempotent and safe under concurrency: before its first mutating call the
+Mitigator claims (finding, definition digest) in the store with one atomic create-if-absent
+write. The digest covers the action's type *and parameters*, so the same effect is never applied
+twice (a re-run, or a second task running at the same time, skips it), while an action with
+another SNS topic or thing group is a different action and runs. A claim is released when the
+action fails or had nothing to do, so a later run tries again; actions also check current state
+first (an INACTIVE certificate is not updated again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError, NoCredentialsError
@@ -29,19 +39,74 @@ from devicedefender_audit.models import (
 from devicedefender_audit.store import Store
 
 INACTIVE_STATUSES = frozenset({"INACTIVE", "REVOKED"})
+#: api_records kind of the (finding, action digest) claims.
+CLAIM_KIND = "mitigation_claim"
+#: The member of the model's ``MitigationActionParams`` that each action type is configured by.
+PARAMS_MEMBER = {
+    MitigationActionType.UPDATE_DEVICE_CERTIFICATE: "updateDeviceCertificateParams",
+    MitigationActionType.UPDATE_CA_CERTIFICATE: "updateCACertificateParams",
+    MitigationActionType.ADD_THINGS_TO_THING_GROUP: "addThingsToThingGroupParams",
+    MitigationActionType.PUBLISH_FINDING_TO_SNS: "publishFindingToSnsParams",
+}
+#: The types that apply to device certificate findings (UPDATE_CA_CERTIFICATE acts on CA certificates).
+DEVICE_CERTIFICATE_ACTIONS = frozenset(PARAMS_MEMBER) - {MitigationActionType.UPDATE_CA_CERTIFICATE}
 
 
 @dataclass(frozen=True)
-class MitigationConfig:
-    actions: tuple[MitigationActionType, ...]
-    thing_group: str | None = None
-    sns_topic_arn: str | None = None
+class ActionDefinition:
+    """One mitigation action: its user-defined name and id, its type and the type's parameters
+    (the content of the one ``MitigationActionParams`` member that the type uses)."""
 
-    def validate(self) -> None:
-        if MitigationActionType.ADD_THINGS_TO_THING_GROUP in self.actions and not self.thing_group:
-            raise ValueError("ADD_THINGS_TO_THING_GROUP needs a thing group name (--thing-group)")
-        if MitigationActionType.PUBLISH_FINDINGS_TO_SNS in self.actions and not self.sns_topic_arn:
-            raise ValueError("PUBLISH_FINDINGS_TO_SNS needs a topic ARN (--sns-topic-arn)")
+    name: str
+    action_id: str
+    action_type: MitigationActionType
+    params: Mapping[str, Any] = field(hash=False)
+    role_arn: str | None = None
+
+    @classmethod
+    def from_action_params(cls, name: str, action_id: str, action_params: Mapping[str, Any],
+                           role_arn: str | None = None) -> ActionDefinition:
+        """A definition from the model's ``actionParams``; ``ValueError`` unless exactly one
+        member this service can apply is set."""
+        members = [member for member, value in action_params.items() if value is not None]
+        by_member = {member: kind for kind, member in PARAMS_MEMBER.items()}
+        if len(members) != 1:
+            raise ValueError(f"actionParams must set exactly one member, not {members or 'none'}")
+        if members[0] not in by_member:
+            raise ValueError(f"{members[0]} acts on no finding of the checks this service runs; "
+                             f"use one of {sorted(by_member)}")
+        return cls(name, action_id, by_member[members[0]], dict(action_params[members[0]]), role_arn)
+
+    @classmethod
+    def for_type(cls, action_type: MitigationActionType, thing_group: str | None = None,
+                 sns_topic_arn: str | None = None) -> ActionDefinition:
+        """An unstored definition named after its type, for ``mitigate`` and the registration gate;
+        its id is derived from its content, so the same options give the same id."""
+        if action_type is MitigationActionType.ADD_THINGS_TO_THING_GROUP:
+            if not thing_group:
+                raise ValueError("ADD_THINGS_TO_THING_GROUP needs a thing group name (--thing-group)")
+            params: dict[str, Any] = {"thingGroupNames": [thing_group]}
+        elif action_type is MitigationActionType.PUBLISH_FINDING_TO_SNS:
+            if not sns_topic_arn:
+                raise ValueError("PUBLISH_FINDING_TO_SNS needs a topic ARN (--sns-topic-arn)")
+            params = {"topicArn": sns_topic_arn}
+        elif action_type is MitigationActionType.UPDATE_DEVICE_CERTIFICATE:
+            params = {"action": "DEACTIVATE"}
+        else:
+            raise ValueError(f"{action_type.value} does not apply to device certificate findings")
+        draft = cls(action_type.value, "", action_type, params)
+        return cls(draft.name, str(uuid.UUID(draft.digest[:32])), action_type, params)
+
+    @property
+    def action_params(self) -> dict[str, Any]:
+        """The model's ``MitigationActionParams`` for this definition."""
+        return {PARAMS_MEMBER[self.action_type]: dict(self.params)}
+
+    @property
+    def digest(self) -> str:
+        """What the action does (type and parameters, not its name): the idempotency key."""
+        content = json.dumps({"type": self.action_type.value, "params": self.params}, sort_keys=True)
+        return hashlib.sha256(content.encode()).hexdigest()
 
 
 class _Skip(Exception):
@@ -49,6 +114,13 @@ class _Skip(Exception):
 
 
 class Mitigator:
+    """Applies action definitions to findings through one gate for mutating calls.
+
+    ``store`` (optional) records executions and holds the claims that make actions idempotent
+    across runs and concurrent tasks; without one (the registration gate) only the current-state
+    checks prevent repeats.
+    """
+
     def __init__(self, iot: Any, sns: Any, store: Store | None, dry_run: bool) -> None:
         self.iot = iot
         self.sns = sns
@@ -57,40 +129,41 @@ class Mitigator:
         self._groups_ready: set[str] = set()
         self._calls: list[PlannedCall] = []
 
-    def apply(self, findings: Sequence[AuditFinding], config: MitigationConfig) -> list[MitigationExecution]:
-        config.validate()
-        executions = []
-        for finding in findings:
-            for action in config.actions:
-                execution = self._execute(finding, action, config)
-                if self.store:
-                    self.store.record_execution(execution)
-                executions.append(execution)
-        return executions
+    def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
+              task_id: str) -> list[MitigationExecution]:
+        """Every action on every finding, recorded under ``task_id``."""
+        return [self.execute(finding, action, task_id) for finding in findings for action in actions]
 
-    def _execute(
-        self, finding: AuditFinding, action: MitigationActionType, config: MitigationConfig
-    ) -> MitigationExecution:
+    def execute(self, finding: AuditFinding, action: ActionDefinition, task_id: str) -> MitigationExecution:
+        """Apply one action to one finding and record the outcome (never raises for an AWS error)."""
         execution = MitigationExecution(
-            task_id=finding.task_id,
+            task_id=task_id,
             finding_id=finding.finding_id,
-            action_name=action,
-            status=MitigationStatus.SUCCEEDED,
+            action_name=action.name,
+            action_id=action.action_id,
+            action_type=action.action_type,
+            status=MitigationStatus.COMPLETED,
             dry_run=self.dry_run,
         )
         self._calls = []
+        claim = f"{finding.finding_id}/{action.digest}"
+        claimed = False
         try:
-            if self.store and self.store.already_succeeded(finding.finding_id, action.value):
-                raise _Skip("already applied by an earlier run")
+            self._claim(claim, task_id, action)
+            claimed = not self.dry_run and self.store is not None
             handler = {
                 MitigationActionType.UPDATE_DEVICE_CERTIFICATE: self._deactivate_certificate,
                 MitigationActionType.ADD_THINGS_TO_THING_GROUP: self._quarantine_things,
-                MitigationActionType.PUBLISH_FINDINGS_TO_SNS: self._publish,
-            }[action]
-            execution.message = handler(finding, config)
+                MitigationActionType.PUBLISH_FINDING_TO_SNS: self._publish,
+            }[action.action_type]
+            execution.message = handler(finding, action)
             if self.dry_run:
                 execution.status = MitigationStatus.SKIPPED
                 execution.message = f"dry run, nothing changed: would {execution.message}"
+            elif claimed and self.store is not None:
+                self.store.put_record(CLAIM_KIND, claim, {"taskId": task_id, "actionName": action.name,
+                                                          "state": "APPLIED"})
+                claimed = False
         except _Skip as skip:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
@@ -100,9 +173,29 @@ class Mitigator:
             execution.status = MitigationStatus.FAILED
             execution.error_code = aws_error_code(exc)
             execution.message = str(exc)
+        finally:
+            if claimed and self.store is not None:
+                self.store.delete_record(CLAIM_KIND, claim)  # not applied: a later run tries again
         execution.calls = self._calls
         execution.end_time = utcnow()
+        if self.store:
+            self.store.record_execution(execution)
         return execution
+
+    def _claim(self, key: str, task_id: str, action: ActionDefinition) -> None:
+        """Take (finding, action digest) for this task, atomically; :class:`_Skip` when another
+        run holds it. A dry run only looks."""
+        if self.store is None:
+            return
+        body = {"taskId": task_id, "actionName": action.name, "state": "CLAIMED"}
+        if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
+            return
+        holder = self.store.get_record(CLAIM_KIND, key)
+        if holder is None:
+            return  # dry run, nobody applied it
+        if holder.get("state") == "APPLIED":
+            raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
+        raise _Skip(f"being applied by task {holder.get('taskId')}")
 
     def _mutate(self, client: Any, service: str, operation: str, **params: Any) -> Any:
         """The single gate for calls that change AWS state."""
@@ -120,7 +213,7 @@ class Mitigator:
             raise
         return response["certificateDescription"]["status"]
 
-    def _deactivate_certificate(self, finding: AuditFinding, config: MitigationConfig) -> str:
+    def _deactivate_certificate(self, finding: AuditFinding, action: ActionDefinition) -> str:
         status = self._certificate_status(finding.certificate_id)
         if status in INACTIVE_STATUSES:
             raise _Skip(f"certificate is already {status}")
@@ -146,20 +239,24 @@ class Mitigator:
         # In a dry run the group "would exist" from here on, so it is planned only once.
         self._groups_ready.add(name)
 
-    def _quarantine_things(self, finding: AuditFinding, config: MitigationConfig) -> str:
-        group = config.thing_group or ""
+    def _quarantine_things(self, finding: AuditFinding, action: ActionDefinition) -> str:
+        groups = list(action.params["thingGroupNames"])
+        override = action.params.get("overrideDynamicGroups")
         arn = self._certificate_arn(finding)
         paginator = self.iot.get_paginator("list_principal_things")
         things = [t for page in paginator.paginate(principal=arn) for t in page.get("things", [])]
         if not things:
             raise _Skip("no things are attached to the certificate")
-        self._ensure_group(group)
-        for thing in things:
-            self._mutate(self.iot, "iot", "add_thing_to_thing_group", thingGroupName=group, thingName=thing)
-        return f"add {len(things)} thing(s) ({', '.join(things)}) to thing group {group}"
+        extra = {} if override is None else {"overrideDynamicGroups": override}
+        for group in groups:
+            self._ensure_group(group)
+            for thing in things:
+                self._mutate(self.iot, "iot", "add_thing_to_thing_group", thingGroupName=group, thingName=thing,
+                             **extra)
+        return f"add {len(things)} thing(s) ({', '.join(things)}) to thing group(s) {', '.join(groups)}"
 
-    def _publish(self, finding: AuditFinding, config: MitigationConfig) -> str:
-        topic = config.sns_topic_arn or ""
+    def _publish(self, finding: AuditFinding, action: ActionDefinition) -> str:
+        topic = action.params["topicArn"]
         self._mutate(
             self.sns,
             "sns",

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime, timezone
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 CHECK_NAME = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"
@@ -142,15 +142,33 @@ class AuditTask(AwsModel):
 
 
 class MitigationActionType(str, Enum):
+    """The model's ``MitigationActionType`` values a key-quality finding can be mitigated with
+    (``REPLACE_DEFAULT_POLICY_VERSION`` and ``ENABLE_IOT_LOGGING`` act on no such finding)."""
+
     UPDATE_DEVICE_CERTIFICATE = "UPDATE_DEVICE_CERTIFICATE"
+    UPDATE_CA_CERTIFICATE = "UPDATE_CA_CERTIFICATE"
     ADD_THINGS_TO_THING_GROUP = "ADD_THINGS_TO_THING_GROUP"
-    PUBLISH_FINDINGS_TO_SNS = "PUBLISH_FINDINGS_TO_SNS"
+    PUBLISH_FINDING_TO_SNS = "PUBLISH_FINDING_TO_SNS"
+
+    @classmethod
+    def _missing_(cls, value: object) -> MitigationActionType | None:
+        # Earlier releases called the SNS action PUBLISH_FINDINGS_TO_SNS; stores and deployed
+        # registration gates (DDA_GATE_ACTIONS) still carry that name.
+        return cls.PUBLISH_FINDING_TO_SNS if value == "PUBLISH_FINDINGS_TO_SNS" else None
 
 
 class MitigationStatus(str, Enum):
-    SUCCEEDED = "SUCCEEDED"
+    """The model's ``AuditMitigationActionsExecutionStatus`` values an execution ends with."""
+
+    COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
+    CANCELED = "CANCELED"
+
+    @classmethod
+    def _missing_(cls, value: object) -> MitigationStatus | None:
+        # Earlier releases recorded a successful action as SUCCEEDED, which the API does not have.
+        return cls.COMPLETED if value == "SUCCEEDED" else None
 
 
 class PlannedCall(AwsModel):
@@ -162,11 +180,14 @@ class PlannedCall(AwsModel):
 
 
 class MitigationExecution(AwsModel):
-    """``AuditMitigationActionExecutionMetadata`` for one finding and one action."""
+    """``AuditMitigationActionExecutionMetadata`` for one finding and one action, plus what only
+    this service records: the action's type, whether it was a dry run and the AWS calls made."""
 
     task_id: str
     finding_id: str
-    action_name: MitigationActionType
+    action_name: str
+    action_id: str
+    action_type: MitigationActionType
     status: MitigationStatus
     start_time: datetime = Field(default_factory=utcnow)
     end_time: datetime | None = None
@@ -174,3 +195,19 @@ class MitigationExecution(AwsModel):
     message: str = ""
     dry_run: bool = False
     calls: list[PlannedCall] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_by_type(cls, data: object) -> object:
+        """Executions stored before action definitions existed name the action by its type and
+        carry no id; read them as an action named after its type."""
+        if isinstance(data, dict) and "actionType" not in data and "action_type" not in data:
+            return {**data, "actionType": data.get("actionName"), "actionId": data.get("actionId", "")}
+        return data
+
+    def to_api(self) -> dict:
+        """The model's ``AuditMitigationActionExecutionMetadata`` (timestamps as datetimes, as boto3 returns them)."""
+        shape = {"taskId": self.task_id, "findingId": self.finding_id, "actionName": self.action_name,
+                 "actionId": self.action_id, "status": self.status.value, "startTime": self.start_time,
+                 "endTime": self.end_time, "errorCode": self.error_code, "message": self.message[:2048] or None}
+        return {k: v for k, v in shape.items() if v is not None}

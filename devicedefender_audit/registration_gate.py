@@ -24,7 +24,7 @@ from typing import Any
 from devicedefender_audit.aws.iot_certificates import attached_things
 from devicedefender_audit.detectors import Detector, Verdict, check_key
 from devicedefender_audit.key_material import KeyMaterialError, certificate_public_key
-from devicedefender_audit.mitigation import MitigationConfig, Mitigator
+from devicedefender_audit.mitigation import ActionDefinition, Mitigator
 from devicedefender_audit.models import (
     AuditFinding,
     MitigationActionType,
@@ -40,19 +40,19 @@ GATE_TASK_PREFIX = "registration-gate-"
 
 @dataclass(frozen=True)
 class GateSettings:
-    config: MitigationConfig
+    actions: tuple[ActionDefinition, ...]
     dry_run: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GateSettings:
         """``DDA_GATE_ACTIONS`` (comma-separated mitigation action types), ``DDA_QUARANTINE_GROUP``,
         ``DDA_SNS_TOPIC_ARN``, ``DDA_DRY_RUN`` (on unless ``false``: acting is opted into)."""
-        actions = tuple(MitigationActionType(a.strip()) for a in env.get("DDA_GATE_ACTIONS", "").split(",")
-                        if a.strip())
-        config = MitigationConfig(actions=actions, thing_group=env.get("DDA_QUARANTINE_GROUP") or None,
-                                  sns_topic_arn=env.get("DDA_SNS_TOPIC_ARN") or None)
-        config.validate()
-        return cls(config=config, dry_run=env.get("DDA_DRY_RUN", "true").strip().lower() != "false")
+        actions = tuple(
+            ActionDefinition.for_type(MitigationActionType(a.strip()), thing_group=env.get("DDA_QUARANTINE_GROUP"),
+                                      sns_topic_arn=env.get("DDA_SNS_TOPIC_ARN"))
+            for a in env.get("DDA_GATE_ACTIONS", "").split(",") if a.strip()
+        )
+        return cls(actions=actions, dry_run=env.get("DDA_DRY_RUN", "true").strip().lower() != "false")
 
 
 @dataclass
@@ -108,6 +108,6 @@ def gate_certificate(iot: Any, sns: Any, certificate_id: str, detectors: Sequenc
     ]
     mitigator = Mitigator(iot, sns, None, dry_run=settings.dry_run)
     # One certificate, one set of actions: act on the first finding (its flaws are listed in all).
-    executions = mitigator.apply(findings[:1], settings.config) if settings.config.actions else []
+    executions = mitigator.apply(findings[:1], settings.actions, task_id)
     return GateOutcome(certificate_id, Verdict.VULNERABLE.value,
                        "; ".join(r.reason_code or r.detector for r in weak), findings, executions)

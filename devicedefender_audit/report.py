@@ -75,7 +75,7 @@ def executions_text(executions: Sequence[MitigationExecution]) -> str:
         return "No mitigation actions to run."
     rows = []
     for e in executions:
-        rows.append((e.finding_id[:12], e.action_name.value, e.status.value, e.message))
+        rows.append((e.finding_id[:12], e.action_name, e.status.value, e.message))
         for call in e.calls:
             params = ", ".join(f"{k}={v}" for k, v in call.parameters.items() if k != "Message")
             prefix = "would call" if e.dry_run else "called"

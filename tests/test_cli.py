@@ -55,14 +55,14 @@ def test_run_json_gates_on_findings(capsys, moto_server, server_iot, fresh_rsa_k
 
     code, out = run_cli(capsys, "mitigate", "--endpoint-url", moto_server,
                         "--action", "UPDATE_DEVICE_CERTIFICATE")
-    assert code == 0 and "SUCCEEDED" in out
+    assert code == 0 and "COMPLETED" in out
     status = server_iot.describe_certificate(certificateId=roca["certificateId"])["certificateDescription"]["status"]
     assert status == "INACTIVE"
 
     code, out = run_cli(capsys, "list-mitigations", "--format", "json")
     recorded = [(e["actionName"], e["status"], e["dryRun"]) for e in json.loads(out)["actionsExecutions"]]
     assert recorded == [("UPDATE_DEVICE_CERTIFICATE", "SKIPPED", True), ("ADD_THINGS_TO_THING_GROUP", "SKIPPED", True),
-                        ("UPDATE_DEVICE_CERTIFICATE", "SUCCEEDED", False)]
+                        ("UPDATE_DEVICE_CERTIFICATE", "COMPLETED", False)]
 
 
 def test_run_table_reports_failed_resources(capsys, moto_server, server_iot):

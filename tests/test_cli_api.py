@@ -78,3 +78,23 @@ def test_bad_option_values_are_usage_errors(capsys, aws_env):
     with pytest.raises(SystemExit):
         main(["create-audit-suppression", "--check-name", CHECK_NAME, "--resource-identifier", "{not json",
               "--client-request-token", "t"])
+
+
+def test_mitigation_task_dry_run_from_the_command_line(iot, capsys):
+    """``--dry-run`` (our extension) on start-audit-mitigation-actions-task changes nothing."""
+    cert = register(iot, (DATA / "roca" / "cert04.pem").read_text())["certificateId"]
+    run(capsys, "update-account-audit-configuration", "--role-arn", "arn:aws:iam::123456789012:role/a",
+        "--audit-check-configurations", json.dumps({CHECK_NAME: {"enabled": True}}))
+    _, out, _ = run(capsys, "start-on-demand-audit-task", "--target-check-names", CHECK_NAME)
+    audit_task_id = out["taskId"]
+    code, out, _ = run(capsys, "create-mitigation-action", "--action-name", "deactivate", "--role-arn",
+                       "arn:aws:iam::123456789012:role/m", "--action-params",
+                       json.dumps({"updateDeviceCertificateParams": {"action": "DEACTIVATE"}}))
+    assert code == 0 and out["actionId"]
+    code, out, _ = run(capsys, "start-audit-mitigation-actions-task", "--task-id", "dry", "--target",
+                       json.dumps({"auditTaskId": audit_task_id}), "--audit-check-to-actions-mapping",
+                       json.dumps({CHECK_NAME: ["deactivate"]}), "--client-request-token", "dry", "--dry-run")
+    assert (code, out) == (0, {"taskId": "dry"})
+    _, task, _ = run(capsys, "describe-audit-mitigation-actions-task", "--task-id", "dry")
+    assert task["taskStatistics"][CHECK_NAME]["skippedFindingsCount"] == 1
+    assert iot.describe_certificate(certificateId=cert)["certificateDescription"]["status"] == "ACTIVE"

@@ -77,8 +77,8 @@ def test_gate_deactivates_quarantines_and_notifies_a_weak_key(monkeypatch, iot, 
 
     assert outcome["verdict"] == "VULNERABLE" and outcome["detail"] == ROCA
     assert [(e["actionName"], e["status"]) for e in outcome["actionsExecutions"]] == [
-        ("UPDATE_DEVICE_CERTIFICATE", "SUCCEEDED"), ("ADD_THINGS_TO_THING_GROUP", "SUCCEEDED"),
-        ("PUBLISH_FINDINGS_TO_SNS", "SUCCEEDED")]
+        ("UPDATE_DEVICE_CERTIFICATE", "COMPLETED"), ("ADD_THINGS_TO_THING_GROUP", "COMPLETED"),
+        ("PUBLISH_FINDING_TO_SNS", "COMPLETED")]
     status = iot.describe_certificate(certificateId=cert["certificateId"])["certificateDescription"]["status"]
     assert status == "INACTIVE"
     things = iot.list_things_in_thing_group(thingGroupName="quarantine")["things"]

@@ -9,13 +9,14 @@ import pytest
 from conftest import DATA, REGION, register, run_audit
 
 from devicedefender_audit.detectors.roca import RocaDetector
-from devicedefender_audit.mitigation import MitigationConfig, Mitigator
+from devicedefender_audit.mitigation import ActionDefinition, Mitigator
 from devicedefender_audit.models import MitigationActionType as Action
-from devicedefender_audit.models import MitigationStatus
+from devicedefender_audit.models import MitigationExecution, MitigationStatus
 from devicedefender_audit.store import open_store
 
 GROUP = "quarantine"
-ALL = (Action.UPDATE_DEVICE_CERTIFICATE, Action.ADD_THINGS_TO_THING_GROUP, Action.PUBLISH_FINDINGS_TO_SNS)
+ALL = (Action.UPDATE_DEVICE_CERTIFICATE, Action.ADD_THINGS_TO_THING_GROUP, Action.PUBLISH_FINDING_TO_SNS)
+TASK = "task-1"
 
 
 @pytest.fixture
@@ -40,8 +41,8 @@ def account(iot, tmp_path):
     store.close()
 
 
-def config(a, actions=ALL) -> MitigationConfig:
-    return MitigationConfig(actions=actions, thing_group=GROUP, sns_topic_arn=a["topic"])
+def config(a, actions=ALL, group=GROUP, topic=None) -> list[ActionDefinition]:
+    return [ActionDefinition.for_type(action, thing_group=group, sns_topic_arn=topic or a["topic"]) for action in actions]
 
 
 def status_of(iot, cert) -> str:
@@ -57,14 +58,14 @@ def group_members(iot) -> set[str]:
 
 def test_actions_take_effect(account):
     a = account
-    executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a))
-    assert [e.status for e in executions] == [MitigationStatus.SUCCEEDED] * 6
+    executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a), TASK)
+    assert [e.status for e in executions] == [MitigationStatus.COMPLETED] * 6
     assert [status_of(a["iot"], c) for c in a["certs"]] == ["INACTIVE", "INACTIVE"]
     assert group_members(a["iot"]) == {"meter-1", "meter-1b", "meter-2"}
     messages = a["sqs"].receive_message(QueueUrl=a["queue"], MaxNumberOfMessages=10)["Messages"]
     published = sorted(json.loads(m["Body"])["findingId"] for m in messages)
     assert published == sorted(f.finding_id for f in a["findings"])
-    assert len(a["store"].executions(a["findings"][0].task_id)) == 6
+    assert len(a["store"].executions(TASK)) == 6
 
 
 def test_dry_run_makes_no_mutating_call_and_changes_nothing(account):
@@ -72,7 +73,7 @@ def test_dry_run_makes_no_mutating_call_and_changes_nothing(account):
     called: list[str] = []
     for client in (a["iot"], a["sns"]):
         client.meta.events.register("before-call.*.*", lambda model, **_: called.append(model.name))
-    executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=True).apply(a["findings"], config(a))
+    executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=True).apply(a["findings"], config(a), TASK)
 
     assert called, "the dry run should still read current state"
     assert all(name.startswith(("Describe", "List", "Get")) for name in called), called
@@ -89,9 +90,9 @@ def test_dry_run_makes_no_mutating_call_and_changes_nothing(account):
 
 def test_rerun_is_idempotent(account):
     a = account
-    Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a))
+    Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a), TASK)
     a["sqs"].purge_queue(QueueUrl=a["queue"])
-    again = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a))
+    again = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a), TASK)
     assert [e.status for e in again] == [MitigationStatus.SKIPPED] * 6
     assert all("already applied" in e.message for e in again)
     assert "Messages" not in a["sqs"].receive_message(QueueUrl=a["queue"])
@@ -101,7 +102,7 @@ def test_already_inactive_certificate_is_skipped_without_store(account):
     a = account
     a["iot"].update_certificate(certificateId=a["certs"][0]["certificateId"], newStatus="INACTIVE")
     executions = Mitigator(a["iot"], a["sns"], None, dry_run=False).apply(
-        a["findings"], config(a, (Action.UPDATE_DEVICE_CERTIFICATE,)))
+        a["findings"], config(a, (Action.UPDATE_DEVICE_CERTIFICATE,)), TASK)
     by_cert = {e.finding_id: e for e in executions}
     first = next(f for f in a["findings"] if f.certificate_id == a["certs"][0]["certificateId"])
     assert by_cert[first.finding_id].status is MitigationStatus.SKIPPED
@@ -110,23 +111,22 @@ def test_already_inactive_certificate_is_skipped_without_store(account):
 
 def test_failed_action_is_recorded_and_others_continue(account):
     a = account
-    broken = MitigationConfig(actions=(Action.PUBLISH_FINDINGS_TO_SNS, Action.UPDATE_DEVICE_CERTIFICATE),
-                              sns_topic_arn=a["topic"] + "-missing")
-    executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], broken)
-    assert [e.status for e in executions] == [MitigationStatus.FAILED, MitigationStatus.SUCCEEDED] * 2
+    broken = config(a, (Action.PUBLISH_FINDING_TO_SNS, Action.UPDATE_DEVICE_CERTIFICATE), topic=a["topic"] + "-missing")
+    executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], broken, TASK)
+    assert [e.status for e in executions] == [MitigationStatus.FAILED, MitigationStatus.COMPLETED] * 2
     assert executions[0].error_code == "NotFound"
     assert [status_of(a["iot"], c) for c in a["certs"]] == ["INACTIVE", "INACTIVE"]
     # A failed action is not "already applied": a fixed re-run performs it.
     fixed = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(
-        a["findings"], config(a, (Action.PUBLISH_FINDINGS_TO_SNS,)))
-    assert [e.status for e in fixed] == [MitigationStatus.SUCCEEDED] * 2
+        a["findings"], config(a, (Action.PUBLISH_FINDING_TO_SNS,)), TASK)
+    assert [e.status for e in fixed] == [MitigationStatus.COMPLETED] * 2
 
 
-def test_missing_parameters_are_a_clear_error(account):
-    a = account
+def test_missing_parameters_are_a_clear_error():
     with pytest.raises(ValueError, match="--thing-group"):
-        Mitigator(a["iot"], a["sns"], None, dry_run=True).apply(
-            a["findings"], MitigationConfig(actions=(Action.ADD_THINGS_TO_THING_GROUP,)))
+        ActionDefinition.for_type(Action.ADD_THINGS_TO_THING_GROUP)
+    with pytest.raises(ValueError, match="--sns-topic-arn"):
+        ActionDefinition.for_type(Action.PUBLISH_FINDING_TO_SNS)
 
 
 def test_certificate_without_things_is_skipped(iot, tmp_path):
@@ -134,6 +134,39 @@ def test_certificate_without_things_is_skipped(iot, tmp_path):
     result = run_audit(iot, [RocaDetector()])
     sns = boto3.client("sns", region_name=REGION)
     executions = Mitigator(iot, sns, None, dry_run=False).apply(
-        result.findings, MitigationConfig(actions=(Action.ADD_THINGS_TO_THING_GROUP,), thing_group=GROUP))
+        result.findings, [ActionDefinition.for_type(Action.ADD_THINGS_TO_THING_GROUP, thing_group=GROUP)], TASK)
     assert executions[0].status is MitigationStatus.SKIPPED
     assert "no things" in executions[0].message
+
+
+def test_rerun_with_other_parameters_is_not_skipped(account):
+    """Idempotency is keyed by what an action does: another topic or group is another action."""
+    a = account
+    other_topic = a["sns"].create_topic(Name="other")["TopicArn"]
+    Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a), TASK)
+    again = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(
+        a["findings"], config(a, (Action.ADD_THINGS_TO_THING_GROUP, Action.PUBLISH_FINDING_TO_SNS),
+                              group="quarantine-2", topic=other_topic), TASK)
+    assert [e.status for e in again] == [MitigationStatus.COMPLETED] * 4
+    assert {t for t in a["iot"].list_things_in_thing_group(thingGroupName="quarantine-2")["things"]} == {
+        "meter-1", "meter-1b", "meter-2"}
+
+
+def test_digest_covers_type_and_parameters_not_the_name():
+    first = ActionDefinition.from_action_params("a", "1", {"publishFindingToSnsParams": {"topicArn": "arn:t1"}})
+    renamed = ActionDefinition.from_action_params("b", "2", {"publishFindingToSnsParams": {"topicArn": "arn:t1"}})
+    other = ActionDefinition.from_action_params("a", "1", {"publishFindingToSnsParams": {"topicArn": "arn:t2"}})
+    assert first.digest == renamed.digest != other.digest
+    with pytest.raises(ValueError, match="exactly one"):
+        ActionDefinition.from_action_params("x", "1", {})
+    with pytest.raises(ValueError, match="enableIoTLoggingParams"):
+        ActionDefinition.from_action_params("x", "1", {"enableIoTLoggingParams": {"logLevel": "INFO",
+                                                                                  "roleArnForLogging": "r"}})
+
+
+def test_legacy_names_still_read():
+    """Stores and deployed gates from earlier releases say SUCCEEDED and PUBLISH_FINDINGS_TO_SNS."""
+    assert Action("PUBLISH_FINDINGS_TO_SNS") is Action.PUBLISH_FINDING_TO_SNS
+    old = MitigationExecution.model_validate({"taskId": "t", "findingId": "f", "actionName": "PUBLISH_FINDINGS_TO_SNS",
+                                              "status": "SUCCEEDED"})
+    assert old.status is MitigationStatus.COMPLETED and old.action_type is Action.PUBLISH_FINDING_TO_SNS

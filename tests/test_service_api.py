@@ -8,18 +8,27 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import boto3
 import pytest
-from conftest import DATA, register
+from conftest import DATA, REGION, register
 from service_helpers import CALLED, call
 
 from devicedefender_audit.detectors.roca import RocaDetector
+from devicedefender_audit.mitigation import Mitigator
 from devicedefender_audit.models import CHECK_NAME
-from devicedefender_audit.service import OPERATIONS, InvalidRequest, ResourceAlreadyExists, ResourceNotFound
+from devicedefender_audit.service import (
+    OPERATIONS,
+    InvalidRequest,
+    ResourceAlreadyExists,
+    ResourceNotFound,
+    TaskAlreadyExists,
+)
 from devicedefender_audit.service.context import ServiceContext
 from devicedefender_audit.service.shapes import iot_model, output_problems
 from devicedefender_audit.store import open_store
 
 ROLE = "arn:aws:iam::123456789012:role/audit"
+TOPIC = "arn:aws:sns:us-east-1:123456789012:audits"
 
 
 class Clock:
@@ -43,8 +52,10 @@ def account(iot):
 @pytest.fixture
 def ctx(account, tmp_path):
     store = open_store(tmp_path / "audits.sqlite3")
+    sns = boto3.client("sns", region_name=REGION)
+    sns.create_topic(Name="audits")
     context = ServiceContext(store=store, iot_client=lambda: account["iot"], detectors=lambda: [RocaDetector()],
-                             clock=Clock())
+                             clock=Clock(), sns_client=lambda: sns)
     yield context
     store.close()
 
@@ -66,7 +77,7 @@ def test_lifecycle_calls_every_operation_with_model_shaped_responses(ctx, accoun
         call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])
     enable(ctx)
     call(ctx, "UpdateAccountAuditConfiguration", auditNotificationTargetConfigurations={
-        "SNS": {"targetArn": "arn:aws:sns:us-east-1:123456789012:audits", "roleArn": ROLE, "enabled": True}})
+        "SNS": {"targetArn": TOPIC, "roleArn": ROLE, "enabled": True}})
     config = call(ctx, "DescribeAccountAuditConfiguration")
     assert config["roleArn"] == ROLE and config["auditCheckConfigurations"][CHECK_NAME]["enabled"]
     assert config["auditNotificationTargetConfigurations"]["SNS"]["enabled"] is True
@@ -132,7 +143,82 @@ def test_lifecycle_calls_every_operation_with_model_shaped_responses(ctx, accoun
     call(ctx, "DeleteAccountAuditConfiguration")
     assert call(ctx, "DescribeAccountAuditConfiguration") == {"auditCheckConfigurations": {CHECK_NAME: {
         "enabled": False}}}
+    mitigate_lifecycle(ctx, account, first, findings)
     assert set(OPERATIONS) <= CALLED, f"not validated: {set(OPERATIONS) - CALLED}"
+
+
+def mitigate_lifecycle(ctx: ServiceContext, account: dict, audit_task_id: str, findings: list[dict]) -> None:
+    """Mitigation actions and a task that deactivates the audit's two certificates."""
+    deactivate = {"updateDeviceCertificateParams": {"action": "DEACTIVATE"}}
+    created = call(ctx, "CreateMitigationAction", actionName="deactivate", roleArn=ROLE, actionParams=deactivate)
+    assert created["actionArn"] == "arn:aws:iot:us-east-1:123456789012:mitigationaction/deactivate"
+    call(ctx, "CreateMitigationAction", actionName="notify", roleArn=ROLE,
+         actionParams={"publishFindingToSnsParams": {"topicArn": TOPIC}})
+    with pytest.raises(ResourceAlreadyExists):
+        call(ctx, "CreateMitigationAction", actionName="deactivate", roleArn=ROLE, actionParams=deactivate)
+    call(ctx, "UpdateMitigationAction", actionName="notify", actionParams={"publishFindingToSnsParams": {
+        "topicArn": TOPIC + "-2"}})
+    with pytest.raises(InvalidRequest, match="cannot change"):
+        call(ctx, "UpdateMitigationAction", actionName="notify", actionParams=deactivate)
+    described = call(ctx, "DescribeMitigationAction", actionName="deactivate")
+    assert described["actionType"] == "UPDATE_DEVICE_CERTIFICATE" and described["actionId"] == created["actionId"]
+    assert call(ctx, "DescribeMitigationAction", actionName="notify")["actionParams"] == {
+        "publishFindingToSnsParams": {"topicArn": TOPIC + "-2"}}
+    assert [a["actionName"] for a in call(ctx, "ListMitigationActions")["actionIdentifiers"]] == ["deactivate",
+                                                                                                   "notify"]
+    assert [a["actionName"] for a in call(ctx, "ListMitigationActions", actionType="PUBLISH_FINDING_TO_SNS")[
+        "actionIdentifiers"]] == ["notify"]
+
+    request = {"taskId": "quarantine-1", "target": {"auditTaskId": audit_task_id},
+               "auditCheckToActionsMapping": {CHECK_NAME: ["deactivate"]}, "clientRequestToken": "token-1"}
+    assert call(ctx, "StartAuditMitigationActionsTask", **request) == {"taskId": "quarantine-1"}
+    assert call(ctx, "StartAuditMitigationActionsTask", **request) == {"taskId": "quarantine-1"}  # a retry
+    with pytest.raises(TaskAlreadyExists):
+        call(ctx, "StartAuditMitigationActionsTask", **{**request, "clientRequestToken": "token-2"})
+    task = call(ctx, "DescribeAuditMitigationActionsTask", taskId="quarantine-1")
+    assert task["taskStatus"] == "COMPLETED" and task["target"] == {"auditTaskId": audit_task_id}
+    assert task["taskStatistics"] == {CHECK_NAME: {"totalFindingsCount": 2, "failedFindingsCount": 0,
+                                                   "succeededFindingsCount": 2, "skippedFindingsCount": 0,
+                                                   "canceledFindingsCount": 0}}
+    assert task["actionsDefinition"] == [{"name": "deactivate", "id": created["actionId"], "roleArn": ROLE,
+                                          "actionParams": deactivate}]
+    for certificate_id in account["weak"]:
+        status = account["iot"].describe_certificate(certificateId=certificate_id)["certificateDescription"]["status"]
+        assert status == "INACTIVE"
+    window = {"startTime": ctx.now() - timedelta(hours=1), "endTime": ctx.now() + timedelta(hours=1)}
+    listed = call(ctx, "ListAuditMitigationActionsTasks", auditTaskId=audit_task_id, **window)["tasks"]
+    assert [(t["taskId"], t["taskStatus"]) for t in listed] == [("quarantine-1", "COMPLETED")]
+    assert call(ctx, "ListAuditMitigationActionsTasks", taskStatus="CANCELED", **window) == {"tasks": []}
+    executions = call(ctx, "ListAuditMitigationActionsExecutions", taskId="quarantine-1",
+                      findingId=findings[0]["findingId"])["actionsExecutions"]
+    assert [(e["actionName"], e["actionId"], e["status"]) for e in executions] == [
+        ("deactivate", created["actionId"], "COMPLETED")]
+    with pytest.raises(InvalidRequest, match="COMPLETED"):
+        call(ctx, "CancelAuditMitigationActionsTask", taskId="quarantine-1")
+    canceled = start_and_cancel_mitigation(ctx, [f["findingId"] for f in findings])
+    assert canceled["taskStatus"] == "CANCELED"
+    assert canceled["taskStatistics"][CHECK_NAME]["canceledFindingsCount"] == 1
+    call(ctx, "DeleteMitigationAction", actionName="notify")
+    assert [a["actionName"] for a in call(ctx, "ListMitigationActions")["actionIdentifiers"]] == ["deactivate"]
+
+
+def start_and_cancel_mitigation(ctx: ServiceContext, finding_ids: list[str]) -> dict:
+    """Start a mitigation task on two findings and cancel it (through the API) as its first action runs."""
+    original = Mitigator.execute
+
+    def cancel_first(self: Mitigator, finding, action, task_id: str):
+        if not getattr(cancel_first, "done", False):
+            cancel_first.done = True  # type: ignore[attr-defined]
+            call(ctx, "CancelAuditMitigationActionsTask", taskId=task_id)
+        return original(self, finding, action, task_id)
+
+    Mitigator.execute = cancel_first  # type: ignore[method-assign]
+    try:
+        call(ctx, "StartAuditMitigationActionsTask", taskId="quarantine-2", target={"findingIds": finding_ids},
+             auditCheckToActionsMapping={CHECK_NAME: ["deactivate"]}, clientRequestToken="token-3")
+    finally:
+        Mitigator.execute = original  # type: ignore[method-assign]
+    return call(ctx, "DescribeAuditMitigationActionsTask", taskId="quarantine-2")
 
 
 def start_and_cancel(ctx: ServiceContext) -> dict:

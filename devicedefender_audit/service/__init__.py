@@ -11,9 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from devicedefender_audit.service import configuration, findings, scheduled, suppressions, tasks
+from devicedefender_audit.service import (
+    configuration,
+    findings,
+    mitigation_actions,
+    mitigation_tasks,
+    scheduled,
+    suppressions,
+    tasks,
+)
 from devicedefender_audit.service.context import ServiceContext
-from devicedefender_audit.service.errors import InvalidRequest, ResourceAlreadyExists, ResourceNotFound, ServiceError
+from devicedefender_audit.service.errors import (
+    InvalidRequest,
+    ResourceAlreadyExists,
+    ResourceNotFound,
+    ServiceError,
+    TaskAlreadyExists,
+)
 
 OPERATIONS: dict[str, Callable[..., dict]] = {
     "DescribeAccountAuditConfiguration": configuration.describe_account_audit_configuration,
@@ -36,7 +50,17 @@ OPERATIONS: dict[str, Callable[..., dict]] = {
     "UpdateScheduledAudit": scheduled.update_scheduled_audit,
     "DeleteScheduledAudit": scheduled.delete_scheduled_audit,
     "ListScheduledAudits": scheduled.list_scheduled_audits,
+    "CreateMitigationAction": mitigation_actions.create_mitigation_action,
+    "DescribeMitigationAction": mitigation_actions.describe_mitigation_action,
+    "UpdateMitigationAction": mitigation_actions.update_mitigation_action,
+    "DeleteMitigationAction": mitigation_actions.delete_mitigation_action,
+    "ListMitigationActions": mitigation_actions.list_mitigation_actions,
+    "StartAuditMitigationActionsTask": mitigation_tasks.start_audit_mitigation_actions_task,
+    "DescribeAuditMitigationActionsTask": mitigation_tasks.describe_audit_mitigation_actions_task,
+    "ListAuditMitigationActionsTasks": mitigation_tasks.list_audit_mitigation_actions_tasks,
+    "CancelAuditMitigationActionsTask": mitigation_tasks.cancel_audit_mitigation_actions_task,
+    "ListAuditMitigationActionsExecutions": mitigation_tasks.list_audit_mitigation_actions_executions,
 }
 
 __all__ = ["OPERATIONS", "InvalidRequest", "ResourceAlreadyExists", "ResourceNotFound", "ServiceContext",
-           "ServiceError"]
+           "ServiceError", "TaskAlreadyExists"]

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from itertools import islice
 from typing import Any
 
-from devicedefender_audit.service.errors import InvalidRequest
+from devicedefender_audit.service.errors import InvalidRequest, ServiceError
 from devicedefender_audit.store import Store
 
 #: The account id used when the context is given none (moto's and the demo account's).
@@ -47,6 +47,8 @@ class ServiceContext:
     background: bool = False
     open_worker_store: Callable[[], Store] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
+    #: SNS for audit notifications and PUBLISH_FINDING_TO_SNS; made on demand like the IoT client.
+    sns_client: Callable[[], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.background and self.open_worker_store is None:
@@ -57,6 +59,12 @@ class ServiceContext:
         if self.background and self.open_worker_store is not None:
             return self.open_worker_store()
         return self.store
+
+    def sns(self) -> Any:
+        """An SNS client, or a clear error where this service was given none."""
+        if self.sns_client is None:
+            raise ServiceError("this service was started without an SNS client; it cannot publish to SNS")
+        return self.sns_client()
 
     def now(self) -> datetime:
         return self.clock()

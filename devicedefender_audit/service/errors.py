@@ -31,3 +31,10 @@ class ResourceNotFound(ServiceError):
 class ResourceAlreadyExists(ServiceError):
     code = "ResourceAlreadyExistsException"
     status = 409
+
+
+class TaskAlreadyExists(ServiceError):
+    """``StartAuditMitigationActionsTask`` with the id of an existing task and another request token."""
+
+    code = "TaskAlreadyExistsException"
+    status = 400

@@ -9,6 +9,7 @@ one member, :data:`EXTENSIONS_MEMBER`, that no AWS client reads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from devicedefender_audit.models import AuditTask
 from devicedefender_audit.service.configuration import require_enabled
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, page
 from devicedefender_audit.service.errors import InvalidRequest, ResourceNotFound
+from devicedefender_audit.service.notifications import notify_audit_finished
 from devicedefender_audit.service.shapes import check_request
 from devicedefender_audit.store import Store
 from devicedefender_audit.store.base import TaskOwner
@@ -41,18 +43,29 @@ def start_audit(ctx: ServiceContext, check_names: list[str], task_type: str = ON
     # Stored before returning, owned by this process, so the id can be described at once.
     store.save_task(audit.task, TaskOwner(socket.gethostname(), os.getpid(), time.time()))
     if not ctx.background:
-        audit.run()
+        _run_and_notify(ctx, audit)
         return audit.task.task_id
-    thread = threading.Thread(target=_run_in_background, args=(audit, store is not ctx.store),
+    thread = threading.Thread(target=_run_in_background, args=(ctx, audit, store is not ctx.store),
                               name=f"audit-{audit.task.task_id}", daemon=True)
     ctx.threads.append(thread)
     thread.start()
     return audit.task.task_id
 
 
-def _run_in_background(audit: Audit, own_store: bool) -> None:
+def _run_and_notify(ctx: ServiceContext, audit: Audit) -> None:
+    """Run the audit; however it ends (completed, failed, canceled), send the SNS notification."""
     try:
         audit.run()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the store may be what failed: report the original error
+            notify_audit_finished(ctx, audit.store, audit.task)
+        raise
+    notify_audit_finished(ctx, audit.store, audit.task)
+
+
+def _run_in_background(ctx: ServiceContext, audit: Audit, own_store: bool) -> None:
+    try:
+        _run_and_notify(ctx, audit)
     except Exception:  # the engine recorded the task as FAILED; the thread only reports it
         log.exception("audit %s failed", audit.task.task_id)
     finally:

@@ -394,7 +394,7 @@ class SqliteStore:
     def record_execution(self, execution: MitigationExecution) -> None:
         self._write(
             "INSERT INTO mitigation_executions VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(execution.finding_id, execution.action_name.value, execution.task_id, execution.status.value,
+            [(execution.finding_id, execution.action_name, execution.task_id, execution.status.value,
               int(execution.dry_run), execution.start_time.isoformat(), execution.model_dump_json(by_alias=True))],
         )
 
@@ -403,11 +403,3 @@ class SqliteStore:
             "SELECT body FROM mitigation_executions WHERE task_id = ? ORDER BY start_time", (task_id,)
         ).fetchall()
         return [MitigationExecution.model_validate_json(body) for (body,) in rows]
-
-    def already_succeeded(self, finding_id: str, action: str) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM mitigation_executions WHERE finding_id = ? AND action_name = ? "
-            "AND status = 'SUCCEEDED' AND dry_run = 0 LIMIT 1",
-            (finding_id, action),
-        ).fetchone()
-        return row is not None

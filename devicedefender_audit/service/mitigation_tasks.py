@@ -1,0 +1,283 @@
+"""Audit mitigation actions tasks: ``StartAuditMitigationActionsTask``,
+``DescribeAuditMitigationActionsTask``, ``ListAuditMitigationActionsTasks``,
+``CancelAuditMitigationActionsTask``, ``ListAuditMitigationActionsExecutions``.
+
+A task applies, through the one :class:`~devicedefender_audit.mitigation.Mitigator`, the actions
+``auditCheckToActionsMapping`` names for each finding's check to the findings of its target:
+``findingIds``, or the findings of ``auditTaskId``, optionally narrowed by
+``auditCheckToReasonCodeFilter`` (the filter selects findings "from the audit", so it needs
+``auditTaskId``). The findings and the action definitions are fixed when the task starts, so
+editing or deleting an action later does not change a task. A retry with the same ``taskId``
+and ``clientRequestToken`` returns the existing task; another token for that id is
+``TaskAlreadyExistsException``, and a token already used for another task is refused.
+
+Statistics count findings per check: a finding failed when one of its actions failed, was
+skipped when all of them were (nothing to do, already applied, or a dry run), else succeeded.
+A cancel request is seen between findings; the actions not run are recorded ``CANCELED``.
+
+Extension: ``dry_run=True`` (a Python keyword, ``--dry-run`` on the CLI; not a request member)
+runs the task without any mutating AWS call: every execution is ``SKIPPED`` with a message that
+says what it would have done. ``DescribeAuditMitigationActionsTask`` with ``extensions=True``
+shows ``dryRun`` under :data:`~devicedefender_audit.service.tasks.EXTENSIONS_MEMBER`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from devicedefender_audit.mitigation import DEVICE_CERTIFICATE_ACTIONS, ActionDefinition, Mitigator
+from devicedefender_audit.models import (
+    AuditFinding,
+    MitigationActionType,
+    MitigationExecution,
+    MitigationStatus,
+    utcnow,
+)
+from devicedefender_audit.service.configuration import SUPPORTED_CHECKS
+from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, from_epoch, page
+from devicedefender_audit.service.errors import InvalidRequest, ResourceNotFound, TaskAlreadyExists
+from devicedefender_audit.service.mitigation_actions import definition_of, stored_action
+from devicedefender_audit.service.shapes import check_request
+from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
+from devicedefender_audit.store import Store
+
+TASK_KIND, TOKEN_KIND, CANCEL_KIND = "mitigation_task", "mitigation_task_token", "mitigation_task_cancel"
+IN_PROGRESS = "IN_PROGRESS"
+log = logging.getLogger(__name__)
+
+
+def _resolve_findings(store: Store, target: Mapping[str, Any], checks: Sequence[str]) -> list[AuditFinding]:
+    finding_ids, audit_task_id = target.get("findingIds"), target.get("auditTaskId")
+    reason_filter = target.get("auditCheckToReasonCodeFilter")
+    if bool(finding_ids) == bool(audit_task_id):
+        raise InvalidRequest("target names either findingIds or auditTaskId (optionally narrowed by "
+                             "auditCheckToReasonCodeFilter)")
+    if reason_filter and not audit_task_id:
+        raise InvalidRequest("auditCheckToReasonCodeFilter selects findings of the audit named by auditTaskId")
+    if finding_ids:
+        found = {i: store.get_finding(i) for i in dict.fromkeys(finding_ids)}
+        missing = [i for i, f in found.items() if f is None]
+        if missing:
+            raise InvalidRequest(f"no audit finding(s) {missing}")
+        findings = [f for f in found.values() if f is not None]
+    else:
+        if store.get_task(audit_task_id) is None:
+            raise InvalidRequest(f"no audit task {audit_task_id}")
+        findings = list(store.findings(audit_task_id))
+    if reason_filter:
+        findings = [f for f in findings if f.reason_for_non_compliance_code in reason_filter.get(f.check_name, ())]
+    return [f for f in findings if f.check_name in checks]
+
+
+def _check_mapping(mapping: Mapping[str, Sequence[str]], definitions: Mapping[str, ActionDefinition]) -> None:
+    unsupported = [check for check in mapping if check not in SUPPORTED_CHECKS]
+    if unsupported:
+        raise InvalidRequest(f"unsupported audit check(s) {unsupported}; this service runs {list(SUPPORTED_CHECKS)}")
+    for check, names in mapping.items():
+        if not names:
+            raise InvalidRequest(f"auditCheckToActionsMapping names no action for {check}")
+        for name in names:
+            if definitions[name].action_type not in DEVICE_CERTIFICATE_ACTIONS:
+                raise InvalidRequest(f"mitigation action {name} ({definitions[name].action_type.value}) does not "
+                                     f"apply to {check}")
+
+
+def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str, Any],
+                          mapping: Mapping[str, Sequence[str]], definitions: Mapping[str, ActionDefinition],
+                          client_request_token: str, dry_run: bool = False) -> str:
+    """Validate, record the task IN_PROGRESS and run it (in a thread when ``ctx.background``).
+
+    ``definitions`` holds every action ``mapping`` names: stored ones for the API, unstored ones
+    for ``mitigate``. Returns the task id (the existing one for a retried request).
+    """
+    _check_mapping(mapping, definitions)
+    findings = _resolve_findings(ctx.store, target, list(mapping))
+    used = [definitions[name] for name in dict.fromkeys(n for names in mapping.values() for n in names)]
+    needs_sns = any(d.action_type is MitigationActionType.PUBLISH_FINDING_TO_SNS for d in used)
+    iot, sns = ctx.iot_client(), ctx.sns() if needs_sns else None
+    statistics = {check: {"totalFindingsCount": sum(f.check_name == check for f in findings),
+                          "failedFindingsCount": 0, "succeededFindingsCount": 0, "skippedFindingsCount": 0,
+                          "canceledFindingsCount": 0}
+                  for check in mapping}
+    body = {
+        "taskId": task_id,
+        "taskStatus": IN_PROGRESS,
+        "startTime": ctx.now().timestamp(),
+        "target": dict(target),
+        "auditCheckToActionsMapping": {check: list(names) for check, names in mapping.items()},
+        "actionsDefinition": [drop_none({"name": d.name, "id": d.action_id, "roleArn": d.role_arn,
+                                         "actionParams": d.action_params}) for d in used],
+        "taskStatistics": statistics,
+        "clientRequestToken": client_request_token,
+        "dryRun": dry_run,
+        "findingIds": [f.finding_id for f in findings],
+        "auditTaskIds": sorted({f.task_id for f in findings}),
+    }
+    if not ctx.store.insert_record(TASK_KIND, task_id, body):
+        existing = ctx.store.get_record(TASK_KIND, task_id) or {}
+        if existing.get("clientRequestToken") == client_request_token:
+            return task_id  # a retry of the request that started it
+        raise TaskAlreadyExists(f"mitigation actions task {task_id} exists (started with another clientRequestToken)")
+    if not ctx.store.insert_record(TOKEN_KIND, client_request_token, {"taskId": task_id}):
+        ctx.store.delete_record(TASK_KIND, task_id)
+        holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
+        raise InvalidRequest(f"clientRequestToken {client_request_token} was used for task {holder}")
+    store = ctx.worker_store()
+    mitigator = Mitigator(iot, sns, store, dry_run=dry_run)
+    if not ctx.background:
+        _run(ctx, store, mitigator, task_id)
+        return task_id
+    thread = threading.Thread(target=_run_in_background, args=(ctx, store, mitigator, task_id),
+                              name=f"mitigation-{task_id}", daemon=True)
+    ctx.threads.append(thread)
+    thread.start()
+    return task_id
+
+
+def _run_in_background(ctx: ServiceContext, store: Store, mitigator: Mitigator, task_id: str) -> None:
+    try:
+        _run(ctx, store, mitigator, task_id)
+    except Exception:  # recorded as FAILED by _run; the thread only reports it
+        log.exception("mitigation actions task %s failed", task_id)
+    finally:
+        if store is not ctx.store:
+            store.close()
+
+
+def _run(ctx: ServiceContext, store: Store, mitigator: Mitigator, task_id: str) -> None:
+    """Apply the task's actions finding by finding, saving its statistics as it goes."""
+    body = store.get_record(TASK_KIND, task_id) or {}
+    definitions = {d["name"]: ActionDefinition.from_action_params(d["name"], d["id"], d["actionParams"],
+                                                                  d.get("roleArn"))
+                   for d in body["actionsDefinition"]}
+    canceled = False
+    try:
+        for finding_id in body["findingIds"]:
+            finding = store.get_finding(finding_id)
+            if finding is None:
+                continue  # its audit was deleted from the store since the task started
+            actions = [definitions[name] for name in body["auditCheckToActionsMapping"][finding.check_name]]
+            stats = body["taskStatistics"][finding.check_name]
+            canceled = canceled or store.get_record(CANCEL_KIND, task_id) is not None
+            if canceled:
+                for action in actions:
+                    store.record_execution(_canceled(task_id, finding, action))
+                stats["canceledFindingsCount"] += 1
+            else:
+                statuses = {mitigator.execute(finding, action, task_id).status for action in actions}
+                if MitigationStatus.FAILED in statuses:
+                    stats["failedFindingsCount"] += 1
+                elif statuses == {MitigationStatus.SKIPPED}:
+                    stats["skippedFindingsCount"] += 1
+                else:
+                    stats["succeededFindingsCount"] += 1
+            store.put_record(TASK_KIND, task_id, body)
+        body["taskStatus"] = "CANCELED" if canceled else "COMPLETED"
+    except Exception:
+        body["taskStatus"] = "FAILED"
+        raise
+    finally:
+        body["endTime"] = ctx.now().timestamp()
+        store.put_record(TASK_KIND, task_id, body)
+
+
+def _canceled(task_id: str, finding: AuditFinding, action: ActionDefinition) -> MitigationExecution:
+    now = utcnow()
+    return MitigationExecution(task_id=task_id, finding_id=finding.finding_id, action_name=action.name,
+                               action_id=action.action_id, action_type=action.action_type,
+                               status=MitigationStatus.CANCELED, start_time=now, end_time=now,
+                               message="the task was canceled before this action ran")
+
+
+def start_audit_mitigation_actions_task(ctx: ServiceContext, *, dry_run: bool = False, **request: Any) -> dict:
+    check_request("StartAuditMitigationActionsTask", request)
+    mapping = request["auditCheckToActionsMapping"]
+    definitions = {}
+    for name in {n for names in mapping.values() for n in names}:
+        body = stored_action(ctx.store, name)
+        if body is None:
+            raise InvalidRequest(f"no mitigation action {name}")
+        definitions[name] = definition_of(body)
+    task_id = start_mitigation_task(ctx, request["taskId"], request["target"], mapping, definitions,
+                                    request["clientRequestToken"], dry_run=dry_run)
+    return {"taskId": task_id}
+
+
+def _task(ctx: ServiceContext, task_id: str) -> dict:
+    body = ctx.store.get_record(TASK_KIND, task_id)
+    if body is None:
+        raise ResourceNotFound(f"no mitigation actions task {task_id}")
+    return body
+
+
+def describe_audit_mitigation_actions_task(ctx: ServiceContext, *, extensions: bool = False,
+                                           **request: Any) -> dict:
+    check_request("DescribeAuditMitigationActionsTask", request)
+    body = _task(ctx, request["taskId"])
+    response = drop_none({
+        "taskStatus": body["taskStatus"],
+        "startTime": from_epoch(body["startTime"]),
+        "endTime": from_epoch(body.get("endTime")),
+        "taskStatistics": body["taskStatistics"],
+        "target": body["target"],
+        "auditCheckToActionsMapping": body["auditCheckToActionsMapping"],
+        "actionsDefinition": body["actionsDefinition"],
+    })
+    if extensions:
+        response[EXTENSIONS_MEMBER] = {"dryRun": body["dryRun"]}
+    return response
+
+
+def list_audit_mitigation_actions_tasks(ctx: ServiceContext, **request: Any) -> dict:
+    check_request("ListAuditMitigationActionsTasks", request)
+    start, end = as_utc(request["startTime"]), as_utc(request["endTime"])
+    if start > end:
+        raise InvalidRequest("startTime is after endTime")
+    bodies = sorted((b for _, b in ctx.store.records(TASK_KIND)), key=lambda b: (b["startTime"], b["taskId"]))
+    matching = (
+        b for b in bodies
+        if start.timestamp() <= b["startTime"] <= end.timestamp()
+        and request.get("taskStatus") in (None, b["taskStatus"])
+        and request.get("auditTaskId") in (None, *b["auditTaskIds"])
+        and request.get("findingId") in (None, *b["findingIds"])
+    )
+    result = page(matching, request.get("nextToken"), request.get("maxResults"), default=25)
+    return drop_none({
+        "tasks": [{"taskId": b["taskId"], "startTime": from_epoch(b["startTime"]), "taskStatus": b["taskStatus"]}
+                  for b in result["items"]],
+        "nextToken": result.get("nextToken"),
+    })
+
+
+def cancel_audit_mitigation_actions_task(ctx: ServiceContext, **request: Any) -> dict:
+    """Ask the task's runner to stop; the findings it has not reached are recorded CANCELED."""
+    check_request("CancelAuditMitigationActionsTask", request)
+    body = _task(ctx, request["taskId"])
+    if body["taskStatus"] != IN_PROGRESS:
+        raise InvalidRequest(f"mitigation actions task {body['taskId']} is {body['taskStatus']}; only an "
+                             "IN_PROGRESS task can be canceled")
+    ctx.store.put_record(CANCEL_KIND, body["taskId"], {"taskId": body["taskId"]})
+    return {}
+
+
+def list_audit_mitigation_actions_executions(ctx: ServiceContext, **request: Any) -> dict:
+    """An unknown task has no executions (the model declares no not-found error here)."""
+    check_request("ListAuditMitigationActionsExecutions", request)
+    executions = (
+        e for e in ctx.store.executions(request["taskId"])
+        if e.finding_id == request["findingId"] and request.get("actionStatus") in (None, e.status.value)
+    )
+    result = page(executions, request.get("nextToken"), request.get("maxResults"), default=25)
+    return drop_none({"actionsExecutions": [e.to_api() for e in result["items"]],
+                      "nextToken": result.get("nextToken")})
+
+
+def executions_for_audit(store: Store, audit_task_id: str) -> list[MitigationExecution]:
+    """Every execution of the mitigation tasks that acted on findings of one audit, oldest task
+    first (``list-mitigations``)."""
+    bodies = sorted((b for _, b in store.records(TASK_KIND) if audit_task_id in b["auditTaskIds"]),
+                    key=lambda b: b["startTime"])
+    return [e for b in bodies for e in store.executions(b["taskId"])]

@@ -1,0 +1,260 @@
+"""Mitigation actions tasks and audit notifications against moto SNS -> SQS: concurrency,
+dry run, targets, and the notification Device Defender sends when an audit ends."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+from conftest import DATA, REGION, register
+from service_helpers import call
+
+from devicedefender_audit.detectors.roca import RocaDetector
+from devicedefender_audit.models import (
+    CHECK_NAME,
+    AuditFinding,
+    AuditTask,
+    NonCompliantResource,
+    ResourceIdentifier,
+)
+from devicedefender_audit.service import OPERATIONS, InvalidRequest
+from devicedefender_audit.service.context import ServiceContext
+from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
+from devicedefender_audit.store import open_store
+
+ROLE = "arn:aws:iam::123456789012:role/mitigation"
+
+
+@pytest.fixture
+def sns_queue(aws):
+    """An SNS topic delivered raw to an SQS queue; ``drain()`` returns every message body."""
+    sns = boto3.client("sns", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    topic = sns.create_topic(Name="findings")["TopicArn"]
+    queue = sqs.create_queue(QueueName="findings")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+
+    def drain() -> list[str]:
+        bodies = []
+        while True:
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                bodies.append(message["Body"])
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+
+    return {"sns": sns, "topic": topic, "drain": drain}
+
+
+def context(path, iot=None, sns=None, **extra) -> ServiceContext:
+    return ServiceContext(store=open_store(path), iot_client=lambda: iot, detectors=lambda: [RocaDetector()],
+                          sns_client=lambda: sns, **extra)
+
+
+def synthetic_audit(path, count: int) -> tuple[str, list[str]]:
+    """An audit task with ``count`` findings, straight into the store (SNS actions need no certificate)."""
+    store = open_store(path)
+    task = AuditTask()
+    store.save_task(task)
+    findings = [
+        AuditFinding(task_id=task.task_id, task_start_time=task.task_start_time,
+                     non_compliant_resource=NonCompliantResource(
+                         resource_identifier=ResourceIdentifier(device_certificate_id=f"{i:064x}")),
+                     reason_for_non_compliance="weak key", reason_for_non_compliance_code="ROCA")
+        for i in range(count)
+    ]
+    store.add_findings(findings)
+    store.close()
+    return task.task_id, [f.finding_id for f in findings]
+
+
+def test_two_concurrent_tasks_publish_each_finding_once(tmp_path, sns_queue):
+    path = tmp_path / "audits.sqlite3"
+    audit_task_id, finding_ids = synthetic_audit(path, 5)
+    setup = context(path)
+    call(setup, "CreateMitigationAction", actionName="notify", roleArn=ROLE,
+         actionParams={"publishFindingToSnsParams": {"topicArn": sns_queue["topic"]}})
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(task_id: str) -> None:
+        ctx = context(path, sns=boto3.client("sns", region_name=REGION))
+        try:
+            barrier.wait()
+            OPERATIONS["StartAuditMitigationActionsTask"](
+                ctx, taskId=task_id, target={"auditTaskId": audit_task_id},
+                auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken=task_id)
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+        finally:
+            ctx.store.close()
+
+    threads = [threading.Thread(target=run, args=(f"task-{n}",)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert not errors
+    published = sorted(json.loads(body)["findingId"] for body in sns_queue["drain"]())
+    assert published == sorted(finding_ids)  # exactly 5 messages for 5 findings
+    stats = [call(setup, "DescribeAuditMitigationActionsTask", taskId=f"task-{n}")["taskStatistics"][CHECK_NAME]
+             for n in (1, 2)]
+    assert sum(s["succeededFindingsCount"] for s in stats) == 5
+    assert sum(s["skippedFindingsCount"] for s in stats) == 5
+    setup.store.close()
+
+
+def test_another_topic_is_another_action(tmp_path, sns_queue):
+    """Idempotency is keyed by the definition with its parameters: the same action is skipped on
+    a re-run, the same action pointed at another topic is not."""
+    path = tmp_path / "audits.sqlite3"
+    audit_task_id, _ = synthetic_audit(path, 2)
+    ctx = context(path, sns=sns_queue["sns"])
+    other = sns_queue["sns"].create_topic(Name="other")["TopicArn"]
+    call(ctx, "CreateMitigationAction", actionName="notify", roleArn=ROLE,
+         actionParams={"publishFindingToSnsParams": {"topicArn": sns_queue["topic"]}})
+
+    def start(task_id: str) -> dict:
+        call(ctx, "StartAuditMitigationActionsTask", taskId=task_id, target={"auditTaskId": audit_task_id},
+             auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken=task_id)
+        return call(ctx, "DescribeAuditMitigationActionsTask", taskId=task_id)["taskStatistics"][CHECK_NAME]
+
+    assert start("first")["succeededFindingsCount"] == 2
+    assert len(sns_queue["drain"]()) == 2
+    assert start("again")["skippedFindingsCount"] == 2
+    call(ctx, "UpdateMitigationAction", actionName="notify", actionParams={"publishFindingToSnsParams": {
+        "topicArn": other}})
+    assert start("other-topic")["succeededFindingsCount"] == 2
+    assert sns_queue["drain"]() == []  # the other topic has no subscriber; the first got nothing new
+    ctx.store.close()
+
+
+@pytest.fixture
+def weak_account(iot, sns_queue, tmp_path):
+    """Two ROCA certificates on things, audited through the service; actions of every type."""
+    certs = [register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter-1"),
+             register(iot, (DATA / "roca" / "cert05.pem").read_text(), thing="meter-2")]
+    ctx = context(tmp_path / "audits.sqlite3", iot=iot, sns=sns_queue["sns"])
+    call(ctx, "UpdateAccountAuditConfiguration", roleArn=ROLE, auditCheckConfigurations={CHECK_NAME: {"enabled": True}})
+    audit_task_id = call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])["taskId"]
+    for name, params in (
+        ("deactivate", {"updateDeviceCertificateParams": {"action": "DEACTIVATE"}}),
+        ("quarantine", {"addThingsToThingGroupParams": {"thingGroupNames": ["quarantine"],
+                                                        "overrideDynamicGroups": True}}),
+        ("notify", {"publishFindingToSnsParams": {"topicArn": sns_queue["topic"]}}),
+    ):
+        call(ctx, "CreateMitigationAction", actionName=name, roleArn=ROLE, actionParams=params)
+    yield {"ctx": ctx, "iot": iot, "sns": sns_queue["sns"], "certs": certs, "audit": audit_task_id,
+           "drain": sns_queue["drain"]}
+    ctx.store.close()
+
+
+def statuses(iot, certs) -> list[str]:
+    return [iot.describe_certificate(certificateId=c["certificateId"])["certificateDescription"]["status"]
+            for c in certs]
+
+
+def test_dry_run_task_makes_no_mutating_call(weak_account):
+    a, ctx = weak_account, weak_account["ctx"]
+    called: list[str] = []
+    for client in (a["iot"], a["sns"]):
+        client.meta.events.register("before-call.*.*", lambda model, **_: called.append(model.name))
+    mapping = {CHECK_NAME: ["deactivate", "quarantine", "notify"]}
+    OPERATIONS["StartAuditMitigationActionsTask"](ctx, dry_run=True, taskId="dry", target={"auditTaskId": a["audit"]},
+                                                  auditCheckToActionsMapping=mapping, clientRequestToken="dry")
+
+    assert called, "the dry run should still read current state"
+    assert all(name.startswith(("Describe", "List", "Get")) for name in called), called
+    assert statuses(a["iot"], a["certs"]) == ["ACTIVE", "ACTIVE"]
+    assert a["drain"]() == []
+    task = call(ctx, "DescribeAuditMitigationActionsTask", taskId="dry", extensions=True)
+    assert task[EXTENSIONS_MEMBER] == {"dryRun": True}
+    assert task["taskStatistics"][CHECK_NAME]["skippedFindingsCount"] == 2
+    finding_id = ctx.store.get_record("mitigation_task", "dry")["findingIds"][0]
+    executions = call(ctx, "ListAuditMitigationActionsExecutions", taskId="dry", findingId=finding_id)
+    assert [e["status"] for e in executions["actionsExecutions"]] == ["SKIPPED"] * 3
+    assert all(e["message"].startswith("dry run, nothing changed: would") for e in executions["actionsExecutions"])
+
+    # A dry run claims nothing: the real task that follows acts on every finding.
+    call(ctx, "StartAuditMitigationActionsTask", taskId="real", target={"auditTaskId": a["audit"]},
+         auditCheckToActionsMapping=mapping, clientRequestToken="real")
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="real")["taskStatistics"][CHECK_NAME][
+        "succeededFindingsCount"] == 2
+    assert statuses(a["iot"], a["certs"]) == ["INACTIVE", "INACTIVE"]
+    assert set(a["iot"].list_things_in_thing_group(thingGroupName="quarantine")["things"]) == {"meter-1", "meter-2"}
+    assert len(a["drain"]()) == 2
+
+
+def test_targets_and_refusals(weak_account):
+    a, ctx = weak_account, weak_account["ctx"]
+    findings = call(ctx, "ListAuditFindings", taskId=a["audit"])["findings"]
+    code = findings[0]["reasonForNonComplianceCode"]
+
+    def start(task_id: str, target: dict, actions: tuple[str, ...] = ("notify",)) -> dict:
+        call(ctx, "StartAuditMitigationActionsTask", taskId=task_id, target=target,
+             auditCheckToActionsMapping={CHECK_NAME: list(actions)}, clientRequestToken=task_id)
+        return call(ctx, "DescribeAuditMitigationActionsTask", taskId=task_id)["taskStatistics"][CHECK_NAME]
+
+    assert start("by-id", {"findingIds": [findings[1]["findingId"]]})["totalFindingsCount"] == 1
+    by_code = start("by-code", {"auditTaskId": a["audit"], "auditCheckToReasonCodeFilter": {CHECK_NAME: [code]}})
+    assert by_code["totalFindingsCount"] == sum(f["reasonForNonComplianceCode"] == code for f in findings)
+    assert start("no-match", {"auditTaskId": a["audit"],
+                              "auditCheckToReasonCodeFilter": {CHECK_NAME: ["OTHER"]}})["totalFindingsCount"] == 0
+    with pytest.raises(InvalidRequest, match="either"):
+        start("both", {"auditTaskId": a["audit"], "findingIds": [findings[0]["findingId"]]})
+    with pytest.raises(InvalidRequest, match="auditTaskId"):
+        start("filter-only", {"auditCheckToReasonCodeFilter": {CHECK_NAME: [code]}})
+    with pytest.raises(InvalidRequest, match="no mitigation action"):
+        start("unknown", {"auditTaskId": a["audit"]}, ("missing",))
+    call(ctx, "CreateMitigationAction", actionName="ca", roleArn=ROLE,
+         actionParams={"updateCACertificateParams": {"action": "DEACTIVATE"}})
+    with pytest.raises(InvalidRequest, match="does not apply"):
+        start("ca", {"auditTaskId": a["audit"]}, ("ca",))
+    with pytest.raises(InvalidRequest, match="was used for task by-id"):
+        call(ctx, "StartAuditMitigationActionsTask", taskId="reused", target={"auditTaskId": a["audit"]},
+             auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="by-id")
+    with pytest.raises(InvalidRequest, match="enableIoTLoggingParams"):
+        call(ctx, "CreateMitigationAction", actionName="logging", roleArn=ROLE,
+             actionParams={"enableIoTLoggingParams": {"roleArnForLogging": ROLE, "logLevel": "INFO"}})
+
+
+def test_notification_when_an_audit_ends(weak_account):
+    a, ctx = weak_account, weak_account["ctx"]
+    a["drain"]()
+    topic = a["sns"].list_topics()["Topics"][0]["TopicArn"]
+    call(ctx, "UpdateAccountAuditConfiguration", auditNotificationTargetConfigurations={
+        "SNS": {"targetArn": topic, "roleArn": ROLE, "enabled": True}})
+    task_id = call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])["taskId"]
+    task = call(ctx, "DescribeAuditTask", taskId=task_id)
+
+    [body] = a["drain"]()
+    message = json.loads(body)
+    # The payload of the AWS IoT Developer Guide (schema arn:aws:iot:::schema:auditnotification/1.0).
+    assert message == {
+        "accountId": "123456789012",
+        "taskId": task_id,
+        "taskStatus": "COMPLETED",
+        "taskType": "ON_DEMAND_AUDIT_TASK",
+        "failedChecksCount": 0,
+        "canceledChecksCount": 0,
+        "nonCompliantChecksCount": 1,
+        "compliantChecksCount": 0,
+        "totalChecksCount": 1,
+        "taskStartTime": message["taskStartTime"],
+        "auditDetails": [{"checkName": CHECK_NAME, "checkRunStatus": "COMPLETED_NON_COMPLIANT",
+                          "nonCompliantResourcesCount": 2, "totalResourcesCount": 2}],
+    }
+    started = datetime.fromtimestamp(message["taskStartTime"] / 1000, timezone.utc)
+    assert isinstance(message["taskStartTime"], int)
+    assert abs((started - task["taskStartTime"]).total_seconds()) < 0.002
+
+    call(ctx, "UpdateAccountAuditConfiguration", auditNotificationTargetConfigurations={
+        "SNS": {"targetArn": topic, "roleArn": ROLE, "enabled": False}})
+    call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])
+    assert a["drain"]() == []
