@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_PIPE, EXIT_SIGTERM = 130, 141, 143
 EC_CURVES = ("p256", "p384", "p521")
-MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP", "PUBLISH_FINDINGS_TO_SNS")
+MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP", "PUBLISH_FINDING_TO_SNS")
 
 
 def _positive_int(text: str) -> int:
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     mitigate.add_argument("task_id", nargs="?", help="default: the latest audit")
     mitigate.add_argument("--action", dest="actions", action="append", required=True, choices=MITIGATION_ACTIONS)
     mitigate.add_argument("--thing-group", help="quarantine group for ADD_THINGS_TO_THING_GROUP")
-    mitigate.add_argument("--sns-topic-arn", help="topic for PUBLISH_FINDINGS_TO_SNS")
+    mitigate.add_argument("--sns-topic-arn", help="topic for PUBLISH_FINDING_TO_SNS")
     mitigate.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
     _aws_options(mitigate)
     _common(mitigate)
@@ -296,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from devicedefender_audit.demo import QUARANTINE_GROUP, demo_account
-    from devicedefender_audit.mitigation import MitigationConfig, Mitigator
+    from devicedefender_audit.mitigation import ActionDefinition, Mitigator
     from devicedefender_audit.models import MitigationActionType
     from devicedefender_audit.report import executions_text
 
@@ -308,13 +308,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             findings = list(store.findings(task.task_id))
             if args.format == "table" and findings:
                 mitigator = Mitigator(target.client("iot"), target.client("sns"), None, dry_run=True)
-                config = MitigationConfig(
-                    actions=(MitigationActionType.UPDATE_DEVICE_CERTIFICATE,
-                             MitigationActionType.ADD_THINGS_TO_THING_GROUP),
-                    thing_group=QUARANTINE_GROUP,
-                )
+                actions = [ActionDefinition.for_type(MitigationActionType.UPDATE_DEVICE_CERTIFICATE),
+                           ActionDefinition.for_type(MitigationActionType.ADD_THINGS_TO_THING_GROUP,
+                                                     thing_group=QUARANTINE_GROUP)]
                 print("\nMitigation dry run (nothing is changed):")
-                print(executions_text(mitigator.apply(findings, config)))
+                print(executions_text(mitigator.apply(findings, actions, task_id=f"demo-{task.task_id}")))
     finally:
         store.close()
     if args.format == "table":
@@ -373,26 +371,34 @@ def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> No
 
 
 def cmd_mitigate(args: argparse.Namespace) -> int:
-    from devicedefender_audit.mitigation import MitigationConfig, Mitigator
-    from devicedefender_audit.models import MitigationActionType
+    """The everyday front of StartAuditMitigationActionsTask: the given action types, with their
+    options as unstored definitions, on every finding of one audit, in the foreground."""
+    from devicedefender_audit.mitigation import ActionDefinition
+    from devicedefender_audit.models import CHECK_NAME, MitigationActionType, new_id
+    from devicedefender_audit.service import ServiceContext, ServiceError
+    from devicedefender_audit.service.mitigation_tasks import start_mitigation_task
 
-    config = MitigationConfig(
-        actions=tuple(MitigationActionType(a) for a in args.actions),
-        thing_group=args.thing_group,
-        sns_topic_arn=args.sns_topic_arn,
-    )
     try:
-        config.validate()
+        actions = {a.name: a for a in (
+            ActionDefinition.for_type(MitigationActionType(name), args.thing_group, args.sns_topic_arn)
+            for name in dict.fromkeys(args.actions))}
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     store = _open_store(args)
     try:
-        task_id = _resolve_task(store, args.task_id).task_id
+        audit_task_id = _resolve_task(store, args.task_id).task_id
         target = _target(args)
         target.require_credentials()
-        mitigator = Mitigator(target.client("iot"), target.client("sns"), store, dry_run=args.dry_run)
-        executions = mitigator.apply(list(store.findings(task_id)), config)
+        ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=list,
+                             region=target.region_name or "us-east-1", sns_client=lambda: target.client("sns"))
+        task_id = f"mitigate-{new_id()}"
+        start_mitigation_task(ctx, task_id, {"auditTaskId": audit_task_id}, {CHECK_NAME: list(actions)}, actions,
+                              client_request_token=task_id, dry_run=args.dry_run)
+        executions = store.executions(task_id)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         store.close()
     _print_executions(executions, args.format)
@@ -400,9 +406,11 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
 
 
 def cmd_list_mitigations(args: argparse.Namespace) -> int:
+    from devicedefender_audit.service.mitigation_tasks import executions_for_audit
+
     store = _open_store(args)
     try:
-        executions = store.executions(_resolve_task(store, args.task_id).task_id)
+        executions = executions_for_audit(store, _resolve_task(store, args.task_id).task_id)
     finally:
         store.close()
     _print_executions(executions, args.format)
