@@ -76,8 +76,16 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, default=None,
-                        help="SQLite audit store (default $DDA_STORE or ~/.local/share/devicedefender-audit/"
-                        "audits.sqlite3)")
+                        help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE or "
+                        "~/.local/share/devicedefender-audit/audits.sqlite3)")
+
+
+def _store_aws_options(parser: argparse.ArgumentParser) -> None:
+    """Where a ``dynamodb://`` store is, for commands that make no other AWS call."""
+    group = parser.add_argument_group("AWS, for a --store dynamodb://TABLE (default: the standard AWS chain)")
+    group.add_argument("--region")
+    group.add_argument("--profile")
+    group.add_argument("--endpoint-url")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -132,14 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list-audits", help="past audits from the store")
     _common(listing)
+    _store_aws_options(listing)
 
     show = sub.add_parser("show-findings", help="findings of an audit (default: the latest)")
     show.add_argument("task_id", nargs="?")
     _common(show)
+    _store_aws_options(show)
 
     executions = sub.add_parser("list-mitigations", help="mitigation runs recorded for an audit")
     executions.add_argument("task_id", nargs="?", help="default: the latest audit")
     _common(executions)
+    _store_aws_options(executions)
 
     mitigate = sub.add_parser("mitigate", help="apply mitigation actions to an audit's findings")
     mitigate.add_argument("task_id", nargs="?", help="default: the latest audit")
@@ -192,10 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_store(args: argparse.Namespace) -> Store:
-    """The store, opened and checked before any AWS call (a bad one is a StoreError: exit 2)."""
-    from devicedefender_audit.store import open_store
+    """The store, opened and checked before any AWS call (a bad one is a StoreError: exit 2). A
+    ``dynamodb://`` store is reached with the command's own AWS options (region, profile, endpoint)."""
+    from devicedefender_audit.store import default_store_path, open_store
 
-    return open_store(args.store)
+    location = args.store or default_store_path()
+    if not str(location).startswith("dynamodb:"):
+        return open_store(location)
+    from devicedefender_audit.aws.clients import AwsTarget
+
+    return open_store(location, AwsTarget(region=getattr(args, "region", None), profile=getattr(args, "profile", None),
+                                          endpoint_url=getattr(args, "endpoint_url", None)))
 
 
 def _target(args: argparse.Namespace) -> AwsTarget:
