@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_PIPE, EXIT_SIGTERM = 130, 141, 143
 EC_CURVES = ("p256", "p384", "p521")
+QUALITY_CHECK, FACTORABLE_CHECK = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK", "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"
+AUDIT_CHECKS = (QUALITY_CHECK, FACTORABLE_CHECK)
 MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP", "PUBLISH_FINDING_TO_SNS")
 
 
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--demo", action="store_true",
                      help="audit an embedded moto account seeded with a demo fleet (no AWS needed)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--checks", nargs="+", choices=AUDIT_CHECKS, default=None,
+                     help="audit checks to run (default: both)")
 
     demo = sub.add_parser("demo", help="audit the embedded demo fleet, then dry-run its mitigations")
     _common(demo)
@@ -242,11 +246,21 @@ def _print_audit(store: Store, task: AuditTask, fmt: str) -> None:
 
 
 def _audit_exit_code(task: AuditTask) -> int:
+    """Over every check of the task: findings beat unchecked certificates, which beat compliance."""
     if task.task_status.value != "COMPLETED":
         return EXIT_FAILED
-    if task.details.non_compliant_resources_count:
+    checks = task.audit_details.values()
+    if any(d.non_compliant_resources_count for d in checks):
         return EXIT_NON_COMPLIANT
-    return EXIT_OK if task.details.check_compliant else EXIT_INCOMPLETE
+    return EXIT_OK if all(d.check_compliant for d in checks) else EXIT_INCOMPLETE
+
+
+def _checks(args: argparse.Namespace, detectors: list[Any]) -> list[Any]:
+    """The audit checks to run: both by default, or those named by ``--checks``."""
+    from devicedefender_audit.checks import factorable_check, key_quality_check
+
+    makers = {QUALITY_CHECK: lambda: key_quality_check(detectors), FACTORABLE_CHECK: factorable_check}
+    return [makers[name]() for name in (getattr(args, "checks", None) or AUDIT_CHECKS)]
 
 
 def _run_audit(target: AwsTarget, store: Store, args: argparse.Namespace, progress: bool) -> AuditTask:
@@ -272,7 +286,7 @@ def _run_audit(target: AwsTarget, store: Store, args: argparse.Namespace, progre
             bar.advance(step)
 
     audit = Audit(target.client("iot"), store, detectors, workers=getattr(args, "workers", 8),
-                  region=target.region_name, on_phase=phase, on_advance=advance)
+                  region=target.region_name, on_phase=phase, on_advance=advance, checks=_checks(args, detectors))
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         task = audit.run()
@@ -376,7 +390,7 @@ def cmd_show_findings(args: argparse.Namespace) -> int:
         _print_audit(store, task, args.format)
     finally:
         store.close()
-    return EXIT_NON_COMPLIANT if task.details.non_compliant_resources_count else EXIT_OK
+    return EXIT_NON_COMPLIANT if any(d.non_compliant_resources_count for d in task.audit_details.values()) else EXIT_OK
 
 
 def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> None:

@@ -138,7 +138,8 @@ class AuditTask(AwsModel):
 
     @property
     def details(self) -> AuditCheckDetails:
-        return self.audit_details[CHECK_NAME]
+        """The key-quality check's details, or the only check's when a task ran another alone."""
+        return self.audit_details.get(CHECK_NAME) or next(iter(self.audit_details.values()))
 
 
 class MitigationActionType(str, Enum):

@@ -22,18 +22,16 @@ def audit_json(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
 
 def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterable[ResourceError]) -> str:
     findings, errors = list(findings), list(errors)
-    d = task.details
-    out = [
-        f"Audit task {task.task_id}  {task.task_status.value}  started {task.task_start_time:%Y-%m-%d %H:%M:%S %Z}",
-        f"Check {next(iter(task.audit_details))}: {d.check_run_status}",
-        (
-            f"  certificates in scope: {d.total_resources_count}   non-compliant: "
+    out = [f"Audit task {task.task_id}  {task.task_status.value}  started {task.task_start_time:%Y-%m-%d %H:%M:%S %Z}"]
+    for name, d in task.audit_details.items():
+        out += [
+            f"Check {name}: {d.check_run_status}",
+            (f"  certificates in scope: {d.total_resources_count}   non-compliant: "
             f"{d.non_compliant_resources_count}   failed: {d.failed_resources_count}   "
-            f"not applicable: {d.not_applicable_resources_count}   not covered: {d.not_covered_resources_count}"
-        ),
-    ]
-    if d.message:
-        out.append(f"  {d.error_code or 'note'}: {d.message}")
+            f"not applicable: {d.not_applicable_resources_count}   not covered: {d.not_covered_resources_count}"),
+        ]
+        if d.message:
+            out.append(f"  {d.error_code or 'note'}: {d.message}")
     if task.task_status.value != "COMPLETED":
         p = task.progress
         out.append(f"  progress: listed {p.listed_certificates}, described {p.described_certificates}, "
@@ -45,10 +43,10 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
               f.reason_for_non_compliance_code, f.reason_for_non_compliance)
              for f in findings],
         )]
-    elif d.check_run_status == "COMPLETED_COMPLIANT":
+    elif all(d.check_run_status == "COMPLETED_COMPLIANT" for d in task.audit_details.values()):
         out += ["", "No non-compliant certificates."]
     else:
-        out += ["", "No finding, but the check did not cover every certificate (see above)."]
+        out += ["", "No finding, but not every certificate was checked and covered (see above)."]
     if errors:
         out += ["", "Certificates that could not be checked (or left scope during the scan):", table(
             ("CERTIFICATE", "ERROR", "MESSAGE"), [(e.certificate_id, e.error_code, e.message) for e in errors]

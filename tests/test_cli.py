@@ -196,3 +196,16 @@ def test_blocklist_generate_and_build_an_ec_range(capsys, tmp_path):
     assert code == 0 and "complete=False" in out
     assert main(["blocklist", "generate", "--curve", "p256", "--variants", "ssh-keygen",
                  "--blocklists", str(tmp_path)]) == 2
+
+
+def test_run_reports_both_checks_and_can_run_one(capsys, moto_server, server_iot):
+    register(server_iot, (DATA / "roca" / "cert04.pem").read_text())
+    code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--format", "json", "--no-progress")
+    details = json.loads(out)["auditTask"]["auditDetails"]
+    assert code == 3 and set(details) == {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK",
+                                          "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"}
+    code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--no-progress",
+                        "--checks", "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK")
+    assert "Check DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK" in out and "KEY_QUALITY_CHECK" not in out
+    code, out = run_cli(capsys, "list-audits")
+    assert code == 0
