@@ -200,7 +200,7 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
     from devicedefender_audit.store import open_store
 
     target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
-    store = open_store(options.store)
+    store = open_store(options.store, target)
 
     def detectors() -> list[Any]:
         from devicedefender_audit.detectors import default_detectors

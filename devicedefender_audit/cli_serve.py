@@ -57,9 +57,9 @@ def service_context(target: AwsTarget, store_path: Path, blocklists: Path | None
                 loaded.extend(default_detectors(blocklists))
             return loaded
 
-    return ServiceContext(store=open_store(store_path), iot_client=lambda: target.client("iot"),
+    return ServiceContext(store=open_store(store_path, target), iot_client=lambda: target.client("iot"),
                           detectors=detectors, region=target.region_name or "us-east-1", background=True,
-                          open_worker_store=lambda: open_store(store_path))
+                          open_worker_store=lambda: open_store(store_path, target))
 
 
 @contextmanager
