@@ -83,7 +83,8 @@ def error_of(call, **request) -> tuple[int, str]:
 
 def test_audit_lifecycle_through_the_unmodified_boto3_client(served):
     iot, weak = served["client"], served["weak"]
-    assert iot.describe_account_audit_configuration()["auditCheckConfigurations"] == {CHECK_NAME: {"enabled": False}}
+    assert iot.describe_account_audit_configuration()["auditCheckConfigurations"] == {
+        CHECK_NAME: {"enabled": False}, "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK": {"enabled": False}}
     assert error_of(iot.start_on_demand_audit_task, targetCheckNames=[CHECK_NAME]) == (400, "InvalidRequestException")
     iot.update_account_audit_configuration(roleArn=ROLE, auditCheckConfigurations={CHECK_NAME: {"enabled": True}})
 

@@ -72,7 +72,7 @@ def resource(certificate_id: str) -> dict:
 def test_lifecycle_calls_every_operation_with_model_shaped_responses(ctx, account):
     CALLED.clear()
     assert call(ctx, "DescribeAccountAuditConfiguration")["auditCheckConfigurations"] == {
-        CHECK_NAME: {"enabled": False}}
+        CHECK_NAME: {"enabled": False}, "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK": {"enabled": False}}
     with pytest.raises(InvalidRequest, match="not enabled"):
         call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])
     enable(ctx)
@@ -141,8 +141,8 @@ def test_lifecycle_calls_every_operation_with_model_shaped_responses(ctx, accoun
     call(ctx, "DeleteAuditSuppression", checkName=CHECK_NAME, resourceIdentifier=suppressed)
     assert call(ctx, "ListAuditSuppressions") == {"suppressions": []}
     call(ctx, "DeleteAccountAuditConfiguration")
-    assert call(ctx, "DescribeAccountAuditConfiguration") == {"auditCheckConfigurations": {CHECK_NAME: {
-        "enabled": False}}}
+    assert call(ctx, "DescribeAccountAuditConfiguration") == {"auditCheckConfigurations": {
+        CHECK_NAME: {"enabled": False}, "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK": {"enabled": False}}}
     mitigate_lifecycle(ctx, account, first, findings)
     assert set(OPERATIONS) <= CALLED, f"not validated: {set(OPERATIONS) - CALLED}"
 
@@ -347,3 +347,21 @@ def test_validator_catches_what_the_model_forbids():
     assert output_problems(suppressions, {"suppressions": [{"checkName": CHECK_NAME}]}) == [
         "ListAuditSuppressionsResponse.suppressions[0]: missing required member resourceIdentifier"]
 
+
+
+def test_factorable_check_is_switchable_and_runs_as_its_own_check(aws):
+    """Our DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK is enabled and targeted like Device Defender's."""
+    from devicedefender_audit.detectors import default_detectors
+    from devicedefender_audit.store import open_store
+
+    iot = boto3.client("iot", region_name="us-east-1")
+    register(iot, (DATA / "roca" / "cert04.pem").read_text())
+    ctx = ServiceContext(store=open_store(":memory:"), iot_client=lambda: iot, detectors=default_detectors,
+                         region="us-east-1")
+    factorable = "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"
+    call(ctx, "UpdateAccountAuditConfiguration", roleArn="arn:aws:iam::123456789012:role/audit",
+         auditCheckConfigurations={factorable: {"enabled": True}})
+    task_id = call(ctx, "StartOnDemandAuditTask", targetCheckNames=[factorable])["taskId"]
+    described = call(ctx, "DescribeAuditTask", taskId=task_id)
+    assert set(described["auditDetails"]) == {factorable}
+    assert described["auditDetails"][factorable]["checkRunStatus"] == "COMPLETED_COMPLIANT"

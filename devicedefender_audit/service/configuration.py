@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from devicedefender_audit.factoring.codes import DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK
 from devicedefender_audit.models import CHECK_NAME
 from devicedefender_audit.service.context import ServiceContext, drop_none
 from devicedefender_audit.service.errors import InvalidRequest
@@ -17,7 +18,8 @@ from devicedefender_audit.service.shapes import check_request
 from devicedefender_audit.store import Store
 
 #: The audit checks this service runs; others are refused rather than silently never run.
-SUPPORTED_CHECKS = (CHECK_NAME,)
+#: Device Defender's key-quality check and our factorable-key check (an extension).
+SUPPORTED_CHECKS = (CHECK_NAME, DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK)
 CONFIGURATION_KIND, CONFIGURATION_KEY = "account_audit_configuration", "audit"
 #: Kind of the scheduled audit records (deleted with the configuration when asked).
 SCHEDULED_AUDIT_KIND = "scheduled_audit"
