@@ -2,9 +2,10 @@
 then a notification and (optionally) Security Hub findings.
 
 Settings come from the function's environment (set by ``infra/template.yaml``) so that the
-schedule's payload can stay empty; an event may narrow ``regions``. The store is SQLite under
-``/tmp`` until the DynamoDB store exists: findings outlive the invocation in SNS and Security Hub,
-not in the store. A region whose audit fails does not stop the others; its failure is notified.
+schedule's payload can stay empty; an event may narrow ``regions``. The template points
+``DDA_STORE`` at its DynamoDB table (``dynamodb://TABLE``), so the inventory and history outlive
+the invocation; without it the store is SQLite under ``/tmp`` and only SNS and Security Hub keep
+the findings. A region whose audit fails does not stop the others; its failure is notified.
 """
 
 from __future__ import annotations
