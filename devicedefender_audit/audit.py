@@ -200,6 +200,7 @@ class Audit:
         """Batch GCD over every in-scope RSA modulus: results and evidence of the keys with a
         finding (shared prime, or the same modulus in another certificate)."""
         from devicedefender_audit.factoring.fleet_detector import evidence, fleet_results
+        from devicedefender_audit.factoring.known import match_known
         from devicedefender_audit.factoring.sharing import scan_fleet
 
         self._phase("Comparing the fleet's moduli", None)
@@ -217,7 +218,13 @@ class Audit:
                 if modulus:
                     keys.append((record.certificate_id, modulus))
         scan = scan_fleet(keys)
-        return {key_id: (fleet_results(found), evidence(found)) for key_id, found in scan.findings.items()}
+        known = next((check.known for check in self.checks if check.known), None)
+        matches = match_known(keys, known, scan.product) if known else {}
+        return {
+            key_id: (fleet_results(scan.findings.get(key_id), matches.get(key_id)),
+                     evidence(scan.findings.get(key_id), matches.get(key_id)))
+            for key_id in scan.findings.keys() | matches.keys()
+        }
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
                      fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from devicedefender_audit.detectors import Detector, DetectorResult, Verdict, check_key, detector_version
 from devicedefender_audit.factoring.codes import DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, INSECURE_PARAMETERS
@@ -22,6 +23,9 @@ from devicedefender_audit.key_material import (
 )
 from devicedefender_audit.models import CHECK_NAME
 from devicedefender_audit.store.base import Description, InventoryRecord, StoredVerdict
+
+if TYPE_CHECKING:
+    from devicedefender_audit.factoring.known import KnownValues
 
 __all__ = [
     "CHECK_NAME",
@@ -69,10 +73,13 @@ class KeyCheck:
     """One audit check: per-key detectors, and for the factorable check the fleet's shared-prime
     results (which depend on the whole fleet, so they are handed in, never stored per key)."""
 
-    def __init__(self, name: str, detectors: Sequence[Detector], fleet: bool = False) -> None:
+    def __init__(self, name: str, detectors: Sequence[Detector], fleet: bool = False,
+                 known: KnownValues | None = None) -> None:
         self.name = name
         self.detectors = list(detectors)
         self.fleet = fleet
+        #: Known moduli or primes the fleet is also compared with (``run --known-moduli``).
+        self.known = known
         self.versions = {d.name: detector_version(d) for d in self.detectors}
 
     def evaluate(self, record: InventoryRecord, stored: Sequence[StoredVerdict] = (),
@@ -132,8 +139,8 @@ def key_quality_check(detectors: Sequence[Detector]) -> KeyCheck:
     return KeyCheck(CHECK_NAME, detectors)
 
 
-def factorable_check() -> KeyCheck:
+def factorable_check(known: KnownValues | None = None) -> KeyCheck:
     """``DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK``: what Device Defender does not check."""
     from devicedefender_audit.factoring import per_key_detectors
 
-    return KeyCheck(DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, per_key_detectors(), fleet=True)
+    return KeyCheck(DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, per_key_detectors(), fleet=True, known=known)

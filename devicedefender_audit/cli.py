@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--checks", nargs="+", choices=AUDIT_CHECKS, default=None,
                      help="audit checks to run (default: both)")
+    run.add_argument("--known-moduli", type=Path, default=None, metavar="FILE",
+                     help="known moduli or primes (decimal, 0x-hex or Modulus=HEX per line) the fleet is "
+                     "compared with by the factorable check")
 
     demo = sub.add_parser("demo", help="audit the embedded demo fleet, then dry-run its mitigations")
     _common(demo)
@@ -259,7 +262,15 @@ def _checks(args: argparse.Namespace, detectors: list[Any]) -> list[Any]:
     """The audit checks to run: both by default, or those named by ``--checks``."""
     from devicedefender_audit.checks import factorable_check, key_quality_check
 
-    makers = {QUALITY_CHECK: lambda: key_quality_check(detectors), FACTORABLE_CHECK: factorable_check}
+    known = None
+    if getattr(args, "known_moduli", None):
+        from devicedefender_audit.factoring.known import KnownValues
+
+        try:
+            known = KnownValues.load(args.known_moduli)
+        except (OSError, ValueError) as exc:
+            raise _BadInput(f"--known-moduli: {exc}") from exc
+    makers = {QUALITY_CHECK: lambda: key_quality_check(detectors), FACTORABLE_CHECK: lambda: factorable_check(known)}
     return [makers[name]() for name in (getattr(args, "checks", None) or AUDIT_CHECKS)]
 
 
@@ -367,6 +378,10 @@ def cmd_list_audits(args: argparse.Namespace) -> int:
     else:
         print(tasks_text(tasks))
     return EXIT_OK
+
+
+class _BadInput(Exception):
+    """An input file given on the command line that cannot be used (exit 2)."""
 
 
 class _NoSuchAudit(Exception):
@@ -569,7 +584,7 @@ def _explain(exc: Exception) -> tuple[int, str] | None:
 
     if isinstance(exc, StoreError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, _NoSuchAudit):
+    if isinstance(exc, (_NoSuchAudit, _BadInput)):
         return EXIT_USAGE, str(exc)
     if type(exc).__module__.startswith("botocore"):
         from botocore.exceptions import NoCredentialsError, NoRegionError, PartialCredentialsError, ProfileNotFound

@@ -80,3 +80,32 @@ def test_factorable_keys_are_flagged_exactly(iot):
     wire = json.dumps([f.to_aws() for f in audited.findings] + [audited.task.to_aws()])
     for p, q in primes.values():
         assert str(p) not in wire and str(q) not in wire and format(p, "x") not in wire
+
+
+def test_fleet_is_compared_with_known_moduli_and_primes(iot):
+    from devicedefender_audit.factoring.known import KnownValues
+
+    rng = random.Random(2019)
+    leaked, other = prime(rng), prime(rng)
+    weak = register(iot, issue_certificate(key(leaked, prime(rng)), "weak"))["certificateId"]
+    known_key = register(iot, issue_certificate(key(other, prime(rng)), "listed"))["certificateId"]
+    listed = key(other, prime(rng))  # not in the fleet: a modulus from some published list
+    register(iot, issue_certificate(key(prime(rng), prime(rng)), "good"))
+    known = KnownValues.parse(f"# published\n{leaked}\nModulus={listed.public_key().public_numbers().n:X}\n",
+                              "known.txt")
+    audited = run_audit(iot, [], checks=[factorable_check(known)])
+    got = {(f.certificate_id, f.reason_for_non_compliance_code) for f in audited.findings}
+    assert got == {(weak, SHARED_PRIME), (known_key, SHARED_PRIME)}
+    info = {f.certificate_id: f.non_compliant_resource.additional_info for f in audited.findings}
+    assert info[weak]["knownSharedPrime"] == "known.txt:2"
+    assert info[known_key]["knownSharedPrime"] == "known.txt:3"
+    assert str(leaked) not in json.dumps([f.to_aws() for f in audited.findings])
+
+
+def test_unreadable_known_moduli_file_is_a_usage_error(capsys, tmp_path, aws_env):
+    from devicedefender_audit.cli import main
+
+    bad = tmp_path / "known.txt"
+    bad.write_text("1234abcd\n")
+    assert main(["run", "--known-moduli", str(bad), "--endpoint-url", "http://127.0.0.1:9", "--no-progress"]) == 2
+    assert "known.txt:1" in capsys.readouterr().err
