@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from devicedefender_audit.debian_weak.blocklist_file import RECORD, write_blocklist
-from devicedefender_audit.debian_weak.ec_keygen import CURVES, ec_point_fingerprint, weak_ec_point
+from devicedefender_audit.debian_weak.ec_keygen import CURVES, ec_point_fingerprint, table_name, weak_ec_point
 from devicedefender_audit.debian_weak.fingerprint import PLATFORM_NAMES, Origin, split_fingerprint
 from devicedefender_audit.debian_weak.generator import (
     PID_COUNT,
@@ -30,11 +30,6 @@ from devicedefender_audit.debian_weak.weak_tools import OPENSSL_VARIANTS
 
 FINGERPRINT = "last 80 bits of SHA1(uncompressed X9.62 public point: 04 || X || Y)"
 TOOLS = "openssl ecparam -genkey / openssl req -newkey ec (variants rnd, nornd-old, nornd-new)"
-
-
-def table_name(curve: str) -> str:
-    """Blocklist stem (``ec-p256``) of a curve's list."""
-    return f"ec-{curve}"
 
 
 def checkpoint_dir(blocklists: Path, curve: str) -> Path:

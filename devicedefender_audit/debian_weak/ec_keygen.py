@@ -29,6 +29,11 @@ from devicedefender_audit.debian_weak.platform import Platform
 from devicedefender_audit.debian_weak.weak_tools import seeded_rng
 
 
+def table_name(curve: str) -> str:
+    """Blocklist stem (``ec-p256``) of a curve's list."""
+    return f"ec-{curve}"
+
+
 @dataclass(frozen=True)
 class Curve:
     """A named prime curve the broken ``openssl`` could make keys on."""

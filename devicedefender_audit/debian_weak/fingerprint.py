@@ -16,8 +16,8 @@ from hashlib import sha1
 
 PLATFORM_NAMES = ("le32", "le64", "be32")
 VARIANT_NAMES = ("rnd", "nornd-old", "nornd-new", "ssh-keygen")
-#: The variants of ``openssl genrsa/req`` (the rest are ``ssh-keygen``'s); the same as
-#: ``weak_tools.OPENSSL_VARIANTS``, here so that lookups need not import the key generator.
+#: The variants of ``openssl genrsa/req`` (the rest are ``ssh-keygen``'s); defined here, not in
+#: ``weak_tools``, so that lookups need not import the key generator.
 OPENSSL_VARIANTS = VARIANT_NAMES[:3]
 TOOL_NAMES = ("openssl", "ssh")
 UNKNOWN_ORIGIN = 0xFFFFFFFF

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from gmpy2 import mpz
 
+from devicedefender_audit.debian_weak.fingerprint import OPENSSL_VARIANTS
 from devicedefender_audit.debian_weak.md_rand import DebianMdRand
 from devicedefender_audit.debian_weak.platform import Platform
 from devicedefender_audit.debian_weak.rsa_keygen import generate_rsa_modulus
 
-OPENSSL_VARIANTS = ("rnd", "nornd-old", "nornd-new")
 SSH_KEYGEN = "ssh-keygen"
 VARIANTS = (*OPENSSL_VARIANTS, SSH_KEYGEN)
 RND_FILE_SIZE = 1024

@@ -10,8 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, manifest_path
-from devicedefender_audit.debian_weak.ec_generator import table_name
-from devicedefender_audit.debian_weak.ec_keygen import CURVES, curve_by_cryptography_name, ec_point_fingerprint
+from devicedefender_audit.debian_weak.ec_keygen import (
+    CURVES,
+    curve_by_cryptography_name,
+    ec_point_fingerprint,
+    table_name,
+)
 from devicedefender_audit.debian_weak.fingerprint import Origin, split_fingerprint
 from devicedefender_audit.detectors.base import DetectorResult, Verdict
 from devicedefender_audit.key_material import PublicKeyInfo
