@@ -10,6 +10,7 @@ from conftest import DATA, REPO, debian_vectors, load_private_key, vector_params
 from gmpy2 import mpz
 
 from devicedefender_audit.debian_weak import bn_prime
+from devicedefender_audit.debian_weak import modexp as modexp_module
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistTable
 from devicedefender_audit.debian_weak.bn_prime import (
     TrialDivision,
@@ -21,6 +22,7 @@ from devicedefender_audit.debian_weak.bn_prime import (
 )
 from devicedefender_audit.debian_weak.fingerprint import Origin, vulnkey_lookup_key
 from devicedefender_audit.debian_weak.md_rand import DebianMdRand, _output_blocks, _output_stepwise
+from devicedefender_audit.debian_weak.modexp import load_openssl_modexp
 from devicedefender_audit.debian_weak.platform import LE32, PLATFORMS
 from devicedefender_audit.debian_weak.rsa_keygen import generate_rsa_modulus
 from devicedefender_audit.debian_weak.weak_tools import (
@@ -188,3 +190,20 @@ def test_pool_output_in_one_pass_matches_block_by_block():
             stepwise, start, 1023, length, first, counts
         )
         assert one_pass == stepwise
+
+
+def test_openssl_modexp_agrees_with_gmpy2():
+    """The Miller-Rabin modexp on OpenSSL's Montgomery code gives gmpy2's result for every
+    size the generator uses (and at the edges: base 0 and 1, exponent 0, leading zero bytes)."""
+    modexp = load_openssl_modexp()
+    if modexp is None:
+        pytest.skip("no libcrypto 1.1+ loads here: powmod is gmpy2.powmod itself")
+    assert bn_prime.powmod is modexp_module.powmod
+    rng = random.Random(9)
+    for bits in (64, 512, 1024, 1536, 2048, 2049):
+        for _ in range(5):
+            modulus = mpz(rng.getrandbits(bits) | 1 | 1 << (bits - 1))
+            for base, exponent in ((mpz(rng.randrange(modulus)), mpz(rng.getrandbits(bits))),
+                                   (mpz(rng.getrandbits(8)), modulus - 1 >> 1), (mpz(0), mpz(5)),
+                                   (mpz(1), mpz(rng.getrandbits(bits))), (mpz(rng.randrange(modulus)), mpz(0))):
+                assert modexp(base, exponent, modulus) == gmpy2.powmod(base, exponent, modulus)
