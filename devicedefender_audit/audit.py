@@ -28,7 +28,6 @@ from devicedefender_audit.aws.iot_certificates import attached_things
 from devicedefender_audit.checks import KeyCheck, KeyOutcome, key_quality_check, severity_of
 from devicedefender_audit.detectors import Detector, DetectorResult
 from devicedefender_audit.inventory import IN_SCOPE_STATUSES, InventorySync, SyncAborted, SyncResult
-from devicedefender_audit.key_material import KeyMaterialError, public_key_from_spki
 from devicedefender_audit.models import (
     AuditCheckDetails,
     AuditFinding,
@@ -197,34 +196,17 @@ class Audit:
                 self._check_batch(records, sync.undescribed, pool, fleet)
 
     def _fleet_scan(self, sync: SyncResult) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
-        """Batch GCD over every in-scope RSA modulus: results and evidence of the keys with a
-        finding (shared prime, or the same modulus in another certificate)."""
-        from devicedefender_audit.factoring.fleet_detector import evidence, fleet_results
-        from devicedefender_audit.factoring.known import match_known
-        from devicedefender_audit.factoring.sharing import scan_fleet
+        """The in-scope RSA moduli compared with each other (batch GCD) and with a known list:
+        results and evidence of the keys with a finding (shared prime, or the same modulus in
+        another certificate). Incremental against the state the store kept from the last audit;
+        recomputed in full, and said so in the phase, when there is none it can trust."""
+        from devicedefender_audit.factoring.fleet_audit import compare_fleet
 
-        self._phase("Comparing the fleet's moduli", None)
-        keys = []
-        for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
-            self._raise_if_canceled()
-            for record in records:
-                description = record.description
-                if description is None or description.spki is None or description.key_algorithm != "RSA":
-                    continue
-                try:
-                    modulus = public_key_from_spki(description.spki).modulus
-                except KeyMaterialError:
-                    continue  # reported by the per-key pass
-                if modulus:
-                    keys.append((record.certificate_id, modulus))
-        scan = scan_fleet(keys)
         known = next((check.known for check in self.checks if check.known), None)
-        matches = match_known(keys, known, scan.product) if known else {}
-        return {
-            key_id: (fleet_results(scan.findings.get(key_id), matches.get(key_id)),
-                     evidence(scan.findings.get(key_id), matches.get(key_id)))
-            for key_id in scan.findings.keys() | matches.keys()
-        }
+        return compare_fleet(
+            self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH), known,
+            on_phase=lambda label: self._phase(label, None), between_batches=self._raise_if_canceled,
+        ).results
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
                      fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]]) -> None:

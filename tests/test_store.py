@@ -325,6 +325,14 @@ def test_a_failed_batch_writes_nothing(store):
     assert list(store.findings(task.task_id)) == [] and store.get_task(task.task_id) is None
 
 
+def test_fleet_state_is_kept_by_sqlite_and_not_by_dynamodb(store):
+    """SQLite keeps it in a sidecar; DynamoDB keeps none (each audit compares the fleet in full)."""
+    assert store.load_fleet_state() is None
+    store.save_fleet_state([b"DDA-", b"state"])
+    store.save_fleet_state([b"DDA-", b"state 2"])
+    assert store.load_fleet_state() == (None if isinstance(store, DynamoStore) else b"DDA-state 2")
+
+
 # DynamoDB only ---------------------------------------------------------------------------------
 
 

@@ -13,14 +13,13 @@ what a full recomputation reports -- the property the tests check. The state hol
 their product, which are public; it never holds a factor.
 
 File format: ``MAGIC``, an 8-byte big-endian header length, a JSON header (counts, flagged
-moduli in hex with their ids, SHA-256 and length of the product), then the product as
-``gmpy2.to_binary``. About 256 MB for a million RSA-2048 keys.
+moduli in hex with their ids, SHA-256 and length of the product, SHA-256 of the header itself),
+then the product as ``gmpy2.to_binary``. About 256 MB for a million RSA-2048 keys.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterable
@@ -34,7 +33,13 @@ from devicedefender_audit.factoring.sharing import FleetFinding, Key, index_keys
 from devicedefender_audit.factoring.trees import product, remainders
 
 MAGIC = b"DDA-FLEET-PRODUCT\n"
-VERSION = 1
+VERSION = 2
+
+
+def _digest(header: dict) -> str:
+    """SHA-256 of the header's canonical JSON: the flagged moduli decide findings, so a damaged
+    digit there must be caught like a damaged product."""
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
 
 
 class FleetStateError(ValueError):
@@ -155,7 +160,9 @@ class FleetState:
             if key_id not in removed and scan.findings.get(key_id) != finding
         }
 
-    def _write(self, out: BinaryIO) -> None:
+    def to_parts(self) -> list[bytes]:
+        """The file's bytes as (header, product): written one after the other, with no copy of
+        the product joined to its header (a quarter of a gigabyte at a million keys)."""
         blob = gmpy2.to_binary(self.product)
         header = {
             "version": VERSION,
@@ -165,14 +172,15 @@ class FleetState:
             "product_sha256": hashlib.sha256(blob).hexdigest(),
             "flagged": [[format(m, "x"), ids] for m, ids in sorted(self.flagged.items())],
         }
+        header["header_sha256"] = _digest(header)
         encoded = json.dumps(header, sort_keys=True).encode()
-        out.write(MAGIC + len(encoded).to_bytes(8, "big") + encoded)
-        out.write(blob)
+        return [MAGIC + len(encoded).to_bytes(8, "big") + encoded, blob]
+
+    def _write(self, out: BinaryIO) -> None:
+        out.writelines(self.to_parts())
 
     def to_bytes(self) -> bytes:
-        out = io.BytesIO()
-        self._write(out)
-        return out.getvalue()
+        return b"".join(self.to_parts())
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash leaves the previous state, never half a product."""
@@ -184,22 +192,32 @@ class FleetState:
         os.replace(temporary, path)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> FleetState:
-        if not data.startswith(MAGIC):
-            raise FleetStateError("not a fleet product file")
+    def from_bytes(cls, data: bytes | memoryview) -> FleetState:
+        """Read a state written by :meth:`to_parts`; any damage is a :class:`FleetStateError`."""
+        view = memoryview(data)
         start = len(MAGIC) + 8
-        length = int.from_bytes(data[len(MAGIC) : start], "big")
+        if view[: len(MAGIC)] != MAGIC or len(view) < start:
+            raise FleetStateError("not a fleet product file")
+        length = int.from_bytes(view[len(MAGIC) : start], "big")
         try:
-            header = json.loads(data[start : start + length])
-        except ValueError as exc:
+            header = json.loads(bytes(view[start : start + length]))
+            version = header.get("version")
+        except (ValueError, AttributeError) as exc:
             raise FleetStateError(f"damaged fleet product header: {exc}") from exc
-        if header.get("version") != VERSION:
-            raise FleetStateError(f"unsupported fleet product version {header.get('version')!r}")
-        blob = data[start + length :]
-        if len(blob) != header["product_bytes"] or hashlib.sha256(blob).hexdigest() != header["product_sha256"]:
+        if version != VERSION:
+            raise FleetStateError(f"unsupported fleet product version {version!r}")
+        if header.pop("header_sha256", None) != _digest(header):
+            raise FleetStateError("fleet product header is damaged (checksum mismatch)")
+        try:
+            size, digest = int(header["product_bytes"]), str(header["product_sha256"])
+            keys, distinct = int(header["keys"]), int(header["distinct_moduli"])
+            flagged = {mpz(m, 16): list(ids) for m, ids in header["flagged"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FleetStateError(f"damaged fleet product header: {exc!r}") from exc
+        blob = view[start + length :]
+        if len(blob) != size or hashlib.sha256(blob).hexdigest() != digest:
             raise FleetStateError("fleet product is truncated or damaged (checksum mismatch)")
-        flagged = {mpz(m, 16): ids for m, ids in header["flagged"]}
-        return cls(gmpy2.from_binary(blob), flagged, header["keys"], header["distinct_moduli"])
+        return cls(gmpy2.from_binary(bytes(blob)), flagged, keys, distinct)
 
     @classmethod
     def load(cls, path: Path) -> FleetState:

@@ -122,3 +122,9 @@ class Store(Protocol):
 
     # one transaction around several writes (a batch of progress)
     def batch(self) -> object: ...
+
+    # The factorable check's fleet state between audits (factoring/fleet_audit.py): opaque bytes,
+    # up to a few hundred MB at a million keys. ``load`` gives None when none is kept; ``save``
+    # writes the parts in order and replaces the previous state atomically, or raises StoreError.
+    def load_fleet_state(self) -> bytes | None: ...
+    def save_fleet_state(self, parts: Sequence[bytes]) -> None: ...

@@ -646,3 +646,18 @@ class DynamoStore:
     def executions(self, task_id: str) -> list[MitigationExecution]:
         return [MitigationExecution.model_validate_json(item["body"])
                 for item in self._partition(f"TASK#{task_id}", "EXEC#")]
+
+    # fleet state ---------------------------------------------------------------------------------
+
+    def load_fleet_state(self) -> bytes | None:
+        """None: this store keeps no fleet state, so every audit compares the fleet in full.
+
+        Why: the state is the product of the fleet's moduli (256 bytes a key: 256 MB at a million
+        keys), which would be hundreds of 400 KB items written and read back at each audit, and a
+        Lambda's ``/tmp`` does not outlive its instance. A full batch GCD takes about a minute at
+        100,000 keys (README, "the factorable-key check"), well inside a Lambda's 15 minutes.
+        """
+        return None
+
+    def save_fleet_state(self, parts: Sequence[bytes]) -> None:
+        """Nothing is kept (see :meth:`load_fleet_state`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -99,6 +100,8 @@ CREATE TABLE IF NOT EXISTS api_records (
 
 #: How long a write waits for another process's lock before giving up.
 LOCK_TIMEOUT_S = 120.0
+#: The fleet state's sidecar: ``<database>`` + this.
+FLEET_STATE_SUFFIX = ".fleet-state"
 
 
 def _create_private(path: Path) -> None:
@@ -142,6 +145,7 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store {self.path} is not a usable SQLite database: {exc}") from exc
         self._depth = 0
+        self._fleet_state: bytes | None = None  # an in-memory database's (no sidecar file)
 
     def close(self) -> None:
         self._db.close()
@@ -403,3 +407,43 @@ class SqliteStore:
             "SELECT body FROM mitigation_executions WHERE task_id = ? ORDER BY start_time", (task_id,)
         ).fetchall()
         return [MitigationExecution.model_validate_json(body) for (body,) in rows]
+
+    # fleet state -----------------------------------------------------------------------------
+
+    def _fleet_state_file(self) -> Path | None:
+        """A sidecar file next to the database (a blob of hundreds of MB does not belong in a
+        WAL-journaled table); none for an in-memory database, which keeps it in memory."""
+        return None if self.path == ":memory:" else Path(self.path + FLEET_STATE_SUFFIX)
+
+    def load_fleet_state(self) -> bytes | None:
+        file = self._fleet_state_file()
+        if file is None:
+            return self._fleet_state
+        try:
+            return file.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"fleet state {file} cannot be read: {exc.strerror or exc}") from exc
+
+    def save_fleet_state(self, parts: Sequence[bytes]) -> None:
+        """Written to a private (0600) temporary file beside the sidecar, synced, then renamed over
+        it: a crash leaves the previous state whole, and concurrent audits never interleave."""
+        file = self._fleet_state_file()
+        if file is None:
+            self._fleet_state = b"".join(parts)
+            return
+        temporary = None
+        try:
+            fd, temporary = tempfile.mkstemp(dir=file.parent, prefix=file.name + ".", suffix=".tmp")
+            with os.fdopen(fd, "wb") as out:
+                out.writelines(parts)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, file)
+            temporary = None
+        except OSError as exc:
+            raise StoreError(f"fleet state {file} cannot be written: {exc.strerror or exc}") from exc
+        finally:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
