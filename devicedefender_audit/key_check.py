@@ -6,9 +6,10 @@ entry for that file, and the other files are still checked.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from devicedefender_audit.detectors import Detector, DetectorResult, Verdict, check_key
 from devicedefender_audit.key_material import (
@@ -22,13 +23,12 @@ from devicedefender_audit.key_material import (
 STDIN = "-"
 
 
-@dataclass
-class FileCheck:
+class FileCheck(NamedTuple):
     """One key of a file and the detectors' results on it, or an error about the file or a part of it."""
 
     path: str
     key: PublicKeyInfo | None = None
-    results: list[DetectorResult] = field(default_factory=list)
+    results: Sequence[DetectorResult] = ()
     error: str | None = None
     #: Where in the file the key or error is (``"line 12"``); empty when it is about the whole file.
     location: str = ""
@@ -52,14 +52,19 @@ def _read_capped(path: str) -> bytes:
         return sys.stdin.buffer.read(limit)
     chunks = []
     size = 0
-    with open(path, "rb", buffering=0) as handle:  # unbuffered: no second copy through a buffer
+    # A bare descriptor, not a file object: over many small files, making and closing FileIO
+    # objects cost a third more than the two reads themselves.
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
         while size < limit:
-            chunk = handle.read(min(_READ_CHUNK, limit - size))
+            chunk = os.read(descriptor, min(_READ_CHUNK, limit - size))
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
-    return b"".join(chunks)
+    finally:
+        os.close(descriptor)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _unreadable(exc: OSError) -> str:

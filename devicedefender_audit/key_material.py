@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Moduli above this are refused: no real device key is larger, and the arithmetic on an
 #: attacker-supplied huge modulus would only cost time.
@@ -79,9 +79,12 @@ class InputTooLargeError(KeyMaterialError):
     error_code = "INPUT_TOO_LARGE"
 
 
-@dataclass(frozen=True)
-class PublicKeyInfo:
-    """The facts about a public key that the detectors need."""
+class PublicKeyInfo(NamedTuple):
+    """The facts about a public key that the detectors need.
+
+    A NamedTuple rather than a frozen dataclass: as immutable and comparable, about three times
+    faster to make (one per key checked), and ``check`` starts without importing dataclasses.
+    """
 
     algorithm: str  # "RSA", "EC", "Ed25519", ...
     bits: int
@@ -139,8 +142,7 @@ def _describe(key: object, source: str) -> PublicKeyInfo:
     return PublicKeyInfo(algorithm, bits, modulus, exponent, source, _spki(key), point)
 
 
-@dataclass(frozen=True)
-class ParsedKey:
+class ParsedKey(NamedTuple):
     """One key found in an input, or why a block or line that should hold one does not.
 
     Kept per block, so one bad certificate in a bundle does not hide the other keys' results.

@@ -34,9 +34,11 @@ def test_check_parser_fails_and_helps_as_the_full_parser(argv, capsys):
 
 
 def test_check_of_rsa_public_keys_imports_no_other_command_nor_cryptography():
+    """Nor gmpy2 (its import reads package metadata: 10-20 ms), numpy, or dataclasses (with
+    inspect behind it): the ROCA test works on ints and the key records are NamedTuples."""
     probe = ("import sys; from devicedefender_audit.cli import main; code = main(['check', *sys.argv[1:]]); "
              "print(code, sorted(m for m in sys.modules if m.startswith(('cryptography', 'pydantic', "
-             "'devicedefender_audit.cli_'))))")
+             "'devicedefender_audit.cli_', 'gmpy2', 'numpy', 'dataclasses'))))")
     files = [str(DATA / "good" / "pubkey01.pem"), str(DATA / "roca" / "pubkey03.pem")]
     out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict
 
 import gmpy2
 import pytest
@@ -405,7 +404,7 @@ def test_no_factor_appears_in_any_result(fleet, planted):
     known = KnownValues.parse(f"{planted[2][0]}\n{planted[0][0][1]}\n", "known.txt")
     results += [r for rs in FleetKeyDetector(known).check_fleet(fleet).values() for r in rs]
     state, findings = FleetState.build(fleet)
-    texts = [" ".join(map(str, asdict(r).values())) for r in results]
+    texts = [" ".join(map(str, r)) for r in results]  # every field of each result
     texts += [repr(f) + repr(evidence(f)) for f in findings.values()]
     header = state.to_bytes()[len(MAGIC) + 8 : -len(gmpy2.to_binary(state.product))]
     texts.append(header.decode())

@@ -458,7 +458,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("builtins.open", refuse)
+    monkeypatch.setattr("os.open", refuse)  # what check_files opens files with
     [check] = check_files([str(path)], [RocaDetector()])
     assert check.error == "permission denied: cannot read the file"
 

@@ -11,8 +11,8 @@ is weak: pid in bits 0-15, platform in 16-19, variant in 20-23, tool in 24-27.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from hashlib import sha1
+from typing import NamedTuple
 
 PLATFORM_NAMES = ("le32", "le64", "be32")
 VARIANT_NAMES = ("rnd", "nornd-old", "nornd-new", "ssh-keygen")
@@ -40,9 +40,8 @@ def vulnkey_lookup_key(modulus: int) -> tuple[int, int]:
     return fingerprint >> 16, fingerprint & 0xFFFF
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Which weak process produced a key."""
+class Origin(NamedTuple):
+    """Which weak process produced a key (a NamedTuple: lookups import no dataclasses)."""
 
     tool: str
     platform: str

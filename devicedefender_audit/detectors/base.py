@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from devicedefender_audit.key_material import PublicKeyInfo
 
@@ -19,8 +18,11 @@ class Verdict(str, Enum):
     NOT_COVERED = "NOT_COVERED"
 
 
-@dataclass(frozen=True)
-class DetectorResult:
+class DetectorResult(NamedTuple):
+    """One detector's verdict on one key. A NamedTuple rather than a frozen dataclass: as
+    immutable and comparable, made faster per key, and ``check`` starts without importing
+    dataclasses (with inspect behind it, a few ms)."""
+
     detector: str
     verdict: Verdict
     reason_code: str | None = None
