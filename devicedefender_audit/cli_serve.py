@@ -37,13 +37,23 @@ def add_serve_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]
                        help="serve the embedded demo account (a seeded moto server; credentials demo/demo/demo)")
     serve.add_argument("--no-auth", action="store_true",
                        help="accept requests without verifying their SigV4 signature (loopback addresses only)")
+    serve.add_argument("--own-credentials", action="store_true",
+                       help="act with the server's own credentials instead of assuming the roleArn of the audit "
+                       "configuration, the SNS notification target and each mitigation action (a local setup "
+                       "without such roles)")
+    serve.add_argument("--schedule-interval", type=float, default=60.0, metavar="SECONDS",
+                       help="how often due scheduled audits are looked for (default 60)")
+    serve.add_argument("--no-scheduler", action="store_true",
+                       help="start no scheduled audits (run-due from cron or EventBridge does it)")
     return {"serve": cmd_serve}
 
 
-def service_context(target: AwsTarget, store_path: Path, blocklists: Path | None) -> ServiceContext:
+def service_context(target: AwsTarget, store_path: Path, blocklists: Path | None,
+                    assume_roles: bool = True) -> ServiceContext:
     """The context the server's operations share: audits run in the background (as the API's
     do), each in a thread with its own store connection; detectors are loaded once, when the
-    first audit starts."""
+    first audit starts. With ``assume_roles`` the audit, the notifications and each mitigation
+    action act as their configured role, as Device Defender does."""
     from devicedefender_audit.detectors import default_detectors
     from devicedefender_audit.service import ServiceContext
     from devicedefender_audit.store import open_store
@@ -59,7 +69,9 @@ def service_context(target: AwsTarget, store_path: Path, blocklists: Path | None
 
     return ServiceContext(store=open_store(store_path, target), iot_client=lambda: target.client("iot"),
                           detectors=detectors, region=target.region_name or "us-east-1", background=True,
-                          open_worker_store=lambda: open_store(store_path, target))
+                          open_worker_store=lambda: open_store(store_path, target),
+                          sns_client=lambda: target.client("sns"),
+                          role_client=target.client if assume_roles else None)
 
 
 @contextmanager
@@ -82,15 +94,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     store_path = args.store or default_store_path()
     with _target(args) as target:
-        ctx = service_context(target, store_path, args.blocklists)
+        ctx = service_context(target, store_path, args.blocklists, assume_roles=not args.own_credentials)
         try:
-            server = make_server(target, ctx, args.host, args.port, authenticate=not args.no_auth)
+            server = make_server(target, ctx, args.host, args.port, authenticate=not args.no_auth,
+                                 schedule_interval=None if args.no_scheduler else args.schedule_interval)
         except (ValueError, OSError) as exc:
             ctx.store.close()
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"serving the Device Defender audit API on {server.url} (region {target.region_name}; other iot "
-              f"operations go to {server.forwarder.endpoint_url})", file=sys.stderr, flush=True)
+              f"operations go to {server.forwarder.endpoint_url}; "
+              f"{'own credentials' if args.own_credentials else 'acting as the configured roles'}; "
+              f"{'no scheduler' if args.no_scheduler else f'scheduled audits checked every {args.schedule_interval:g} s'}"
+              ")", file=sys.stderr, flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:

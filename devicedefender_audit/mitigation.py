@@ -28,6 +28,7 @@ from typing import Any
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, is_not_found
+from devicedefender_audit.mitigation_claims import abandoned, new_claim, retake
 from devicedefender_audit.models import (
     AuditFinding,
     MitigationActionType,
@@ -184,10 +185,11 @@ class Mitigator:
 
     def _claim(self, key: str, task_id: str, action: ActionDefinition) -> None:
         """Take (finding, action digest) for this task, atomically; :class:`_Skip` when another
-        run holds it. A dry run only looks."""
+        run holds it, unless that run is gone (:mod:`~devicedefender_audit.mitigation_claims`).
+        A dry run only looks."""
         if self.store is None:
             return
-        body = {"taskId": task_id, "actionName": action.name, "state": "CLAIMED"}
+        body = new_claim(task_id, action.name)
         if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
             return
         holder = self.store.get_record(CLAIM_KIND, key)
@@ -195,6 +197,8 @@ class Mitigator:
             return  # dry run, nobody applied it
         if holder.get("state") == "APPLIED":
             raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
+        if abandoned(holder) and (self.dry_run or retake(self.store, CLAIM_KIND, key, holder, body)):
+            return  # its owner is gone: this task applies it (a dry run: would)
         raise _Skip(f"being applied by task {holder.get('taskId')}")
 
     def _mutate(self, client: Any, service: str, operation: str, **params: Any) -> Any:

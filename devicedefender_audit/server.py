@@ -13,6 +13,11 @@ A request must be signed (SigV4) with the credentials the server runs with: the 
 recomputed over the received request with botocore's signer. Requests for operations this
 project does not implement (certificates, things, ...) are re-signed with the server's
 credentials and sent on, so one ``endpoint_url`` serves a client's whole ``iot`` session.
+
+Extensions travel in headers, never in the model's members (which the unmodified clients
+validate): ``x-devicedefender-audit-dry-run: true`` on ``StartAuditMitigationActionsTask`` starts
+the task as a dry run (:data:`EXTENSION_HEADERS`). The server also runs the scheduler of
+scheduled audits (:class:`~devicedefender_audit.service.scheduled.Scheduler`) while it serves.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from botocore.utils import parse_timestamp
 
 from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.service import OPERATIONS, ServiceContext, ServiceError
+from devicedefender_audit.service.scheduled import Scheduler
 from devicedefender_audit.service.shapes import iot_model
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,8 @@ MAX_CLOCK_SKEW = timedelta(minutes=15)
 #: Headers that describe one hop, not the message: never copied when forwarding.
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host", "date",
                           "server", "authorization", "x-amz-date", "x-amz-security-token", "expect"})
+#: Our extensions over HTTP: header -> (the operation's keyword argument, operations that take it).
+EXTENSION_HEADERS = {"x-devicedefender-audit-dry-run": ("dry_run", frozenset({"StartAuditMitigationActionsTask"}))}
 
 
 class HttpError(ServiceError):
@@ -218,6 +226,24 @@ class ResponseSerializer(RestJSONSerializer):
         return status, headers, value.encode() if isinstance(value, str) else value
 
 
+def extension_arguments(operation: str, headers: HeadersDict) -> dict[str, bool]:
+    """The keyword arguments that :data:`EXTENSION_HEADERS` in a request ask ``operation`` for;
+    a 400 for an extension the operation does not take or a value that is not true/false (a
+    dry run must never silently become a real run)."""
+    arguments = {}
+    for header, (keyword, operations) in EXTENSION_HEADERS.items():
+        value = headers.get(header)
+        if value is None:
+            continue
+        if operation not in operations:
+            raise HttpError(400, "InvalidRequestException", f"{header} applies to {', '.join(sorted(operations))}, "
+                            f"not {operation}")
+        if value.strip().lower() not in ("true", "false"):
+            raise HttpError(400, "InvalidRequestException", f"{header} must be true or false, not {value!r}")
+        arguments[keyword] = value.strip().lower() == "true"
+    return arguments
+
+
 def error_response(error: ServiceError) -> tuple[int, dict, bytes]:
     """An error as AWS writes it for rest-json: the code in ``x-amzn-ErrorType`` (botocore reads
     it there first) and the message in the body."""
@@ -316,7 +342,8 @@ class AuditServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], ctx: ServiceContext, forwarder: Forwarder,
-                 verifier: SigV4Verifier | None, model: ServiceModel | None = None) -> None:
+                 verifier: SigV4Verifier | None, model: ServiceModel | None = None,
+                 schedule_interval: float | None = None) -> None:
         if verifier is None and not ipaddress.ip_address(address[0]).is_loopback:
             raise ValueError(f"refusing to listen on {address[0]} without authentication: "
                              "only a loopback address may serve unauthenticated requests")
@@ -328,7 +355,18 @@ class AuditServer(ThreadingHTTPServer):
         self.parser = RequestParser()
         self.serializer = ResponseSerializer()
         self.lock = threading.Lock()
+        self.scheduler = None if schedule_interval is None else Scheduler(ctx, schedule_interval)
         super().__init__(address, _Handler)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve, with the scheduler running, until :meth:`shutdown`; the scheduler stops with it."""
+        if self.scheduler is not None:
+            self.scheduler.start()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            if self.scheduler is not None:
+                self.scheduler.stop()
 
     @property
     def url(self) -> str:
@@ -348,8 +386,9 @@ class AuditServer(ThreadingHTTPServer):
                 return self.forwarder.forward(method, target, headers, body)
             operation, labels = resolved
             request = self.parser.parse_request(operation, labels, query, headers, body)
+            extensions = extension_arguments(operation.name, headers)
             with self.lock:
-                response = OPERATIONS[operation.name](self.ctx, **request)
+                response = OPERATIONS[operation.name](self.ctx, **request, **extensions)
             return self.serializer.serialize_response(operation, response)
         except ServiceError as exc:
             return error_response(exc)
@@ -388,10 +427,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(target: AwsTarget, ctx: ServiceContext, host: str = "127.0.0.1", port: int = 8080,
-                authenticate: bool = True) -> AuditServer:
+                authenticate: bool = True, schedule_interval: float | None = 60.0) -> AuditServer:
     """A server for ``target``'s region that authenticates with, and forwards as, ``target``'s
     credentials; everything it does not serve goes to ``target.endpoint_url``, or to the
-    region's AWS IoT endpoint when there is none. ``port`` 0 picks a free port."""
+    region's AWS IoT endpoint when there is none. ``port`` 0 picks a free port. While it serves,
+    due scheduled audits are started every ``schedule_interval`` seconds (None: never, for
+    deployments where ``run-due`` does it)."""
     session = target.session()
     region = target.region_name
     if region is None:
@@ -404,4 +445,4 @@ def make_server(target: AwsTarget, ctx: ServiceContext, host: str = "127.0.0.1",
     endpoint = target.endpoint_url or session.client("iot", region_name=region).meta.endpoint_url
     forwarder = Forwarder(endpoint, credentials.get_frozen_credentials, region, service)
     verifier = SigV4Verifier(credentials.get_frozen_credentials, region, service) if authenticate else None
-    return AuditServer((host, port), ctx, forwarder, verifier, model)
+    return AuditServer((host, port), ctx, forwarder, verifier, model, schedule_interval)

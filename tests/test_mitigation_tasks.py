@@ -4,7 +4,11 @@ dry run, targets, and the notification Device Defender sends when an audit ends.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from datetime import datetime, timezone
 
 import boto3
@@ -13,15 +17,19 @@ from conftest import DATA, REGION, register
 from service_helpers import call
 
 from devicedefender_audit.detectors.roca import RocaDetector
+from devicedefender_audit.mitigation import CLAIM_KIND, ActionDefinition, Mitigator
+from devicedefender_audit.mitigation_claims import CLAIM_STALE_AFTER_S, abandoned, new_claim
 from devicedefender_audit.models import (
     CHECK_NAME,
     AuditFinding,
     AuditTask,
+    MitigationActionType,
     NonCompliantResource,
     ResourceIdentifier,
 )
 from devicedefender_audit.service import OPERATIONS, InvalidRequest
 from devicedefender_audit.service.context import ServiceContext
+from devicedefender_audit.service.mitigation_actions import definition_of, stored_action
 from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
 from devicedefender_audit.store import open_store
 
@@ -258,3 +266,71 @@ def test_notification_when_an_audit_ends(weak_account):
         "SNS": {"targetArn": topic, "roleArn": ROLE, "enabled": False}})
     call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])
     assert a["drain"]() == []
+
+
+def dead_pid() -> int:
+    """The id of a process of this host that has ended."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout)
+
+
+def test_a_claim_whose_owner_is_gone_is_retaken(tmp_path, sns_queue):
+    """A task that died between claiming and applying must not leave its findings unmitigated:
+    the claim of a dead process (or one held too long) is retaken by the next task."""
+    path = tmp_path / "audits.sqlite3"
+    audit_task_id, finding_ids = synthetic_audit(path, 3)
+    ctx = context(path, sns=sns_queue["sns"])
+    call(ctx, "CreateMitigationAction", actionName="notify", roleArn=ROLE,
+         actionParams={"publishFindingToSnsParams": {"topicArn": sns_queue["topic"]}})
+    digest = definition_of(stored_action(ctx.store, "notify")).digest
+    crashed = {**new_claim("crashed", "notify"), "pid": dead_pid()}
+    alive = new_claim("running-elsewhere", "notify")  # this (live) process's, as another task's would be
+    alive["pid"] = os.getppid()
+    stale = {**new_claim("hung", "notify"), "host": "another-host", "heartbeat": time.time() - CLAIM_STALE_AFTER_S - 1}
+    for finding_id, claim in zip(finding_ids, (crashed, alive, stale), strict=True):
+        assert ctx.store.insert_record(CLAIM_KIND, f"{finding_id}/{digest}", claim)
+    assert abandoned(crashed) and abandoned(stale) and abandoned(alive) is None
+
+    call(ctx, "StartAuditMitigationActionsTask", taskId="next", target={"auditTaskId": audit_task_id},
+         auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="next")
+
+    published = sorted(json.loads(body)["findingId"] for body in sns_queue["drain"]())
+    assert published == sorted([finding_ids[0], finding_ids[2]])
+    messages = {e.finding_id: e.message for e in ctx.store.executions("next")}
+    assert messages[finding_ids[1]] == "skipped: being applied by task running-elsewhere"
+    for finding_id in (finding_ids[0], finding_ids[2]):
+        assert ctx.store.get_record(CLAIM_KIND, f"{finding_id}/{digest}")["state"] == "APPLIED"
+    ctx.store.close()
+
+
+def test_two_retakers_of_one_abandoned_claim_apply_it_once(tmp_path, sns_queue):
+    path = tmp_path / "audits.sqlite3"
+    _, finding_ids = synthetic_audit(path, 6)
+    store = open_store(path)
+    action = ActionDefinition.for_type(MitigationActionType.PUBLISH_FINDING_TO_SNS, sns_topic_arn=sns_queue["topic"])
+    pid = dead_pid()
+    for finding_id in finding_ids:
+        store.insert_record(CLAIM_KIND, f"{finding_id}/{action.digest}", {**new_claim("crashed", action.name),
+                                                                          "pid": pid})
+    findings = [store.get_finding(i) for i in finding_ids]
+    store.close()
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def retaker(task_id: str) -> None:
+        own = open_store(path)
+        mitigator = Mitigator(None, boto3.client("sns", region_name=REGION), own, dry_run=False)
+        for finding in findings:
+            barrier.wait(30)  # both reach each abandoned claim together
+            outcomes.append(mitigator.execute(finding, action, task_id).status.value)
+        own.close()
+
+    threads = [threading.Thread(target=retaker, args=(f"retaker-{n}",)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert sorted(json.loads(body)["findingId"] for body in sns_queue["drain"]()) == sorted(finding_ids)
+    assert sorted(outcomes) == ["COMPLETED"] * 6 + ["SKIPPED"] * 6

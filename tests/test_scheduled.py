@@ -1,8 +1,12 @@
-"""Scheduled audits: day rules per frequency, and ``run-due`` with a clock the test moves."""
+"""Scheduled audits: day rules per frequency, ``run-due`` and the scheduler of ``serve``, with a clock the
+test moves."""
 
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,8 +17,8 @@ from test_service_api import Clock, enable
 from devicedefender_audit.cli import main
 from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.models import CHECK_NAME
-from devicedefender_audit.service import InvalidRequest, ResourceAlreadyExists, ServiceContext
-from devicedefender_audit.service.scheduled import latest_slot, run_due
+from devicedefender_audit.service import InvalidRequest, ResourceAlreadyExists, ServiceContext, scheduled
+from devicedefender_audit.service.scheduled import Scheduler, latest_slot, run_due
 from devicedefender_audit.store import open_store
 
 UTC = timezone.utc
@@ -101,3 +105,47 @@ def test_run_due_command_with_a_given_now(ctx, capsys, monkeypatch):
     assert main(["run-due", "--now", "2099-01-31T00:30:00Z"]) == 0
     started = json.loads(capsys.readouterr().out)["startedTasks"]
     assert [(s["scheduledAuditName"], s["slot"]) for s in started] == [("monthly", "2099-01-31T00:00:00+00:00")]
+
+
+@pytest.fixture
+def scheduler(ctx):
+    """The scheduler ``serve`` runs, over the fixture's context and clock (audits in its thread)."""
+    worker = replace(ctx, open_worker_store=lambda: open_store(ctx.store.path))
+    running = Scheduler(worker, interval=3600)  # the test moves the clock and checks at once
+    running.start()
+    yield running
+    running.stop()
+    assert not running.running
+
+
+def test_the_scheduler_starts_what_falls_due_as_its_clock_moves(ctx, scheduler):
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="daily", frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    assert scheduler.check_now()["startedTasks"] == []
+    ctx.clock.now = CREATED + timedelta(days=5)  # the server was down for four slots: one run, not four
+    [started] = scheduler.check_now()["startedTasks"]
+    assert started["slot"] == datetime(2024, 1, 15, tzinfo=UTC)
+    assert call(ctx, "DescribeAuditTask", taskId=started["taskId"])["taskStatus"] == "COMPLETED"
+    assert scheduler.check_now()["startedTasks"] == []
+    ctx.clock.now += timedelta(days=1)
+    assert len(scheduler.check_now()["startedTasks"]) == 1
+
+
+def test_a_failing_schedule_is_reported_and_the_scheduler_goes_on(ctx, scheduler, caplog, monkeypatch):
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="daily", frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    call(ctx, "UpdateAccountAuditConfiguration", auditCheckConfigurations={CHECK_NAME: {"enabled": False}})
+    ctx.clock.now = CREATED + timedelta(days=1)
+    with caplog.at_level(logging.WARNING, logger="devicedefender_audit.service.scheduled"):
+        [failed] = scheduler.check_now()["failedSchedules"]
+    assert failed["scheduledAuditName"] == "daily" and "could not start" in caplog.text
+    assert scheduler.check_now()["failedSchedules"] == []  # that slot is spent, not retried each interval
+
+    def store_failure(_ctx):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(scheduled, "run_due", store_failure)
+    assert scheduler.check_now() == {"startedTasks": [], "failedSchedules": []}
+    assert scheduler.running and "could not check what is due" in caplog.text
+    monkeypatch.undo()
+    call(ctx, "UpdateAccountAuditConfiguration", auditCheckConfigurations={CHECK_NAME: {"enabled": True}})
+    ctx.clock.now += timedelta(days=1)
+    assert len(scheduler.check_now()["startedTasks"]) == 1

@@ -4,8 +4,9 @@ Device Defender's key-quality check covers two known generator flaws. These modu
 anyone can factor from public data, by other routes:
 
 * across the fleet -- batch GCD (:mod:`.trees`, :mod:`.sharing`), kept incremental by a stored
-  product (:mod:`.fleet_state`), optionally against a list of known moduli or primes
-  (:mod:`.known`); results via :mod:`.fleet_detector`;
+  product (:mod:`.fleet_state`) that the audit engine carries between audits
+  (:mod:`.fleet_audit`), optionally against a list of known moduli or primes (:mod:`.known`);
+  results via :mod:`.fleet_detector`;
 * per key -- close primes (:mod:`.fermat`), small factors and prime or even moduli
   (:mod:`.small_factors`), insecure exponent or size (:mod:`.parameters`).
 

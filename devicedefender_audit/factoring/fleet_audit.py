@@ -262,8 +262,8 @@ class FleetAudit:
                 elif (modulus := rsa_modulus(record)) is not None:
                     new.append((record.certificate_id, modulus))
         gone = members.names(~seen)
-        self.on_phase(f"{PHASE}: {len(new):,} new and {len(gone):,} gone since the last audit "
-                      f"({len(members):,} compared then)")
+        self.on_phase(f"{PHASE}: {len(new):,} new and {len(gone):,} gone since the saved state "
+                      f"of {len(members):,} keys")
         if gone:
             state.remove(self._stored_key(key_id) for key_id in gone)
         if new:

@@ -4,6 +4,13 @@ Operations are plain functions ``operation(ctx, **request) -> response``; the co
 what a real service has around a request. The clock is injectable so that tests (and
 ``run-due``) can move time; AWS clients and detectors are made on demand because most
 operations read the store only.
+
+Roles: with ``role_client`` set, the service acts as Device Defender does, with the role the
+account configured for each purpose (the audit configuration's ``roleArn`` for the audit's IoT
+calls, the SNS target's ``roleArn`` for notifications, each mitigation action's ``roleArn`` for
+its calls), and a purpose with no role configured is refused. Without it (a front's explicit
+choice, e.g. ``serve --own-credentials``, or the CLI), every call uses the service's own
+credentials and role ARNs are only recorded.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class ServiceContext:
     threads: list[threading.Thread] = field(default_factory=list)
     #: SNS for audit notifications and PUBLISH_FINDING_TO_SNS; made on demand like the IoT client.
     sns_client: Callable[[], Any] | None = None
+    #: ``(service, role_arn, purpose) -> client`` acting as that role; None: act with own credentials.
+    role_client: Callable[[str, str, str], Any] | None = None
 
     def __post_init__(self) -> None:
         if self.background and self.open_worker_store is None:
@@ -65,6 +74,24 @@ class ServiceContext:
         if self.sns_client is None:
             raise ServiceError("this service was started without an SNS client; it cannot publish to SNS")
         return self.sns_client()
+
+    def client_for(self, service: str, role_arn: str | None, purpose: str) -> Any:
+        """The ``iot`` or ``sns`` client for one purpose: acting as ``role_arn`` when this context
+        assumes roles (a clear error when none is configured), else with own credentials."""
+        if self.role_client is None:
+            return self.iot_client() if service == "iot" else self.sns()
+        if not role_arn:
+            raise InvalidRequest(f"no roleArn is configured for the {purpose}: this service acts with the role "
+                                 "the account configured (or run it with its own credentials, "
+                                 "serve --own-credentials)")
+        return self.role_client(service, role_arn, purpose)
+
+    def audit_iot_client(self) -> Any:
+        """The IoT client an audit reads the account with: the account audit configuration's role."""
+        from devicedefender_audit.service.configuration import CONFIGURATION_KEY, CONFIGURATION_KIND
+
+        configuration = self.store.get_record(CONFIGURATION_KIND, CONFIGURATION_KEY) or {}
+        return self.client_for("iot", configuration.get("roleArn"), "audit")
 
     def now(self) -> datetime:
         return self.clock()

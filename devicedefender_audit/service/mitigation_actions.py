@@ -1,8 +1,8 @@
 """Mitigation action definitions: ``CreateMitigationAction``, ``DescribeMitigationAction``,
 ``UpdateMitigationAction``, ``DeleteMitigationAction``, ``ListMitigationActions``.
 
-An action has a user-defined ``actionName``, a generated ``actionId``, a ``roleArn`` (kept, not
-assumed: actions run with the service's own credentials) and ``actionParams`` with exactly one
+An action has a user-defined ``actionName``, a generated ``actionId``, a ``roleArn`` (assumed for the
+action's calls when the service assumes roles, see :mod:`~devicedefender_audit.service.context`) and ``actionParams`` with exactly one
 member, which fixes its type. Only the types that act on this service's findings are accepted
 (``UPDATE_DEVICE_CERTIFICATE``, ``UPDATE_CA_CERTIFICATE``, ``ADD_THINGS_TO_THING_GROUP``,
 ``PUBLISH_FINDING_TO_SNS``); an update may change the parameters but not the type.

@@ -96,8 +96,7 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
     _check_mapping(mapping, definitions)
     findings = _resolve_findings(ctx.store, target, list(mapping))
     used = [definitions[name] for name in dict.fromkeys(n for names in mapping.values() for n in names)]
-    needs_sns = any(d.action_type is MitigationActionType.PUBLISH_FINDING_TO_SNS for d in used)
-    iot, sns = ctx.iot_client(), ctx.sns() if needs_sns else None
+    clients = _clients_by_role(ctx, used)
     statistics = {check: {"totalFindingsCount": sum(f.check_name == check for f in findings),
                           "failedFindingsCount": 0, "succeededFindingsCount": 0, "skippedFindingsCount": 0,
                           "canceledFindingsCount": 0}
@@ -126,20 +125,35 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
         holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
         raise InvalidRequest(f"clientRequestToken {client_request_token} was used for task {holder}")
     store = ctx.worker_store()
-    mitigator = Mitigator(iot, sns, store, dry_run=dry_run)
+    mitigators = {role: Mitigator(iot, sns, store, dry_run=dry_run) for role, (iot, sns) in clients.items()}
     if not ctx.background:
-        _run(ctx, store, mitigator, task_id)
+        _run(ctx, store, mitigators, task_id)
         return task_id
-    thread = threading.Thread(target=_run_in_background, args=(ctx, store, mitigator, task_id),
+    thread = threading.Thread(target=_run_in_background, args=(ctx, store, mitigators, task_id),
                               name=f"mitigation-{task_id}", daemon=True)
     ctx.threads.append(thread)
     thread.start()
     return task_id
 
 
-def _run_in_background(ctx: ServiceContext, store: Store, mitigator: Mitigator, task_id: str) -> None:
+def _clients_by_role(ctx: ServiceContext, used: Sequence[ActionDefinition]) -> dict[str | None, tuple[Any, Any]]:
+    """The (iot, sns) clients each action's ``roleArn`` acts with (see
+    :meth:`ServiceContext.client_for`), made before the task is recorded so that a service
+    without SNS, or a missing role, refuses the task instead of failing each finding. A role
+    that cannot be assumed fails its actions' executions, with STS's reason, when they run."""
+    clients: dict[str | None, tuple[Any, Any]] = {}
+    for role in dict.fromkeys(d.role_arn for d in used):
+        needs_sns = any(d.role_arn == role and d.action_type is MitigationActionType.PUBLISH_FINDING_TO_SNS
+                        for d in used)
+        clients[role] = (ctx.client_for("iot", role, "mitigation"),
+                         ctx.client_for("sns", role, "mitigation") if needs_sns else None)
+    return clients
+
+
+def _run_in_background(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Mitigator],
+                       task_id: str) -> None:
     try:
-        _run(ctx, store, mitigator, task_id)
+        _run(ctx, store, mitigators, task_id)
     except Exception:  # recorded as FAILED by _run; the thread only reports it
         log.exception("mitigation actions task %s failed", task_id)
     finally:
@@ -147,8 +161,9 @@ def _run_in_background(ctx: ServiceContext, store: Store, mitigator: Mitigator, 
             store.close()
 
 
-def _run(ctx: ServiceContext, store: Store, mitigator: Mitigator, task_id: str) -> None:
-    """Apply the task's actions finding by finding, saving its statistics as it goes."""
+def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Mitigator], task_id: str) -> None:
+    """Apply the task's actions finding by finding (each through the Mitigator of its role),
+    saving the statistics as it goes."""
     body = store.get_record(TASK_KIND, task_id) or {}
     definitions = {d["name"]: ActionDefinition.from_action_params(d["name"], d["id"], d["actionParams"],
                                                                   d.get("roleArn"))
@@ -167,7 +182,8 @@ def _run(ctx: ServiceContext, store: Store, mitigator: Mitigator, task_id: str) 
                     store.record_execution(_canceled(task_id, finding, action))
                 stats["canceledFindingsCount"] += 1
             else:
-                statuses = {mitigator.execute(finding, action, task_id).status for action in actions}
+                statuses = {mitigators[action.role_arn].execute(finding, action, task_id).status
+                            for action in actions}
                 if MitigationStatus.FAILED in statuses:
                     stats["failedFindingsCount"] += 1
                 elif statuses == {MitigationStatus.SKIPPED}:

@@ -8,8 +8,10 @@ The message follows the AWS IoT Developer Guide's audit notification payload (sc
 status, resource counts and, when it did not complete, ``message`` and ``errorCode``. Our error
 codes (``RESOURCES_NOT_CHECKED``, ...) appear there as they do in ``DescribeAuditTask``.
 
-The target's ``roleArn`` is kept but not assumed: the service publishes with its own
-credentials. A failed publish is logged and never changes the task's outcome.
+The message is published as the target's ``roleArn`` when the service assumes roles (see
+:mod:`~devicedefender_audit.service.context`), else with the service's own credentials. A
+failed publish (a role that cannot be assumed included) is logged with its reason and never
+changes the task's outcome.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def notify_audit_finished(ctx: ServiceContext, store: Store, task: AuditTask) ->
         return None
     message = json.dumps(audit_notification(task, ctx.account_id))
     try:
-        response = ctx.sns().publish(TopicArn=target["targetArn"], Message=message)
+        sns = ctx.client_for("sns", target.get("roleArn"), "notification")
+        response = sns.publish(TopicArn=target["targetArn"], Message=message)
     except (ServiceError, *AWS_ERRORS) as exc:
         log.warning("audit %s: notification to %s not sent: %s", task.task_id, target["targetArn"], exc)
         return None

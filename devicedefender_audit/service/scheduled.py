@@ -7,11 +7,23 @@ counted from the first one after the schedule was created (BIWEEKLY), on ``dayOf
 creation count. :func:`run_due` starts, as ``SCHEDULED_AUDIT_TASK`` with ``scheduledAuditName``,
 every schedule whose latest slot has not run yet (missed slots run once, not once each); a slot
 is claimed in the store before its audit starts, so two schedulers never run it twice.
+
+Two fronts call :func:`run_due`: the ``run-due`` command (cron, EventBridge) and the
+:class:`Scheduler` thread inside ``serve``. The scheduler checks when the server starts and
+then every ``interval`` seconds; what is due is decided by the context's clock, never by
+counting ticks, so a server stopped over several slots runs each schedule once when it comes
+back (its latest slot), not a burst, and a test moves the clock to make a schedule due. A
+schedule that cannot start (its check disabled since, ...) is reported in ``failedSchedules``
+and logged; its slot stays consumed, so it is not retried every interval. Nothing a schedule or
+an audit does stops the scheduler or the server.
 """
 
 from __future__ import annotations
 
 import calendar
+import logging
+import threading
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -22,6 +34,7 @@ from devicedefender_audit.service.shapes import check_request, enum_values
 from devicedefender_audit.service.tasks import SCHEDULED, start_audit
 
 RUN_KIND = "scheduled_audit_run"
+log = logging.getLogger(__name__)
 _WEEKDAYS = enum_values("DayOfWeek")  # SUN..SAT
 _PUBLIC = ("frequency", "dayOfMonth", "dayOfWeek", "targetCheckNames", "scheduledAuditName", "scheduledAuditArn")
 
@@ -160,5 +173,93 @@ def run_due(ctx: ServiceContext) -> dict:
         except ServiceError as exc:
             failed.append({"scheduledAuditName": name, "errorCode": exc.code, "message": exc.message})
             continue
+        except Exception as exc:  # noqa: BLE001 - one schedule's failure must not keep the others from starting
+            failed.append({"scheduledAuditName": name, "errorCode": "InternalFailure",
+                           "message": f"{type(exc).__name__}: {exc}"})
+            continue
         started.append({"scheduledAuditName": name, "taskId": task_id, "slot": slot})
     return {"startedTasks": started, "failedSchedules": failed}
+
+
+class Scheduler:
+    """:func:`run_due` in a background thread, for ``serve``: at start, then every ``interval``
+    seconds, or at once after :meth:`check_now`. It works through its own store connection
+    (``ctx.open_worker_store``), opened in its thread; audits it starts run as the context
+    runs them (in the background for ``serve``, where ``ctx.wait`` waits for them too)."""
+
+    def __init__(self, ctx: ServiceContext, interval: float = 60.0) -> None:
+        if ctx.open_worker_store is None:
+            raise ValueError("the scheduler needs open_worker_store (its own store connection)")
+        if interval <= 0:
+            raise ValueError(f"the scheduler's interval must be positive, not {interval}")
+        self.ctx = ctx
+        self.interval = interval
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._done = threading.Condition()
+        self._requested = self._checked = 0
+        self._last: dict = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="scheduled-audits", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop checking and wait for the thread (audits it started go on: ``ctx.wait``)."""
+        self._stop.set()
+        self._poke.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def check_now(self, timeout: float = 30.0) -> dict:
+        """Check at once (not waiting for the interval) and return what that check started."""
+        with self._done:
+            self._requested += 1
+            wanted = self._requested
+            self._poke.set()
+            if not self._done.wait_for(lambda: self._checked >= wanted or not self.running, timeout):
+                raise TimeoutError(f"the scheduler did not check within {timeout} s")
+            if self._checked < wanted:
+                raise RuntimeError("the scheduler is not running")
+            return self._last
+
+    def _loop(self) -> None:
+        assert self.ctx.open_worker_store is not None
+        store = self.ctx.open_worker_store()
+        ctx = replace(self.ctx, store=store)  # shares the thread list, so ctx.wait covers these audits
+        try:
+            while not self._stop.is_set():
+                self._poke.clear()
+                with self._done:
+                    serving = self._requested
+                result = self._check(ctx)
+                with self._done:
+                    self._checked, self._last = serving, result
+                    self._done.notify_all()
+                self._poke.wait(self.interval)
+        finally:
+            store.close()
+            with self._done:
+                self._done.notify_all()
+
+    @staticmethod
+    def _check(ctx: ServiceContext) -> dict:
+        try:
+            result = run_due(ctx)
+        except Exception:  # the store failed under us: report it and try again next interval
+            log.exception("scheduled audits: could not check what is due")
+            return {"startedTasks": [], "failedSchedules": []}
+        for started in result["startedTasks"]:
+            log.info("scheduled audit %s (slot %s) started as task %s", started["scheduledAuditName"],
+                     started["slot"].isoformat(), started["taskId"])
+        for failed in result["failedSchedules"]:
+            log.warning("scheduled audit %s could not start: %s (%s)", failed["scheduledAuditName"],
+                        failed["message"], failed["errorCode"])
+        return result

@@ -46,7 +46,7 @@ def start_audit(ctx: ServiceContext, check_names: list[str], task_type: str = ON
     detectors = ctx.detectors()
     makers = {CHECK_NAME: lambda: key_quality_check(detectors),
               DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK: factorable_check}
-    audit = Audit(ctx.iot_client(), store, detectors, region=ctx.region, clock=ctx.clock,
+    audit = Audit(ctx.audit_iot_client(), store, detectors, region=ctx.region, clock=ctx.clock,
                   checks=[makers[name]() for name in dict.fromkeys(check_names)])
     audit.task.task_type = task_type
     audit.task.scheduled_audit_name = scheduled_audit_name
