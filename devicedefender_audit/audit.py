@@ -1,4 +1,5 @@
-"""One audit task of ``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK``, written as it happens.
+"""One audit task (``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK`` and the other key checks over device
+and CA certificates), written as it happens.
 
 The task is stored ``IN_PROGRESS`` before the first AWS call, with its owner (host, pid) and a
 heartbeat; progress, unchecked resources and findings are committed batch by batch. A task ends
@@ -17,7 +18,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,9 +26,17 @@ from typing import Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code
 from devicedefender_audit.aws.iot_certificates import attached_things
-from devicedefender_audit.checks import KeyCheck, KeyOutcome, key_quality_check, severity_of
+from devicedefender_audit.ca_inventory import (
+    CA_RESOURCE_TYPE,
+    CaListingFailed,
+    CaSync,
+    save_ca_description,
+    sync_ca_certificates,
+)
+from devicedefender_audit.checks import CA_CERTIFICATE, KeyCheck, KeyOutcome, key_quality_check, severity_of
 from devicedefender_audit.detectors import Detector, DetectorResult
 from devicedefender_audit.inventory import IN_SCOPE_STATUSES, InventorySync, SyncAborted, SyncResult
+from devicedefender_audit.key_material import KeyMaterialError, public_key_from_spki
 from devicedefender_audit.models import (
     AuditCheckDetails,
     AuditFinding,
@@ -100,6 +109,21 @@ class AuditCounts:
     suppressed: int = 0
 
 
+def _rsa_keys(records: Iterable[InventoryRecord]) -> Iterator[tuple[str, int]]:
+    """(certificate id, modulus) of the records' readable RSA keys; unreadable ones are reported
+    by the per-key pass."""
+    for record in records:
+        description = record.description
+        if description is None or description.spki is None or description.key_algorithm != "RSA":
+            continue
+        try:
+            modulus = public_key_from_spki(description.spki).modulus
+        except KeyMaterialError:
+            continue
+        if modulus:
+            yield record.certificate_id, modulus
+
+
 class Audit:
     """Runs one audit task against an IoT client, recording everything in ``store``."""
 
@@ -129,7 +153,13 @@ class Audit:
         self.task.task_statistics.total_checks = len(self.checks)
         self.task.task_statistics.in_progress_checks = len(self.checks)
         self.counts = {check.name: AuditCounts() for check in self.checks}
+        self.device_checks = [check for check in self.checks if check.resource_type != CA_CERTIFICATE]
+        self.ca_checks = [check for check in self.checks if check.resource_type == CA_CERTIFICATE]
+        #: Checks that could not run at all: (error code, message), e.g. CA certificates not listed.
+        self.unrunnable: dict[str, tuple[str, str]] = {}
         self.left_scope = 0
+        #: When the device inventory was last synced by this task (its in-scope records are those seen since).
+        self._synced_at = 0.0
         self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
 
     def run(self) -> AuditTask:
@@ -137,8 +167,12 @@ class Audit:
         self._suppressions = ActiveSuppressions(self.store, self.clock())
         self._save()
         try:
-            sync = self._sync()
-            self._check(sync)
+            # The CA factorable check compares CA keys with the device fleet: it needs the inventory.
+            if self.device_checks or any(check.fleet for check in self.ca_checks):
+                sync = self._sync()
+                self._check(sync)
+            if self.ca_checks:
+                self._check_ca(self._sync_ca())
             self._finish()
         except SyncAborted as exc:
             self._fail(exc.error_code, str(exc))
@@ -179,21 +213,64 @@ class Audit:
             if err.left_scope:
                 self.left_scope += 1
             else:
-                for counts in self.counts.values():
-                    counts.failed += 1
+                for check in self.device_checks:
+                    self.counts[check.name].failed += 1
             self.store.add_errors(self.task.task_id, [err])
 
         return InventorySync(self.iot, self.store, self.workers, on_progress=progress, on_error=error).run()
 
     def _check(self, sync: SyncResult) -> None:
+        self._synced_at = sync.started
         total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES)
-        for details in self.task.audit_details.values():
-            details.total_resources_count = total
-        fleet = self._fleet_scan(sync) if any(check.fleet for check in self.checks) else {}
+        for check in self.device_checks:
+            self.task.audit_details[check.name].total_resources_count = total
+        fleet = self._fleet_scan(sync) if any(check.fleet for check in self.device_checks) else {}
+        if not self.device_checks:
+            return
         self._phase("Checking keys", total)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="things") as pool:
             for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
-                self._check_batch(records, sync.undescribed, pool, fleet)
+                self._check_batch(records, sync.undescribed, pool, fleet, self.device_checks)
+
+    def _sync_ca(self) -> CaSync | None:
+        """The CA certificates in scope; ``None`` (the CA checks marked unrunnable) if not listed."""
+        self._phase("Listing CA certificates", None)
+        self._raise_if_canceled()
+        try:
+            ca = sync_ca_certificates(self.iot, self.store)
+        except CaListingFailed as exc:
+            for check in self.ca_checks:
+                self.unrunnable[check.name] = (exc.error_code, str(exc))
+            return None
+        self.store.add_errors(self.task.task_id, ca.errors)
+        unchecked = [error for error in ca.errors if not error.left_scope]
+        self.left_scope += len(ca.errors) - len(unchecked)
+        for check in self.ca_checks:
+            self.counts[check.name].failed += len(unchecked)
+            self.task.audit_details[check.name].total_resources_count = len(ca.records) + len(unchecked)
+        return ca
+
+    def _ca_fleet_scan(self, ca: CaSync) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
+        """The CA keys compared with each other and with the in-scope device keys."""
+        from devicedefender_audit.factoring.ca_comparison import compare_ca_keys
+
+        self._phase("Comparing CA keys with the fleet", None)
+        devices = (
+            key
+            for records in self.store.in_scope(self._synced_at, IN_SCOPE_STATUSES, CHECK_BATCH)
+            for key in _rsa_keys(records)
+        )
+        known = next((check.known for check in self.ca_checks if check.known), None)
+        return compare_ca_keys(list(_rsa_keys(ca.records)), devices, known)
+
+    def _check_ca(self, ca: CaSync | None) -> None:
+        if ca is None:
+            return
+        fleet = self._ca_fleet_scan(ca) if any(check.fleet for check in self.ca_checks) else {}
+        self._phase("Checking CA keys", len(ca.records))
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="things") as pool:
+            for start in range(0, len(ca.records), CHECK_BATCH):
+                self._check_batch(ca.records[start : start + CHECK_BATCH], set(), pool, fleet, self.ca_checks)
 
     def _fleet_scan(self, sync: SyncResult) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
         """The in-scope RSA moduli compared with each other (batch GCD) and with a known list:
@@ -209,7 +286,8 @@ class Audit:
         ).results
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
-                     fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]]) -> None:
+                     fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]],
+                     checks: Sequence[KeyCheck]) -> None:
         self._raise_if_canceled()
         stored = self.store.verdicts(r.certificate_id for r in records)
         fresh: list[StoredVerdict] = []
@@ -221,7 +299,7 @@ class Audit:
             if cid in undescribed:
                 continue  # reported by the sync already
             fleet_results, _ = fleet.get(cid, ((), {}))
-            for check in self.checks:
+            for check in checks:
                 counts = self.counts[check.name]
                 outcome = check.evaluate(record, stored.get(cid, ()), fleet_results if check.fleet else ())
                 fresh += outcome.fresh
@@ -229,7 +307,9 @@ class Audit:
                     reparsed[cid] = outcome.reparsed
                 if outcome.error:
                     errors[cid] = ResourceError(certificate_id=cid, error_code=outcome.error[0],
-                                                message=outcome.error[1])
+                                                message=outcome.error[1],
+                                                resource_type=CA_RESOURCE_TYPE if check.resource_type == CA_CERTIFICATE
+                                                else None)
                     counts.failed += 1
                 elif outcome.vulnerable:
                     weak.append((check, record, outcome))
@@ -238,12 +318,12 @@ class Audit:
                     counts.not_applicable += 1
                 elif outcome.not_covered:
                     counts.not_covered += 1
-        arns = sorted({record.certificate_arn for _, record, _ in weak})
+        arns = sorted({record.certificate_arn for check, record, _ in weak if check.resource_type != CA_CERTIFICATE})
         things = dict(zip(arns, pool.map(self._things_note, arns), strict=True))
         findings = [
             finding
             for check, record, outcome in weak
-            for finding in self._findings(check, record, outcome, things[record.certificate_arn],
+            for finding in self._findings(check, record, outcome, things.get(record.certificate_arn),
                                           fleet.get(record.certificate_id, ((), {}))[1])
         ]
         suppressed = {(f.check_name, f.certificate_id) for f in findings
@@ -252,27 +332,37 @@ class Audit:
             finding.is_suppressed = (finding.check_name, finding.certificate_id) in suppressed
         for check_name, _ in suppressed:
             self.counts[check_name].suppressed += 1
-        self.task.progress.checked_certificates += len(records)
+        if checks is self.device_checks:
+            self.task.progress.checked_certificates += len(records)
         self._update_details()
         with self.store.batch():
             self.store.save_verdicts(fresh)
-            if reparsed:
+            if reparsed and checks is self.device_checks:
                 self.store.save_descriptions(list(reparsed.values()))
+            for description in reparsed.values() if checks is self.ca_checks else ():
+                save_ca_description(self.store, description)
             self.store.add_errors(self.task.task_id, list(errors.values()))
             self.store.add_findings(findings)
             self._save()
         if self.on_advance:
             self.on_advance(len(records))
 
-    def _findings(self, check: KeyCheck, record: InventoryRecord, outcome: KeyOutcome, things: str,
+    def _findings(self, check: KeyCheck, record: InventoryRecord, outcome: KeyOutcome, things: str | None,
                   fleet_evidence: dict[str, str]) -> list[AuditFinding]:
         description = record.description
         info = {
             "keyAlgorithm": (description.key_algorithm if description else None) or "",
             "keySize": str((description.key_bits if description else None) or ""),
             "certificateStatus": record.status,
-            "things": things,
         }
+        if check.resource_type == CA_CERTIFICATE:
+            # The model's ResourceIdentifier has no CA certificate ARN; the finding keeps it here.
+            info["caCertificateArn"] = record.certificate_arn
+            identifier = ResourceIdentifier(ca_certificate_id=record.certificate_id)
+        else:
+            info["things"] = things or ""
+            identifier = ResourceIdentifier(device_certificate_id=record.certificate_id,
+                                            device_certificate_arn=record.certificate_arn)
         if check.fleet:
             info.update(fleet_evidence)  # the other certificates' ids; never a factor
         return [
@@ -282,10 +372,8 @@ class Audit:
                 severity=severity_of(verdict.reason_code or ""),
                 task_start_time=self.task.task_start_time,
                 non_compliant_resource=NonCompliantResource(
-                    resource_identifier=ResourceIdentifier(
-                        device_certificate_id=record.certificate_id,
-                        device_certificate_arn=record.certificate_arn,
-                    ),
+                    resource_type=check.resource_type,
+                    resource_identifier=identifier,
                     additional_info=info,
                 ),
                 reason_for_non_compliance=verdict.detail,
@@ -317,6 +405,11 @@ class Audit:
         stats = self.task.task_statistics
         for name, counts in self.counts.items():
             details = self.task.audit_details[name]
+            if name in self.unrunnable:
+                details.check_run_status, details.check_compliant = "FAILED", False
+                details.error_code, details.message = self.unrunnable[name]
+                stats.failed_checks += 1
+                continue
             unchecked = []
             if counts.failed:
                 unchecked.append(f"{counts.failed} could not be checked")

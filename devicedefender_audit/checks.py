@@ -1,6 +1,7 @@
 """Audit checks over the inventory's keys: ``DEVICE_CERTIFICATE_KEY_QUALITY_CHECK`` (the two CVEs)
 and our ``DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK`` (shared primes across the fleet, close primes,
-small factors, insecure parameters).
+small factors, insecure parameters), and their twins over CA certificates,
+``CA_CERTIFICATE_KEY_QUALITY_CHECK`` and ``CA_CERTIFICATE_KEY_FACTORABLE_CHECK``.
 
 A check is a name and detectors. Checks need no AWS call: the key is in the inventory. A stored verdict is reused while its
 detector's version (code and data, e.g. a blocklist's digest) is unchanged, and recomputed from
@@ -9,12 +10,18 @@ the stored key otherwise, so a new blocklist re-checks the whole fleet without t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from devicedefender_audit.check_names import CA_CERTIFICATE, DEVICE_CERTIFICATE
+from devicedefender_audit.check_names import CA_CERTIFICATE_KEY_QUALITY_CHECK as CA_CHECK_NAME
 from devicedefender_audit.detectors import Detector, DetectorResult, Verdict, check_key, detector_version
-from devicedefender_audit.factoring.codes import DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, INSECURE_PARAMETERS
+from devicedefender_audit.factoring.codes import (
+    CA_CERTIFICATE_KEY_FACTORABLE_CHECK,
+    DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK,
+    INSECURE_PARAMETERS,
+)
 from devicedefender_audit.key_material import (
     KeyMaterialError,
     PublicKeyInfo,
@@ -28,12 +35,19 @@ if TYPE_CHECKING:
     from devicedefender_audit.factoring.known import KnownValues
 
 __all__ = [
+    "CA_CERTIFICATE",
+    "CA_CERTIFICATE_KEY_FACTORABLE_CHECK",
+    "CA_CHECK_NAME",
     "CHECK_NAME",
+    "DEVICE_CERTIFICATE",
     "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK",
     "KeyCheck",
     "KeyOutcome",
+    "ca_factorable_check",
+    "ca_key_quality_check",
     "factorable_check",
     "key_quality_check",
+    "make_checks",
     "severity_of",
 ]
 
@@ -70,14 +84,16 @@ class KeyOutcome:
 
 
 class KeyCheck:
-    """One audit check: per-key detectors, and for the factorable check the fleet's shared-prime
-    results (which depend on the whole fleet, so they are handed in, never stored per key)."""
+    """One audit check: per-key detectors over one resource type (device or CA certificates),
+    and for the factorable checks the fleet's shared-prime results (which depend on the whole
+    fleet, so they are handed in, never stored per key)."""
 
     def __init__(self, name: str, detectors: Sequence[Detector], fleet: bool = False,
-                 known: KnownValues | None = None) -> None:
+                 known: KnownValues | None = None, resource_type: str = DEVICE_CERTIFICATE) -> None:
         self.name = name
         self.detectors = list(detectors)
         self.fleet = fleet
+        self.resource_type = resource_type
         #: Known moduli or primes the fleet is also compared with (``run --known-moduli``).
         self.known = known
         self.versions = {d.name: detector_version(d) for d in self.detectors}
@@ -144,3 +160,28 @@ def factorable_check(known: KnownValues | None = None) -> KeyCheck:
     from devicedefender_audit.factoring import per_key_detectors
 
     return KeyCheck(DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, per_key_detectors(), fleet=True, known=known)
+
+
+def ca_key_quality_check(detectors: Sequence[Detector]) -> KeyCheck:
+    """``CA_CERTIFICATE_KEY_QUALITY_CHECK``: Device Defender's CA check, the same detectors."""
+    return KeyCheck(CA_CHECK_NAME, detectors, resource_type=CA_CERTIFICATE)
+
+
+def ca_factorable_check(known: KnownValues | None = None) -> KeyCheck:
+    """``CA_CERTIFICATE_KEY_FACTORABLE_CHECK``: the CA keys compared with each other and with the
+    device fleet (a prime shared with any key breaks both), plus the per-key factoring tests."""
+    from devicedefender_audit.factoring import per_key_detectors
+
+    return KeyCheck(CA_CERTIFICATE_KEY_FACTORABLE_CHECK, per_key_detectors(), fleet=True, known=known,
+                    resource_type=CA_CERTIFICATE)
+
+
+def make_checks(names: Iterable[str], detectors: Sequence[Detector], known: KnownValues | None = None) -> list[KeyCheck]:
+    """The checks named (each once, in order): one place that maps a check name to its check."""
+    makers = {
+        CHECK_NAME: lambda: key_quality_check(detectors),
+        DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK: lambda: factorable_check(known),
+        CA_CHECK_NAME: lambda: ca_key_quality_check(detectors),
+        CA_CERTIFICATE_KEY_FACTORABLE_CHECK: lambda: ca_factorable_check(known),
+    }
+    return [makers[name]() for name in dict.fromkeys(names)]

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from devicedefender_audit.check_names import AUDIT_CHECKS
+
 if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.models import AuditTask, MitigationExecution
@@ -29,9 +31,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_PIPE, EXIT_SIGTERM = 130, 141, 143
 EC_CURVES = ("p256", "p384", "p521")
-QUALITY_CHECK, FACTORABLE_CHECK = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK", "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"
-AUDIT_CHECKS = (QUALITY_CHECK, FACTORABLE_CHECK)
-MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP", "PUBLISH_FINDING_TO_SNS")
+MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "UPDATE_CA_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP",
+                      "PUBLISH_FINDING_TO_SNS")
 
 
 def _positive_int(text: str) -> int:
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="audit an embedded moto account seeded with a demo fleet (no AWS needed)")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--checks", nargs="+", choices=AUDIT_CHECKS, default=None,
-                     help="audit checks to run (default: both)")
+                     help="audit checks to run (default: all)")
     run.add_argument("--known-moduli", type=Path, default=None, metavar="FILE",
                      help="known moduli or primes (decimal, 0x-hex or Modulus=HEX per line) the fleet is "
                      "compared with by the factorable check")
@@ -259,8 +260,8 @@ def _audit_exit_code(task: AuditTask) -> int:
 
 
 def _checks(args: argparse.Namespace, detectors: list[Any]) -> list[Any]:
-    """The audit checks to run: both by default, or those named by ``--checks``."""
-    from devicedefender_audit.checks import factorable_check, key_quality_check
+    """The audit checks to run: all by default, or those named by ``--checks``."""
+    from devicedefender_audit.checks import make_checks
 
     known = None
     if getattr(args, "known_moduli", None):
@@ -270,8 +271,7 @@ def _checks(args: argparse.Namespace, detectors: list[Any]) -> list[Any]:
             known = KnownValues.load(args.known_moduli)
         except (OSError, ValueError) as exc:
             raise _BadInput(f"--known-moduli: {exc}") from exc
-    makers = {QUALITY_CHECK: lambda: key_quality_check(detectors), FACTORABLE_CHECK: lambda: factorable_check(known)}
-    return [makers[name]() for name in (getattr(args, "checks", None) or AUDIT_CHECKS)]
+    return make_checks(getattr(args, "checks", None) or AUDIT_CHECKS, detectors, known)
 
 
 def _run_audit(target: AwsTarget, store: Store, args: argparse.Namespace, progress: bool) -> AuditTask:
@@ -352,6 +352,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if args.format == "table" and findings:
                 mitigator = Mitigator(target.client("iot"), target.client("sns"), None, dry_run=True)
                 actions = [ActionDefinition.for_type(MitigationActionType.UPDATE_DEVICE_CERTIFICATE),
+                           ActionDefinition.for_type(MitigationActionType.UPDATE_CA_CERTIFICATE),
                            ActionDefinition.for_type(MitigationActionType.ADD_THINGS_TO_THING_GROUP,
                                                      thing_group=QUARANTINE_GROUP)]
                 print("\nMitigation dry run (nothing is changed):")
@@ -419,9 +420,11 @@ def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> No
 
 def cmd_mitigate(args: argparse.Namespace) -> int:
     """The everyday front of StartAuditMitigationActionsTask: the given action types, with their
-    options as unstored definitions, on every finding of one audit, in the foreground."""
-    from devicedefender_audit.mitigation import ActionDefinition
-    from devicedefender_audit.models import CHECK_NAME, MitigationActionType, new_id
+    options as unstored definitions, on every finding of one audit (each action on the checks
+    whose resource type it acts on), in the foreground."""
+    from devicedefender_audit.check_names import RESOURCE_TYPE_OF
+    from devicedefender_audit.mitigation import ACTIONS_FOR_RESOURCE, ActionDefinition
+    from devicedefender_audit.models import MitigationActionType, new_id
     from devicedefender_audit.service import ServiceContext, ServiceError
     from devicedefender_audit.service.mitigation_tasks import start_mitigation_task
 
@@ -434,13 +437,21 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     store = _open_store(args)
     try:
-        audit_task_id = _resolve_task(store, args.task_id).task_id
+        audit_task = _resolve_task(store, args.task_id)
+        mapping = {check: [name for name, action in actions.items()
+                           if action.action_type in ACTIONS_FOR_RESOURCE[RESOURCE_TYPE_OF[check]]]
+                   for check in audit_task.audit_details if check in RESOURCE_TYPE_OF}
+        mapping = {check: names for check, names in mapping.items() if names}
+        if not mapping:
+            print(f"error: none of {', '.join(actions)} acts on the checks audit {audit_task.task_id} ran",
+                  file=sys.stderr)
+            return EXIT_USAGE
         target = _target(args)
         target.require_credentials()
         ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=list,
                              region=target.region_name or "us-east-1", sns_client=lambda: target.client("sns"))
         task_id = f"mitigate-{new_id()}"
-        start_mitigation_task(ctx, task_id, {"auditTaskId": audit_task_id}, {CHECK_NAME: list(actions)}, actions,
+        start_mitigation_task(ctx, task_id, {"auditTaskId": audit_task.task_id}, mapping, actions,
                               client_request_token=task_id, dry_run=args.dry_run)
         executions = store.executions(task_id)
     except ServiceError as exc:

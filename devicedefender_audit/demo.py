@@ -5,7 +5,9 @@ good keys, real ROCA certificates from the ROCA authors' test set, and certifica
 start-up for real CVE-2008-0166 weak private keys. It also holds a fresh EC certificate (not
 applicable to the RSA checks), a revoked and an inactive weak certificate (out of scope, so
 not reported) and one corrupt PEM (reported as a failed resource), so one run shows every
-path of the audit.
+path of the audit. Two CA certificates are registered: a fresh one, and one whose key is a real
+Debian weak P-256 key (``CA_CERTIFICATE_KEY_QUALITY_CHECK`` reports it). moto has no
+``ListCACertificates``; :mod:`.moto_ca_listing` adds it to the embedded server.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ FLEET = (
     DemoDevice("broken-015", "corrupt"),
 )
 
+#: CA certificates: (common name, source as for a device).
+CA_CERTIFICATES = (
+    DemoDevice("demo-root-ca", "ec"),
+    DemoDevice("legacy-ca-deb", "debian-ecp256-ssl-le64-pid1-rnd.key"),
+)
+
 CORRUPT_PEM = "-----BEGIN CERTIFICATE-----\nTm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
 
 
@@ -90,7 +98,7 @@ def device_certificate(device: DemoDevice) -> str:
 
 
 def seed_fleet(target: AwsTarget) -> dict[str, str]:
-    """Register the demo fleet; return thing name -> certificate id."""
+    """Register the demo fleet and CA certificates; return thing (or CA) name -> certificate id."""
     iot = target.client("iot")
     registered = {}
     for device in FLEET:
@@ -100,6 +108,9 @@ def seed_fleet(target: AwsTarget) -> dict[str, str]:
         iot.create_thing(thingName=device.thing)
         iot.attach_thing_principal(thingName=device.thing, principal=cert["certificateArn"])
         registered[device.thing] = cert["certificateId"]
+    for ca in CA_CERTIFICATES:
+        cert = iot.register_ca_certificate(caCertificate=device_certificate(ca), setAsActive=True)
+        registered[ca.thing] = cert["certificateId"]
     return registered
 
 
@@ -108,6 +119,9 @@ def demo_account() -> Iterator[AwsTarget]:
     """A seeded moto server on loopback for the duration of the block."""
     from moto.server import ThreadedMotoServer
 
+    from devicedefender_audit import moto_ca_listing
+
+    moto_ca_listing.install()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request access log
     for variable, value in (
         ("AWS_ACCESS_KEY_ID", "demo"),

@@ -199,7 +199,7 @@ class InventorySync:
                 certificate_id=cid, error_code="MALFORMED_RESPONSE",
                 message=f"DescribeCertificate response lacks {exc}"))
         except AWS_ERRORS as exc:
-            return _Described(cert, cert.status, None, _describe_error(cid, exc))
+            return _Described(cert, cert.status, None, describe_error(cid, exc))
         if not certificate_id_matches(cid, pem):
             return _Described(cert, status, None, ResourceError(
                 certificate_id=cid, error_code="CERTIFICATE_ID_MISMATCH",
@@ -239,7 +239,7 @@ class InventorySync:
             self.on_progress(result)
 
 
-def _describe_error(certificate_id: str, exc: BaseException) -> ResourceError:
+def describe_error(certificate_id: str, exc: BaseException) -> ResourceError:
     """Classify a failed DescribeCertificate for the audit report."""
     message = aws_error_message(exc)
     if is_not_found(exc):

@@ -28,6 +28,7 @@ from typing import Any
 from botocore.exceptions import ClientError, NoCredentialsError
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, is_not_found
+from devicedefender_audit.check_names import CA_CERTIFICATE, DEVICE_CERTIFICATE
 from devicedefender_audit.mitigation_claims import abandoned, new_claim, retake
 from devicedefender_audit.models import (
     AuditFinding,
@@ -49,8 +50,12 @@ PARAMS_MEMBER = {
     MitigationActionType.ADD_THINGS_TO_THING_GROUP: "addThingsToThingGroupParams",
     MitigationActionType.PUBLISH_FINDING_TO_SNS: "publishFindingToSnsParams",
 }
-#: The types that apply to device certificate findings (UPDATE_CA_CERTIFICATE acts on CA certificates).
-DEVICE_CERTIFICATE_ACTIONS = frozenset(PARAMS_MEMBER) - {MitigationActionType.UPDATE_CA_CERTIFICATE}
+#: The action types that act on each resource type's findings, as Device Defender allows them:
+#: a CA certificate has no things, and each certificate kind has its own update action.
+ACTIONS_FOR_RESOURCE = {
+    DEVICE_CERTIFICATE: frozenset(PARAMS_MEMBER) - {MitigationActionType.UPDATE_CA_CERTIFICATE},
+    CA_CERTIFICATE: frozenset({MitigationActionType.UPDATE_CA_CERTIFICATE, MitigationActionType.PUBLISH_FINDING_TO_SNS}),
+}
 
 
 @dataclass(frozen=True)
@@ -91,10 +96,8 @@ class ActionDefinition:
             if not sns_topic_arn:
                 raise ValueError("PUBLISH_FINDING_TO_SNS needs a topic ARN (--sns-topic-arn)")
             params = {"topicArn": sns_topic_arn}
-        elif action_type is MitigationActionType.UPDATE_DEVICE_CERTIFICATE:
+        else:  # UPDATE_DEVICE_CERTIFICATE, UPDATE_CA_CERTIFICATE: the model's only action
             params = {"action": "DEACTIVATE"}
-        else:
-            raise ValueError(f"{action_type.value} does not apply to device certificate findings")
         draft = cls(action_type.value, "", action_type, params)
         return cls(draft.name, str(uuid.UUID(draft.digest[:32])), action_type, params)
 
@@ -132,8 +135,9 @@ class Mitigator:
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
-        """Every action on every finding, recorded under ``task_id``."""
-        return [self.execute(finding, action, task_id) for finding in findings for action in actions]
+        """Every action on every finding it acts on, recorded under ``task_id``."""
+        return [self.execute(finding, action, task_id) for finding in findings for action in actions
+                if action.action_type in ACTIONS_FOR_RESOURCE[finding.resource_type]]
 
     def execute(self, finding: AuditFinding, action: ActionDefinition, task_id: str) -> MitigationExecution:
         """Apply one action to one finding and record the outcome (never raises for an AWS error)."""
@@ -150,10 +154,13 @@ class Mitigator:
         claim = f"{finding.finding_id}/{action.digest}"
         claimed = False
         try:
+            if action.action_type not in ACTIONS_FOR_RESOURCE[finding.resource_type]:
+                raise _Skip(f"{action.action_type.value} does not act on a {finding.resource_type} finding")
             self._claim(claim, task_id, action)
             claimed = not self.dry_run and self.store is not None
             handler = {
                 MitigationActionType.UPDATE_DEVICE_CERTIFICATE: self._deactivate_certificate,
+                MitigationActionType.UPDATE_CA_CERTIFICATE: self._deactivate_ca_certificate,
                 MitigationActionType.ADD_THINGS_TO_THING_GROUP: self._quarantine_things,
                 MitigationActionType.PUBLISH_FINDING_TO_SNS: self._publish,
             }[action.action_type]
@@ -224,6 +231,21 @@ class Mitigator:
         self._mutate(self.iot, "iot", "update_certificate",
                      certificateId=finding.certificate_id, newStatus="INACTIVE")
         return f"set certificate {finding.certificate_id} from {status} to INACTIVE"
+
+    def _deactivate_ca_certificate(self, finding: AuditFinding, action: ActionDefinition) -> str:
+        """A deactivated CA registers no more devices; those it registered keep their status."""
+        try:
+            status = self.iot.describe_ca_certificate(certificateId=finding.certificate_id)[
+                "certificateDescription"]["status"]
+        except ClientError as exc:
+            if is_not_found(exc):
+                raise _Skip("CA certificate no longer exists") from exc
+            raise
+        if status == "INACTIVE":
+            raise _Skip("CA certificate is already INACTIVE")
+        self._mutate(self.iot, "iot", "update_ca_certificate",
+                     certificateId=finding.certificate_id, newStatus="INACTIVE")
+        return f"set CA certificate {finding.certificate_id} from {status} to INACTIVE"
 
     def _certificate_arn(self, finding: AuditFinding) -> str:
         if finding.certificate_arn:

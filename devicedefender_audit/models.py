@@ -14,7 +14,7 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-CHECK_NAME = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"
+from devicedefender_audit.check_names import DEVICE_CERTIFICATE_KEY_QUALITY_CHECK as CHECK_NAME
 
 
 def utcnow() -> datetime:
@@ -42,8 +42,18 @@ class AuditTaskStatus(str, Enum):
 
 
 class ResourceIdentifier(AwsModel):
-    device_certificate_id: str
+    """The model's ``ResourceIdentifier`` for the certificates this service audits: a device
+    certificate (id and ARN) or a CA certificate (the model has only its id)."""
+
+    device_certificate_id: str | None = None
     device_certificate_arn: str | None = None
+    ca_certificate_id: str | None = None
+
+    @model_validator(mode="after")
+    def _names_one_certificate(self) -> ResourceIdentifier:
+        if bool(self.device_certificate_id) == bool(self.ca_certificate_id):
+            raise ValueError("a resource identifier names a device certificate or a CA certificate")
+        return self
 
 
 class NonCompliantResource(AwsModel):
@@ -66,11 +76,21 @@ class AuditFinding(AwsModel):
 
     @property
     def certificate_id(self) -> str:
-        return self.non_compliant_resource.resource_identifier.device_certificate_id
+        """The device or CA certificate the finding is about."""
+        identifier = self.non_compliant_resource.resource_identifier
+        return identifier.device_certificate_id or identifier.ca_certificate_id or ""
+
+    @property
+    def resource_type(self) -> str:
+        return self.non_compliant_resource.resource_type
 
     @property
     def certificate_arn(self) -> str | None:
-        return self.non_compliant_resource.resource_identifier.device_certificate_arn
+        """The certificate's ARN; a CA certificate's is in ``additionalInfo`` (the model's
+        ``ResourceIdentifier`` has no member for it)."""
+        resource = self.non_compliant_resource
+        return (resource.resource_identifier.device_certificate_arn
+                or resource.additional_info.get("caCertificateArn"))
 
 
 class ResourceError(AwsModel):
@@ -84,6 +104,8 @@ class ResourceError(AwsModel):
     error_code: str  # DELETED_DURING_SCAN, MALFORMED_CERTIFICATE, KEY_TOO_LARGE, THROTTLED, ...
     message: str
     left_scope: bool = False
+    #: ``CA_CERTIFICATE`` for a CA certificate; absent for device certificates.
+    resource_type: str | None = None
 
 
 class TaskStatistics(AwsModel):

@@ -20,6 +20,13 @@ def audit_json(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
     )
 
 
+def _things_column(finding: AuditFinding) -> str:
+    """The things to act on; a CA certificate has none, so the column says what it is."""
+    if finding.resource_type == "CA_CERTIFICATE":
+        return "(CA certificate)"
+    return finding.non_compliant_resource.additional_info.get("things") or "-"
+
+
 def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterable[ResourceError]) -> str:
     findings, errors = list(findings), list(errors)
     out = [f"Audit task {task.task_id}  {task.task_status.value}  started {task.task_start_time:%Y-%m-%d %H:%M:%S %Z}"]
@@ -39,7 +46,7 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
     if findings:
         out += ["", "Findings:", table(
             ("SEVERITY", "CERTIFICATE", "THINGS", "REASON CODE", "REASON"),
-            [(f.severity, f.certificate_id, f.non_compliant_resource.additional_info.get("things") or "-",
+            [(f.severity, f.certificate_id, _things_column(f),
               f.reason_for_non_compliance_code, f.reason_for_non_compliance)
              for f in findings],
         )]

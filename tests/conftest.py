@@ -16,10 +16,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
+from devicedefender_audit import moto_ca_listing
 from devicedefender_audit.audit import Audit
 from devicedefender_audit.demo import issue_certificate
 from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
 from devicedefender_audit.store import Store, open_store
+
+# moto lacks ListCACertificates, which the CA checks need: every test's moto has it.
+moto_ca_listing.install()
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent

@@ -146,11 +146,14 @@ def test_demo_command_in_a_fresh_process(tmp_path, aws_env):
     assert proc.returncode == 0, proc.stderr
     critical = [line for line in proc.stdout.splitlines() if line.startswith("CRITICAL")]
     assert sum(ROCA in line for line in critical) == 2
-    # four RSA-1024 openssl keys, the RSA-2048 one and the ssh-keygen one
-    assert sum(DEBIAN in line for line in critical) == 6 and len(critical) == 8
+    # four RSA-1024 openssl keys, the RSA-2048 one, the ssh-keygen one and the P-256 CA certificate
+    assert sum(DEBIAN in line for line in critical) == 7 and len(critical) == 9
+    assert sum("(CA certificate)" in line and DEBIAN in line for line in critical) == 1
+    assert "Check CA_CERTIFICATE_KEY_QUALITY_CHECK: COMPLETED_NON_COMPLIANT" in proc.stdout
     assert "not covered: 0" in proc.stdout  # the good RSA-1024/2048 keys are checked, not skipped
     assert "MALFORMED_CERTIFICATE" in proc.stdout
     assert "would call iot.update_certificate" in proc.stdout
+    assert "would call iot.update_ca_certificate" in proc.stdout
 
 
 def test_missing_credentials_and_region_are_explained(capsys, monkeypatch, tmp_path):
@@ -198,12 +201,15 @@ def test_blocklist_generate_and_build_an_ec_range(capsys, tmp_path):
                  "--blocklists", str(tmp_path)]) == 2
 
 
-def test_run_reports_both_checks_and_can_run_one(capsys, moto_server, server_iot):
+def test_run_reports_every_check_and_can_run_one(capsys, moto_server, server_iot):
     register(server_iot, (DATA / "roca" / "cert04.pem").read_text())
     code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--format", "json", "--no-progress")
     details = json.loads(out)["auditTask"]["auditDetails"]
     assert code == 3 and set(details) == {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK",
-                                          "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"}
+                                          "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK",
+                                          "CA_CERTIFICATE_KEY_QUALITY_CHECK", "CA_CERTIFICATE_KEY_FACTORABLE_CHECK"}
+    # No CA certificate: nothing to check, which is compliant.
+    assert details["CA_CERTIFICATE_KEY_QUALITY_CHECK"]["checkRunStatus"] == "COMPLETED_COMPLIANT"
     code, out = run_cli(capsys, "run", "--endpoint-url", moto_server, "--no-progress",
                         "--checks", "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK")
     assert "Check DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK" in out and "KEY_QUALITY_CHECK" not in out

@@ -13,6 +13,7 @@ import pytest
 from conftest import DATA, REGION, register
 from service_helpers import CALLED, call
 
+from devicedefender_audit.check_names import AUDIT_CHECKS
 from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.mitigation import Mitigator
 from devicedefender_audit.models import CHECK_NAME
@@ -72,7 +73,7 @@ def resource(certificate_id: str) -> dict:
 def test_lifecycle_calls_every_operation_with_model_shaped_responses(ctx, account):
     CALLED.clear()
     assert call(ctx, "DescribeAccountAuditConfiguration")["auditCheckConfigurations"] == {
-        CHECK_NAME: {"enabled": False}, "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK": {"enabled": False}}
+        name: {"enabled": False} for name in AUDIT_CHECKS}
     with pytest.raises(InvalidRequest, match="not enabled"):
         call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])
     enable(ctx)
@@ -142,7 +143,7 @@ def test_lifecycle_calls_every_operation_with_model_shaped_responses(ctx, accoun
     assert call(ctx, "ListAuditSuppressions") == {"suppressions": []}
     call(ctx, "DeleteAccountAuditConfiguration")
     assert call(ctx, "DescribeAccountAuditConfiguration") == {"auditCheckConfigurations": {
-        CHECK_NAME: {"enabled": False}, "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK": {"enabled": False}}}
+        name: {"enabled": False} for name in AUDIT_CHECKS}}
     mitigate_lifecycle(ctx, account, first, findings)
     assert set(OPERATIONS) <= CALLED, f"not validated: {set(OPERATIONS) - CALLED}"
 

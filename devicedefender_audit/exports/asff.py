@@ -75,7 +75,8 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
     region = parts.region if parts else context.region
     code = finding.reason_for_non_compliance_code
     cve = _CVE.search(code)
-    details = {"deviceCertificateId": finding.certificate_id,
+    ca = finding.resource_type == "CA_CERTIFICATE"
+    details = {"caCertificateId" if ca else "deviceCertificateId": finding.certificate_id,
                **exported_info(finding.non_compliant_resource.additional_info)}
     document: dict[str, Any] = {
         "SchemaVersion": SCHEMA_VERSION,
@@ -88,7 +89,7 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
         "CreatedAt": asff_timestamp(finding.finding_time),
         "UpdatedAt": asff_timestamp(max(context.generated_at, finding.finding_time)),
         "Severity": {"Label": finding.severity, "Original": finding.severity},
-        "Title": f"Weak key in AWS IoT device certificate: {code}"[:MAX_TITLE],
+        "Title": f"Weak key in AWS IoT {'CA' if ca else 'device'} certificate: {code}"[:MAX_TITLE],
         "Description": safe_text(finding.reason_for_non_compliance)[:MAX_DESCRIPTION] or code,
         "Remediation": {"Recommendation": {"Text": RECOMMENDATION[:MAX_RECOMMENDATION]}},
         "ProductFields": {

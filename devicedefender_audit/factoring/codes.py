@@ -7,8 +7,10 @@ keys anyone can factor from public data alone.
 
 from __future__ import annotations
 
-DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK = "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"
-CA_CERTIFICATE_KEY_FACTORABLE_CHECK = "CA_CERTIFICATE_KEY_FACTORABLE_CHECK"
+from devicedefender_audit.check_names import (  # noqa: F401 - the check names live with the others
+    CA_CERTIFICATE_KEY_FACTORABLE_CHECK,
+    DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK,
+)
 
 #: The modulus has a prime in common with another key of the fleet or of a known-bad list.
 SHARED_PRIME = "CERTIFICATE_KEY_SHARED_PRIME"

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from devicedefender_audit.factoring.codes import DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK
-from devicedefender_audit.models import CHECK_NAME
+from devicedefender_audit.check_names import AUDIT_CHECKS
 from devicedefender_audit.service.context import ServiceContext, drop_none
 from devicedefender_audit.service.errors import InvalidRequest
 from devicedefender_audit.service.shapes import check_request
 from devicedefender_audit.store import Store
 
 #: The audit checks this service runs; others are refused rather than silently never run.
-#: Device Defender's key-quality check and our factorable-key check (an extension).
-SUPPORTED_CHECKS = (CHECK_NAME, DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK)
+#: Device Defender's key-quality checks and our factorable-key checks (an extension).
+SUPPORTED_CHECKS = AUDIT_CHECKS
 CONFIGURATION_KIND, CONFIGURATION_KEY = "account_audit_configuration", "audit"
 #: Kind of the scheduled audit records (deleted with the configuration when asked).
 SCHEDULED_AUDIT_KIND = "scheduled_audit"

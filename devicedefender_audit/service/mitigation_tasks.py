@@ -28,7 +28,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from devicedefender_audit.mitigation import DEVICE_CERTIFICATE_ACTIONS, ActionDefinition, Mitigator
+from devicedefender_audit.check_names import RESOURCE_TYPE_OF
+from devicedefender_audit.mitigation import ACTIONS_FOR_RESOURCE, ActionDefinition, Mitigator
 from devicedefender_audit.models import (
     AuditFinding,
     MitigationActionType,
@@ -80,7 +81,7 @@ def _check_mapping(mapping: Mapping[str, Sequence[str]], definitions: Mapping[st
         if not names:
             raise InvalidRequest(f"auditCheckToActionsMapping names no action for {check}")
         for name in names:
-            if definitions[name].action_type not in DEVICE_CERTIFICATE_ACTIONS:
+            if definitions[name].action_type not in ACTIONS_FOR_RESOURCE[RESOURCE_TYPE_OF[check]]:
                 raise InvalidRequest(f"mitigation action {name} ({definitions[name].action_type.value}) does not "
                                      f"apply to {check}")
 

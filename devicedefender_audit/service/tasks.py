@@ -18,12 +18,7 @@ import time
 from typing import Any
 
 from devicedefender_audit.audit import Audit, recover_interrupted
-from devicedefender_audit.checks import (
-    CHECK_NAME,
-    DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK,
-    factorable_check,
-    key_quality_check,
-)
+from devicedefender_audit.checks import make_checks
 from devicedefender_audit.models import AuditTask
 from devicedefender_audit.service.configuration import require_enabled
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, page
@@ -44,10 +39,8 @@ def start_audit(ctx: ServiceContext, check_names: list[str], task_type: str = ON
     require_enabled(ctx.store, check_names)
     store = ctx.worker_store()
     detectors = ctx.detectors()
-    makers = {CHECK_NAME: lambda: key_quality_check(detectors),
-              DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK: factorable_check}
     audit = Audit(ctx.audit_iot_client(), store, detectors, region=ctx.region, clock=ctx.clock,
-                  checks=[makers[name]() for name in dict.fromkeys(check_names)])
+                  checks=make_checks(check_names, detectors))
     audit.task.task_type = task_type
     audit.task.scheduled_audit_name = scheduled_audit_name
     # Stored before returning, owned by this process, so the id can be described at once.
