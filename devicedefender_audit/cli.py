@@ -476,6 +476,7 @@ def cmd_list_mitigations(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from devicedefender_audit.detectors.base import Verdict
     from devicedefender_audit.key_check import check_files
     from devicedefender_audit.text_table import table
 
@@ -495,19 +496,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         ], indent=2))
     else:
         rows = []
-        #: "detector: VERDICT" made once per pair, not per row (an Enum's .value is a descriptor call).
-        outcomes: dict[tuple[str, object], str] = {}
+        #: The RESULT and DETAIL cells of each result object, made once: a detector returns one
+        #: shared object for every clean key, and an Enum's .value (and hash) is a Python call.
+        #: Keyed by id: every result outlives this loop in ``checks``, so no id is reused.
+        cells: dict[int, tuple[str, str]] = {}
         for c in checks:
             if c.error:
                 rows.append((c.path, "-", "ERROR", c.error))
             key = f"{c.key.algorithm} {c.key.bits}" if c.key else "-"
             for r in c.results:
-                outcome = outcomes.get((r.detector, r.verdict))
-                if outcome is None:
-                    outcome = outcomes[(r.detector, r.verdict)] = f"{r.detector}: {r.verdict.value}"
-                rows.append((c.path, key, outcome, r.reason_code or r.detail))
+                cell = cells.get(id(r))
+                if cell is None:
+                    cell = cells[id(r)] = (f"{r.detector}: {r.verdict.value}", r.reason_code or r.detail)
+                rows.append((c.path, key, cell[0], cell[1]))
         print(table(("FILE", "KEY", "RESULT", "DETAIL"), rows))
-    if any(c.vulnerable for c in checks):
+    if any(r.verdict is Verdict.VULNERABLE for c in checks for r in c.results):
         return EXIT_NON_COMPLIANT
     return EXIT_INCOMPLETE if any(c.error for c in checks) else EXIT_OK
 

@@ -6,6 +6,7 @@ entry for that file, and the other files are still checked.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -80,22 +81,31 @@ def _unreadable(exc: OSError) -> str:
 def check_files(paths: Sequence[str], detectors: Sequence[Detector]) -> list[FileCheck]:
     """One :class:`FileCheck` per key found (a bundle may hold several) or per error, file by file.
 
-    ``-`` reads standard input.
+    ``-`` reads standard input. The cyclic garbage collector is paused meanwhile: what is kept per
+    file (tuples, lists, ints, bytes) holds no reference cycle, so over many files its passes only
+    traverse an ever larger heap for nothing (5-10% of the time over 10,000 files).
     """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return [check for path in paths for check in _check_file(path, detectors)]
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _check_file(path: str, detectors: Sequence[Detector]) -> list[FileCheck]:
+    try:
+        entries = parse_key_material(_read_capped(path))
+    except OSError as exc:
+        return [FileCheck(path, error=_unreadable(exc))]
+    except KeyMaterialError as exc:
+        return [FileCheck(path, error=str(exc))]
     checks = []
-    for path in paths:
-        try:
-            entries = parse_key_material(_read_capped(path))
-        except OSError as exc:
-            checks.append(FileCheck(path, error=_unreadable(exc)))
-            continue
-        except KeyMaterialError as exc:
-            checks.append(FileCheck(path, error=str(exc)))
-            continue
-        for entry in entries:
-            if entry.key is None:
-                where = f"{entry.location}: " if entry.location else ""
-                checks.append(FileCheck(path, error=f"{where}{entry.error}", location=entry.location))
-            else:
-                checks.append(FileCheck(path, entry.key, check_key(entry.key, detectors), location=entry.location))
+    for entry in entries:
+        if entry.key is None:
+            where = f"{entry.location}: " if entry.location else ""
+            checks.append(FileCheck(path, error=f"{where}{entry.error}", location=entry.location))
+        else:
+            checks.append(FileCheck(path, entry.key, check_key(entry.key, detectors), location=entry.location))
     return checks

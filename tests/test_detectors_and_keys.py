@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
+
 import pytest
 from conftest import DATA, issue_certificate
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from devicedefender_audit.debian_weak.fingerprint import vulnkey_fingerprint
 from devicedefender_audit.detectors.base import Verdict
 from devicedefender_audit.detectors.roca import RocaDetector, has_roca_fingerprint
 from devicedefender_audit.key_check import check_files
@@ -121,3 +125,13 @@ def test_encrypted_private_key_is_a_clear_error(fresh_rsa_key):
     )
     with pytest.raises(KeyMaterialError, match="ENCRYPTED PRIVATE KEY"):
         public_keys_from_pem(pem)
+
+
+def test_fingerprint_is_openssl_vulnkeys_sha1_of_the_uppercase_hex_modulus():
+    """The fast hex (bytes.hex, leading zeros stripped) gives ``%X`` exactly: every size, and a
+    top byte below 0x10 (one hex digit) as well as above."""
+    rng = random.Random(11)
+    moduli = [rng.getrandbits(bits) | 1 << (bits - 1) for bits in (5, 8, 9, 1024, 1025, 1028, 2048, 3072, 4096)
+              for _ in range(50)]
+    for n in moduli + [1, 0xF, 0x10]:
+        assert vulnkey_fingerprint(n) == hashlib.sha1(b"Modulus=%X\n" % n).digest()[-10:], n

@@ -691,6 +691,22 @@ def test_rsa_fast_path_leaves_every_unusual_encoding_to_cryptography(spki):
     assert assert_fast_path_agrees(spki) is None
 
 
+def test_rsa_fast_path_checks_modulus_and_exponent_of_a_key_shaped_like_one_read_before():
+    """Keys with the same length and headers as one read before skip the element checks, not
+    the checks of their own modulus and exponent."""
+    good = rsa_spki(MODULUS, 65537)
+    assert assert_fast_path_agrees(good) is not None
+    n_start = len(good) - 5 - (MODULUS.bit_length() // 8 + 1)  # e = 65537 is the last 5 bytes
+    negative = good[:n_start] + b"\x80" + good[n_start + 1 :]
+    padded = good[:n_start] + b"\x00\x00" + good[n_start + 2 :]  # not minimal
+    padded_e = good[:-5] + b"\x02\x03\x00\x01\x01"
+    not_integer_e = good[:-5] + b"\x04\x03\x01\x00\x01"
+    for spki in (negative, padded, padded_e, not_integer_e, rsa_spki(MODULUS, 65536), rsa_spki(MODULUS - 1, 65537)):
+        assert len(spki) == len(good)
+        assert assert_fast_path_agrees(spki) is None
+    assert assert_fast_path_agrees(rsa_spki(MODULUS + 2, 65539)) == via_cryptography(rsa_spki(MODULUS + 2, 65539))
+
+
 @FUZZ
 @given(mutated(RSA_SPKIS))
 def test_fuzz_rsa_fast_path_agrees_with_cryptography(spki):

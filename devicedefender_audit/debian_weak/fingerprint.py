@@ -24,8 +24,14 @@ UNKNOWN_ORIGIN = 0xFFFFFFFF
 
 
 def vulnkey_fingerprint(modulus: int) -> bytes:
-    """The 10-byte (80-bit) ``openssl-vulnkey`` fingerprint of an RSA modulus."""
-    return sha1(b"Modulus=%X\n" % modulus).digest()[-10:]
+    """The 10-byte (80-bit) ``openssl-vulnkey`` fingerprint of an RSA modulus.
+
+    The hex digits are ``"%X" % modulus`` made through bytes.hex (leading zeros stripped): Python
+    turns an int into hex four bits at a time, about 4 us for RSA-2048 and most of a lookup,
+    against 0.7 us this way.
+    """
+    digits = modulus.to_bytes((modulus.bit_length() + 7) // 8, "big").hex().upper().lstrip("0") or "0"
+    return sha1(b"Modulus=%s\n" % digits.encode()).digest()[-10:]
 
 
 def split_fingerprint(fingerprint: bytes) -> tuple[int, int]:
