@@ -35,6 +35,7 @@ from devicedefender_audit.ca_inventory import (
 )
 from devicedefender_audit.checks import CA_CERTIFICATE, KeyCheck, KeyOutcome, key_quality_check, severity_of
 from devicedefender_audit.detectors import Detector, DetectorResult
+from devicedefender_audit.factoring.known import KnownValues
 from devicedefender_audit.inventory import IN_SCOPE_STATUSES, InventorySync, SyncAborted, SyncResult
 from devicedefender_audit.key_material import KeyMaterialError, public_key_from_spki
 from devicedefender_audit.models import (
@@ -158,6 +159,8 @@ class Audit:
         #: Checks that could not run at all: (error code, message), e.g. CA certificates not listed.
         self.unrunnable: dict[str, tuple[str, str]] = {}
         self.left_scope = 0
+        #: The CA certificates this task listed (None: no CA check, or the listing failed).
+        self._ca: CaSync | None = None
         #: When the device inventory was last synced by this task (its in-scope records are those seen since).
         self._synced_at = 0.0
         self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
@@ -168,11 +171,12 @@ class Audit:
         self._save()
         try:
             # The CA factorable check compares CA keys with the device fleet: it needs the inventory.
-            if self.device_checks or any(check.fleet for check in self.ca_checks):
-                sync = self._sync()
+            sync = self._sync() if self.device_checks or any(check.fleet for check in self.ca_checks) else None
+            # Listed before the device keys are checked: the device fleet is compared with the CA keys too.
+            self._ca = self._sync_ca() if self.ca_checks else None
+            if sync is not None:
                 self._check(sync)
-            if self.ca_checks:
-                self._check_ca(self._sync_ca())
+            self._check_ca(self._ca)
             self._finish()
         except SyncAborted as exc:
             self._fail(exc.error_code, str(exc))
@@ -232,6 +236,13 @@ class Audit:
             for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
                 self._check_batch(records, sync.undescribed, pool, fleet, self.device_checks)
 
+    def _fleet_known(self) -> KnownValues | None:
+        """What the device fleet is compared with besides itself: the user's known moduli or
+        primes, and the account's CA keys (a device key sharing a prime with a CA is broken too)."""
+        known = next((check.known for check in self.checks if check.known), None)
+        cas = [(f"CA certificate {cid}", modulus) for cid, modulus in _rsa_keys(self._ca.records)] if self._ca else []
+        return KnownValues.combined(known, cas)
+
     def _sync_ca(self) -> CaSync | None:
         """The CA certificates in scope; ``None`` (the CA checks marked unrunnable) if not listed."""
         self._phase("Listing CA certificates", None)
@@ -279,7 +290,7 @@ class Audit:
         recomputed in full, and said so in the phase, when there is none it can trust."""
         from devicedefender_audit.factoring.fleet_audit import compare_fleet
 
-        known = next((check.known for check in self.checks if check.known), None)
+        known = self._fleet_known()
         return compare_fleet(
             self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH), known,
             on_phase=lambda label: self._phase(label, None), between_batches=self._raise_if_canceled,

@@ -16,6 +16,7 @@ from devicedefender_audit.check_names import (
     CA_CERTIFICATE,
     CA_CERTIFICATE_KEY_FACTORABLE_CHECK,
     CA_CERTIFICATE_KEY_QUALITY_CHECK,
+    DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK,
     DEVICE_CERTIFICATE_KEY_QUALITY_CHECK,
 )
 from devicedefender_audit.checks import make_checks
@@ -103,12 +104,18 @@ def test_ca_key_sharing_a_prime_with_a_device_key_is_found(iot):
     device = register(iot, issue_certificate(key(shared, prime(rng)), "device"))["certificateId"]
     for i in range(5):
         register(iot, issue_certificate(key(prime(rng), prime(rng)), f"good-{i}"))
-    audited = run_audit(iot, [], checks=make_checks([CA_CERTIFICATE_KEY_FACTORABLE_CHECK], []))
-    shared_prime = [f for f in audited.findings if f.reason_for_non_compliance_code == SHARED_PRIME]
-    assert [f.certificate_id for f in shared_prime] == [ca]
-    info = shared_prime[0].non_compliant_resource.additional_info
-    assert device in str(info) and str(shared) not in str(info)  # the partner by id, never the prime
-    assert audited.task.audit_details[CA_CERTIFICATE_KEY_FACTORABLE_CHECK].total_resources_count == 2
+    checks = make_checks([DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK, CA_CERTIFICATE_KEY_FACTORABLE_CHECK], [])
+    store = None
+    for _ in range(2):  # the second audit compares the device fleet incrementally
+        audited = run_audit(iot, [], store=store, checks=checks)
+        store = audited.store
+        shared_prime = {f.certificate_id: f for f in audited.findings if f.reason_for_non_compliance_code == SHARED_PRIME}
+        assert set(shared_prime) == {ca, device}
+        ca_info = shared_prime[ca].non_compliant_resource.additional_info
+        assert device in str(ca_info) and str(shared) not in str(ca_info)  # the partner by id, never the prime
+        assert f"CA certificate {ca}" in shared_prime[device].reason_for_non_compliance
+        assert str(shared) not in shared_prime[device].reason_for_non_compliance
+        assert audited.task.audit_details[CA_CERTIFICATE_KEY_FACTORABLE_CHECK].total_resources_count == 2
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

@@ -56,6 +56,15 @@ class KnownValues:
     def load(cls, path: Path) -> KnownValues:
         return cls.parse(Path(path).read_text(), Path(path).name)
 
+    @classmethod
+    def combined(cls, known: KnownValues | None, entries: Iterable[tuple[str, int]]) -> KnownValues | None:
+        """``known`` plus ``entries`` (label, value), e.g. the account's CA keys; a value listed
+        twice keeps its first label. None when there is nothing to compare with."""
+        values = dict(zip(known.values, known.labels)) if known else {}
+        for label, value in entries:
+            values.setdefault(mpz(value), label)
+        return cls(tuple(values), tuple(values.values())) if values else None
+
 
 @dataclass(frozen=True)
 class KnownMatch:
