@@ -34,11 +34,12 @@ def test_check_parser_fails_and_helps_as_the_full_parser(argv, capsys):
 
 
 def test_check_of_rsa_public_keys_imports_no_other_command_nor_cryptography():
-    """Nor gmpy2 (its import reads package metadata: 10-20 ms), numpy, or dataclasses (with
-    inspect behind it): the ROCA test works on ints and the key records are NamedTuples."""
+    """Nor gmpy2 (its import reads package metadata: 10-20 ms), numpy, dataclasses (with
+    inspect behind it) or shutil: the ROCA test works on ints, the key records are NamedTuples
+    and the check parser's formatter asks the terminal's width itself."""
     probe = ("import sys; from devicedefender_audit.cli import main; code = main(['check', *sys.argv[1:]]); "
              "print(code, sorted(m for m in sys.modules if m.startswith(('cryptography', 'pydantic', "
-             "'devicedefender_audit.cli_', 'gmpy2', 'numpy', 'dataclasses'))))")
+             "'devicedefender_audit.cli_', 'gmpy2', 'numpy', 'dataclasses', 'shutil'))))")
     files = [str(DATA / "good" / "pubkey01.pem"), str(DATA / "roca" / "pubkey03.pem")]
     out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
