@@ -128,6 +128,10 @@ def _local_options(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--profile")
     local.add_argument("--endpoint-url", help="AWS IoT endpoint the audits read (e.g. a moto server)")
     local.add_argument("--output", choices=("json",), default="json")
+    local.add_argument("--assume-roles", action="store_true",
+                       help="act as Device Defender does, with the configured roles (the audit configuration's "
+                       "roleArn for audits, the SNS target's for notifications, each action's for its calls); "
+                       "by default the CLI acts with your own credentials and only records role ARNs")
 
 
 def _timestamp_text(value: object) -> str:
@@ -209,7 +213,8 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
 
     return ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
                           region=target.region_name or "us-east-1", clock=clock or utc_now,
-                          sns_client=lambda: target.client("sns"))
+                          sns_client=lambda: target.client("sns"),
+                          role_client=target.client if options.assume_roles else None)
 
 
 def run_due_command(args: argparse.Namespace) -> int:

@@ -169,3 +169,25 @@ def test_role_credentials_are_assumed_again_before_they_expire(aws):
     now[0] += timedelta(minutes=21)  # 9 minutes left: assumed again before the call
     iot.list_things()
     assert assumed() == 2
+
+
+def test_the_cli_assumes_the_configured_roles_only_when_asked(iot, tmp_path, capsys):
+    """The API commands act with the caller's own credentials unless ``--assume-roles``."""
+    import json
+
+    from devicedefender_audit.cli import main
+
+    store = ["--store", str(tmp_path / "cli.sqlite3")]
+    register(iot, (DATA / "roca" / "cert04.pem").read_text())  # in this account, none in the other
+    assert main(["update-account-audit-configuration", *store, "--role-arn", OTHER_ACCOUNT_ROLE,
+                 "--audit-check-configurations", json.dumps({CHECK_NAME: {"enabled": True}})]) == 0
+
+    def audited(*options: str) -> int:
+        capsys.readouterr()
+        assert main(["start-on-demand-audit-task", *store, "--target-check-names", CHECK_NAME, *options]) == 0
+        task_id = json.loads(capsys.readouterr().out)["taskId"]
+        assert main(["describe-audit-task", *store, "--task-id", task_id]) == 0
+        return json.loads(capsys.readouterr().out)["auditDetails"][CHECK_NAME]["totalResourcesCount"]
+
+    assert audited() == 1 and (OTHER_ACCOUNT_ROLE, "devicedefender-audit-audit") not in sessions()
+    assert audited("--assume-roles") == 0 and (OTHER_ACCOUNT_ROLE, "devicedefender-audit-audit") in sessions()
