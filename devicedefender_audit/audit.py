@@ -37,7 +37,6 @@ from devicedefender_audit.checks import CA_CERTIFICATE, KeyCheck, KeyOutcome, ke
 from devicedefender_audit.detectors import Detector, DetectorResult
 from devicedefender_audit.factoring.known import KnownValues
 from devicedefender_audit.inventory import IN_SCOPE_STATUSES, InventorySync, SyncAborted, SyncResult
-from devicedefender_audit.key_material import KeyMaterialError, public_key_from_spki
 from devicedefender_audit.models import (
     AuditCheckDetails,
     AuditFinding,
@@ -113,15 +112,11 @@ class AuditCounts:
 def _rsa_keys(records: Iterable[InventoryRecord]) -> Iterator[tuple[str, int]]:
     """(certificate id, modulus) of the records' readable RSA keys; unreadable ones are reported
     by the per-key pass."""
+    from devicedefender_audit.factoring.fleet_audit import rsa_modulus
+
     for record in records:
-        description = record.description
-        if description is None or description.spki is None or description.key_algorithm != "RSA":
-            continue
-        try:
-            modulus = public_key_from_spki(description.spki).modulus
-        except KeyMaterialError:
-            continue
-        if modulus:
+        modulus = rsa_modulus(record)
+        if modulus is not None:
             yield record.certificate_id, modulus
 
 
