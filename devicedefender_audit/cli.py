@@ -168,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--known-moduli", type=Path, default=None, metavar="FILE",
                      help="known moduli or primes (decimal, 0x-hex or Modulus=HEX per line) the fleet is "
                      "compared with by the factorable check")
+    many = run.add_argument_group("many accounts and regions (one consolidated report; each account-region "
+                                  "in its own store partition, paced on its own)")
+    many.add_argument("--regions", metavar="R1,R2|all",
+                      help="regions to audit; all: every region where AWS IoT is available (botocore's endpoint data)")
+    who = many.add_mutually_exclusive_group()
+    who.add_argument("--role-arn", help="audit the account of this IAM role (STS AssumeRole)")
+    who.add_argument("--organization", metavar="ROLE_NAME",
+                     help="audit every ACTIVE account of the AWS Organization, assuming "
+                     "arn:aws:iam::<account>:role/ROLE_NAME in each (your own account with your credentials)")
+    many.add_argument("--parallel", type=_positive_int, default=4,
+                      help="account-regions audited at once (default 4)")
 
     demo = sub.add_parser("demo", help="audit the embedded demo fleet, then dry-run its mitigations")
     _common(demo)
@@ -346,7 +357,78 @@ def _run_audit(target: AwsTarget, store: Store, args: argparse.Namespace, progre
 # commands --------------------------------------------------------------------------------------
 
 
+def _run_many(args: argparse.Namespace) -> int:
+    """``run --regions / --role-arn / --organization``: every account-region, one report."""
+    from botocore.exceptions import NoCredentialsError, NoRegionError
+
+    from devicedefender_audit.accounts import (
+        AccountCredentials,
+        AccountRegion,
+        AccountsError,
+        check_role_name,
+        parse_regions,
+        plan,
+        role_account,
+    )
+    from devicedefender_audit.audit import AuditInterrupted
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.aws.pacing import DEFAULT_RATES
+    from devicedefender_audit.fleet_run import AccountRegionResult, FleetRun
+    from devicedefender_audit.store import default_store_path, open_store, partition_location
+
+    if args.demo:
+        raise _BadInput("--demo audits the embedded demo account only; leave out --regions, --role-arn, --organization")
+    credentials = AccountCredentials(profile=args.profile, region=args.region, endpoint_url=args.endpoint_url)
+    session = credentials.caller_session()
+    try:
+        regions = parse_regions(args.regions, session) if args.regions else [session.region_name]
+        if args.role_arn:
+            role_account(args.role_arn)
+        if args.organization:
+            check_role_name(args.organization)
+    except AccountsError as exc:
+        raise _BadInput(str(exc)) from exc
+    if regions == [None]:
+        raise NoRegionError()
+    location = args.store or default_store_path()
+    _open_store(args).close()  # a store that cannot be used is refused before any AWS call
+    detectors = _detectors(args)
+    checks = _checks(args, detectors)
+    if session.get_credentials() is None:
+        raise NoCredentialsError()
+    try:
+        items, skipped = plan(credentials, regions, args.role_arn, args.organization)
+    except AccountsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+    def open_partition(item: AccountRegion) -> tuple[str, Store]:
+        where = partition_location(location, item.account_id, item.region)
+        aws = AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
+        return where, open_store(where, aws if where.startswith("dynamodb:") else None)
+
+    def ended(result: AccountRegionResult) -> None:
+        if not args.no_progress:
+            print(f"{result.target.account_id} {result.target.region}: {result.status} "
+                  f"(exit {result.exit_code})", file=sys.stderr)
+
+    def terminated(signum: int, frame: object) -> None:
+        raise AuditInterrupted  # in the main thread: the running audits are canceled and recorded
+
+    fleet = FleetRun(credentials, open_partition, detectors, checks, workers=args.workers, parallel=args.parallel,
+                     max_attempts=args.max_attempts, rates={**DEFAULT_RATES, **dict(args.rates)}, on_result=ended)
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        report = fleet.run(items, skipped)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(report.to_json() if args.format == "json" else report.to_text())
+    return report.exit_code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.regions or args.role_arn or args.organization:
+        return _run_many(args)
     store = _open_store(args)
     try:
         if args.demo:

@@ -69,10 +69,11 @@ def summary(task: AuditTask, findings: Sequence[AuditFinding]) -> dict[str, Any]
     })
 
 
-def _notify(topic_arn: str, report: dict[str, Any]) -> None:
+def notify(topic_arn: str, report: dict[str, Any], title: str) -> None:
+    """Publish ``report`` (a :func:`summary`, or an account-region's failure without a task)."""
     sns = AwsTarget(region=_region_of_arn(topic_arn)).client("sns")
-    subject = (f"devicedefender-audit {report['region']}: {report['nonCompliantResourcesCount']} non-compliant, "
-               f"{report['checkRunStatus']}")
+    outcome = report.get("checkRunStatus") or report.get("errorCode") or report.get("taskStatus")
+    subject = f"{title}: {report.get('nonCompliantResourcesCount', 0)} non-compliant, {outcome}"
     sns.publish(TopicArn=topic_arn, Subject=subject[:100], Message=json.dumps(report, indent=2))
 
 
@@ -93,7 +94,7 @@ def audit_region(region: str, store: Store, detectors: Sequence[Detector], setti
     findings = list(store.findings(task.task_id))
     report = summary(task, findings)
     if settings.sns_topic_arn and (findings or task.details.check_run_status != "COMPLETED_COMPLIANT"):
-        _notify(settings.sns_topic_arn, report)
+        notify(settings.sns_topic_arn, report, f"devicedefender-audit {region}")
     if settings.to_securityhub and findings:
         report["securityHub"] = _to_securityhub(target, findings)
     return report

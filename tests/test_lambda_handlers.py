@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
 from conftest import DATA, REGION, issue_certificate, register
 from moto.sns.models import sns_backends
 
+from devicedefender_audit.lambda_fleet import audit_account_region, list_account_regions
 from devicedefender_audit.lambda_handlers import registration_gate, scheduled_audit
 
 ACCOUNT = "123456789012"
@@ -116,3 +119,68 @@ def test_gate_refuses_other_messages_and_bad_settings(monkeypatch, aws, topic_ar
     monkeypatch.delenv("DDA_QUARANTINE_GROUP")
     with pytest.raises(ValueError, match="thing group"):
         registration_gate(_registration_event("a" * 64), None)
+
+
+# the organization fan-out (Step Functions' Distributed Map over account-regions) ----------------
+
+
+def _member_iot(account: str, region: str):
+    issued = boto3.client("sts", region_name=REGION).assume_role(
+        RoleArn=f"arn:aws:iam::{account}:role/dda-audit", RoleSessionName="setup")["Credentials"]
+    return boto3.client("iot", region_name=region, aws_access_key_id=issued["AccessKeyId"],
+                        aws_secret_access_key=issued["SecretAccessKey"], aws_session_token=issued["SessionToken"])
+
+
+def test_fan_out_lists_account_regions_to_s3_and_audits_each_in_its_partition(monkeypatch, aws, topic_arn):
+    org = boto3.client("organizations", region_name=REGION)
+    org.create_organization(FeatureSet="ALL")
+    member = org.create_account(AccountName="member", Email="m@example.com")["CreateAccountStatus"]["AccountId"]
+    roca = _member_iot(member, "eu-west-1").register_certificate_without_ca(
+        certificatePem=(DATA / "roca" / "cert04.pem").read_text(), status="ACTIVE")["certificateId"]
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket="dda-fleet")
+    for name, value in (("AWS_REGION", REGION), ("DDA_REGIONS", f"{REGION},eu-west-1"), ("DDA_FLEET_BUCKET", "dda-fleet"),
+                        ("DDA_ORGANIZATION_ROLE", "dda-audit"), ("DDA_STORE", "dynamodb://dda-audits"),
+                        ("DDA_SNS_TOPIC_ARN", topic_arn)):
+        monkeypatch.setenv(name, value)
+
+    listed = list_account_regions({"executionName": "run-1"}, None)
+
+    assert (listed["bucket"], listed["key"], listed["count"]) == ("dda-fleet", "runs/run-1/account-regions.json", 4)
+    items = json.loads(boto3.client("s3", region_name=REGION).get_object(
+        Bucket="dda-fleet", Key=listed["key"])["Body"].read())
+    assert {(i["accountId"], i["region"], i["roleArn"]) for i in items} == {
+        (ACCOUNT, REGION, None), (ACCOUNT, "eu-west-1", None),
+        (member, REGION, f"arn:aws:iam::{member}:role/dda-audit"),
+        (member, "eu-west-1", f"arn:aws:iam::{member}:role/dda-audit")}
+
+    reports = {(r["accountId"], r["region"]): r for r in (audit_account_region(item, None) for item in items)}
+
+    weak = reports[(member, "eu-west-1")]
+    assert (weak["exitCode"], weak["taskStatus"], weak["nonCompliantResourcesCount"]) == (3, "COMPLETED", 1)
+    assert weak["findings"][0]["certificateId"] == roca
+    assert weak["store"] == f"dynamodb://dda-audits/{member}/eu-west-1"
+    assert {place: r["exitCode"] for place, r in reports.items() if place != (member, "eu-west-1")} == {
+        (ACCOUNT, REGION): 0, (ACCOUNT, "eu-west-1"): 0, (member, REGION): 0}
+    [(subject, message)] = _notifications(topic_arn)
+    assert member in subject and "1 non-compliant" in subject and roca in message
+
+
+def test_fan_out_reports_an_account_region_that_cannot_be_audited(monkeypatch, aws, topic_arn):
+    import moto.sts.models
+    from moto.sts.exceptions import STSClientError
+
+    def denied(self, **kwargs):
+        raise STSClientError("AccessDenied", "not authorized to perform: sts:AssumeRole")
+
+    monkeypatch.setattr(moto.sts.models.STSBackend, "assume_role", denied)
+    monkeypatch.setenv("DDA_SNS_TOPIC_ARN", topic_arn)
+    role = "arn:aws:iam::210987654321:role/dda-audit"
+
+    report = audit_account_region({"accountId": "210987654321", "region": "eu-west-1", "roleArn": role}, None)
+
+    assert (report["exitCode"], report["taskStatus"], report["errorCode"]) == (1, "FAILED", "AccessDenied")
+    assert role in report["message"]
+    [(subject, _)] = _notifications(topic_arn)
+    assert "AccessDenied" in subject
+    with pytest.raises(ValueError, match="account-region item"):
+        audit_account_region({"region": "eu-west-1"}, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,10 @@ from devicedefender_audit.store.base import Store, StoreError
 if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
 
-__all__ = ["Store", "StoreError", "default_store_path", "open_store"]
+__all__ = ["Store", "StoreError", "default_store_path", "open_store", "partition_location"]
+
+_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 
 
 def default_store_path() -> Path:
@@ -22,18 +26,58 @@ def default_store_path() -> Path:
     return base / "devicedefender-audit" / "audits.sqlite3"
 
 
+def partition_location(location: Path | str, account_id: str, region: str) -> str:
+    """Where one account-region of a multi-account audit is kept, under the store ``location``.
+
+    Inventories and tasks are per account-region (the same certificate can be registered in
+    several), so each gets its own store: the SQLite file ``audits.sqlite3`` becomes
+    ``audits.<account>.<region>.sqlite3`` beside it, and a DynamoDB table a partition of it,
+    ``dynamodb://TABLE/<account>/<region>``. Each location is a store of its own for every
+    command (``list-audits --store ...``).
+    """
+    if not _ACCOUNT.fullmatch(account_id) or not _REGION.fullmatch(region):
+        raise StoreError(f"no store partition for account {account_id!r} and region {region!r}")
+    text = str(location)
+    if text.startswith("dynamodb:"):
+        table, partition = _dynamodb_location(text)
+        if partition:
+            raise StoreError(f"store {text} is one account-region's already; give the table, dynamodb://{table}")
+        return f"dynamodb://{table}/{account_id}/{region}"
+    if text == ":memory:":
+        return text
+    path = Path(location)
+    return str(path.with_name(f"{path.stem}.{account_id}.{region}{path.suffix}"))
+
+
+def _dynamodb_location(location: str) -> tuple[str, str | None]:
+    """(table, ``<account>/<region>`` or None) of ``dynamodb://TABLE[/ACCOUNT/REGION]``
+    (also once a :class:`~pathlib.Path` collapsed the ``//``); a bad table name is a StoreError."""
+    from devicedefender_audit.store.dynamodb import table_name
+
+    rest = location.removeprefix("dynamodb:")
+    table, *partition = rest.lstrip("/").split("/")
+    if not partition:
+        return table_name(location), None
+    if len(partition) == 2 and _ACCOUNT.fullmatch(partition[0]) and _REGION.fullmatch(partition[1]):
+        return table_name(f"dynamodb:{rest[:len(rest) - len(rest.lstrip('/'))]}{table}"), "/".join(partition)
+    raise StoreError(f"store {location}: write a DynamoDB store as dynamodb://TABLE, or one account-region's "
+                     "share of it as dynamodb://TABLE/ACCOUNT_ID/REGION")
+
+
 def open_store(location: Path | str | None = None, target: AwsTarget | None = None) -> Store:
     """Open (and check) the store at ``location``, by default :func:`default_store_path`.
 
     ``dynamodb://TABLE`` is a DynamoDB table, reached with ``target``'s region, profile and
-    endpoint (the audit's own AWS options; the standard AWS chain when ``None``); anything else
-    is a SQLite file.
+    endpoint (the audit's own AWS options; the standard AWS chain when ``None``), and
+    ``dynamodb://TABLE/ACCOUNT_ID/REGION`` one account-region's partition of it (see
+    :func:`partition_location`); anything else is a SQLite file.
     """
     location = location or default_store_path()
     if str(location).startswith("dynamodb:"):
-        from devicedefender_audit.store.dynamodb import DynamoStore, table_name
+        from devicedefender_audit.store.dynamodb import DynamoStore
 
-        return DynamoStore(table_name(str(location)), target)
+        table, partition = _dynamodb_location(str(location))
+        return DynamoStore(table, target, partition)
     from devicedefender_audit.store.sqlite import SqliteStore
 
     return SqliteStore(location)

@@ -170,13 +170,19 @@ def _is_conditional_failure(exc: ClientError) -> bool:
 class DynamoStore:
     """:class:`~devicedefender_audit.store.base.Store` in one DynamoDB table (see the module doc)."""
 
-    def __init__(self, table: str, target: AwsTarget | None = None) -> None:
+    def __init__(self, table: str, target: AwsTarget | None = None, partition: str | None = None) -> None:
+        """``partition`` (``<account>/<region>``) keeps this store to one account-region's share of
+        the table (:mod:`.dynamodb_partition`); ``None`` is the whole, unpartitioned store."""
         self.table = table
-        self.path = f"{SCHEME}{table}"
+        self.path = f"{SCHEME}{table}" + (f"/{partition}" if partition else "")
         self._target = target or AwsTarget()
         try:
             self._db = self._target.client("dynamodb")
             self._ensure_table()
+            if partition:
+                from devicedefender_audit.store.dynamodb_partition import PartitionedClient
+
+                self._db = PartitionedClient(self._db, partition)
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"store {self.path} cannot be opened: {exc}") from exc
         self._pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="dynamodb")
