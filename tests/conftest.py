@@ -96,6 +96,29 @@ def moto_server(aws_env) -> Iterator[str]:
 
 
 @pytest.fixture
+def sns_queue(aws):
+    """An SNS topic delivered raw to an SQS queue; ``drain()`` returns every message body."""
+    sns = boto3.client("sns", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    topic = sns.create_topic(Name="findings")["TopicArn"]
+    queue = sqs.create_queue(QueueName="findings")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+
+    def drain() -> list[str]:
+        bodies = []
+        while True:
+            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                bodies.append(message["Body"])
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+
+    return {"sns": sns, "sqs": sqs, "topic": topic, "queue": queue, "drain": drain}
+
+
+@pytest.fixture
 def iot(aws):
     return boto3.client("iot", region_name=REGION)
 

@@ -20,7 +20,7 @@ TASK = "task-1"
 
 
 @pytest.fixture
-def account(iot, tmp_path):
+def account(iot, tmp_path, sns_queue):
     """Two ROCA certificates on things, audited and stored; an SNS topic drained by SQS."""
     certs = [
         register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter-1"),
@@ -28,16 +28,9 @@ def account(iot, tmp_path):
     ]
     iot.create_thing(thingName="meter-1b")
     iot.attach_thing_principal(thingName="meter-1b", principal=certs[0]["certificateArn"])
-    sns = boto3.client("sns", region_name=REGION)
-    sqs = boto3.client("sqs", region_name=REGION)
-    topic = sns.create_topic(Name="findings")["TopicArn"]
-    queue = sqs.create_queue(QueueName="findings")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
     store = open_store(tmp_path / "audits.sqlite3")
     result = run_audit(iot, [RocaDetector()], store)
-    yield {"iot": iot, "sns": sns, "sqs": sqs, "queue": queue, "topic": topic, "store": store,
-           "findings": result.findings, "certs": certs}
+    yield {"iot": iot, **sns_queue, "store": store, "findings": result.findings, "certs": certs}
     store.close()
 
 

@@ -36,29 +36,6 @@ from devicedefender_audit.store import open_store
 ROLE = "arn:aws:iam::123456789012:role/mitigation"
 
 
-@pytest.fixture
-def sns_queue(aws):
-    """An SNS topic delivered raw to an SQS queue; ``drain()`` returns every message body."""
-    sns = boto3.client("sns", region_name=REGION)
-    sqs = boto3.client("sqs", region_name=REGION)
-    topic = sns.create_topic(Name="findings")["TopicArn"]
-    queue = sqs.create_queue(QueueName="findings")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
-
-    def drain() -> list[str]:
-        bodies = []
-        while True:
-            messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-            if not messages:
-                return bodies
-            for message in messages:
-                bodies.append(message["Body"])
-                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-
-    return {"sns": sns, "topic": topic, "drain": drain}
-
-
 def context(path, iot=None, sns=None, **extra) -> ServiceContext:
     return ServiceContext(store=open_store(path), iot_client=lambda: iot, detectors=lambda: [RocaDetector()],
                           sns_client=lambda: sns, **extra)
