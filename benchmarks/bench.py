@@ -1,6 +1,6 @@
 """Prints the figures that matter for speed: weak-key generation, lookups, detection (scanning: bench_scan.py).
 
-Run: ``.venv/bin/python benchmarks/bench.py [--keys N] [--before REV]``. Figures are per process
+Run: ``.venv/bin/python benchmarks/bench.py [--keys N] [--repeats R] [--before REV]``. Figures are per process
 (one core); generation parallelises across cores with ``blocklist generate``. Generation is timed
 side by side with the replay as it was at ``--before`` (loaded from git), key by key in
 alternating order, so the ratio holds even on a loaded machine; both must give the same moduli.
@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 #: The last commit with the straightforward prime search (one Miller-Rabin modexp per candidate),
 #: whose figures the README quoted before the batched trial division.
 BEFORE = "8680b075f7d2ae8bccec21fe799d539a4ad597e4"
-#: The replay's modules, in import order, that ``weak_rsa_modulus`` needs.
-REPLAY_MODULES = ("platform", "md_rand", "bn_rand", "bn_prime", "rsa_keygen", "weak_tools")
+#: Where the replay lives; every module of it at a revision is loaded (``weak_tools`` imports what
+#: it needed then, e.g. ``modexp`` or ``fingerprint`` in later revisions).
+REPLAY_PACKAGE = "devicedefender_audit/debian_weak"
 
 
 def load_replay(rev: str, into: Path) -> ModuleType:
@@ -41,22 +42,25 @@ def load_replay(rev: str, into: Path) -> ModuleType:
     package = into / "before_debian_weak"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for name in REPLAY_MODULES:
-        path = f"{rev}:devicedefender_audit/debian_weak/{name}.py"
+    listing = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:{REPLAY_PACKAGE}"],
+                             check=True, capture_output=True, text=True).stdout.split()
+    for name in (entry for entry in listing if entry.endswith(".py") and entry != "__init__.py"):
+        path = f"{rev}:{REPLAY_PACKAGE}/{name}"
         source = subprocess.run(["git", "-C", str(REPO), "show", path], check=True, capture_output=True, text=True)
-        (package / f"{name}.py").write_text(source.stdout.replace("devicedefender_audit.debian_weak.", "before_debian_weak."))
+        (package / name).write_text(source.stdout.replace("devicedefender_audit.debian_weak.", "before_debian_weak."))
     sys.path.insert(0, str(into))
     return importlib.import_module("before_debian_weak.weak_tools")
 
 
-def bench_generation(bits: int, keys: int, before: ModuleType | None) -> None:
-    """Keys/s of the working tree (and of ``before``), wall clock and CPU time, same pids."""
+def bench_generation(bits: int, keys: int, before: ModuleType | None, first_pid: int = 1000) -> dict[str, float]:
+    """Keys/s of the working tree (and of ``before``), wall clock and CPU time, same pids; returns
+    the keys per CPU-second of each and their ratio (``speedup``)."""
     makers = {"now": (weak_rsa_modulus, LE32)}
     if before is not None:
         makers["before"] = (before.weak_rsa_modulus, sys.modules["before_debian_weak.platform"].LE32)
     wall = dict.fromkeys(makers, 0.0)
     cpu = dict.fromkeys(makers, 0.0)
-    for pid in range(1000, 1000 + keys):
+    for pid in range(first_pid, first_pid + keys):
         moduli = set()
         for name in sorted(makers, reverse=pid % 2 == 1):  # alternate who goes first
             make, platform = makers[name]
@@ -73,6 +77,22 @@ def bench_generation(bits: int, keys: int, before: ModuleType | None) -> None:
                  f"x{cpu['before'] / cpu['now']:.2f} CPU time (now {keys / cpu['now']:.2f}, "
                  f"before {keys / cpu['before']:.2f} keys/CPU-s)")
     print(line, flush=True)
+    rates = {name: keys / seconds for name, seconds in cpu.items()}
+    if before is not None:
+        rates["speedup"] = cpu["before"] / cpu["now"]
+    return rates
+
+
+def bench_generation_repeated(bits: int, keys: int, before: ModuleType | None, repeats: int) -> None:
+    """:func:`bench_generation` over ``repeats`` blocks of pids, then the medians: on a loaded
+    machine one block can be disturbed, and key costs vary from pid to pid."""
+    runs = [bench_generation(bits, keys, before, 1000 + keys * repeat) for repeat in range(repeats)]
+    if repeats > 1:
+        medians = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+        line = f"generate RSA-{bits}, median of {repeats} x {keys} keys: {medians['now']:.2f} keys/CPU-s"
+        if before is not None:
+            line += f", before {medians['before']:.2f}: x{medians['speedup']:.2f}"
+        print(line, flush=True)
 
 
 def bench_lookup(samples: int) -> None:
@@ -101,6 +121,8 @@ def bench_roca(samples: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=40, help="keys per generation figure")
+    parser.add_argument("--repeats", type=int, default=1, help="generation figures per size (medians printed)")
+    parser.add_argument("--no-lookups", action="store_true", help="time generation only")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 3072, 4096],
                         help="RSA sizes to time generation for")
     parser.add_argument("--before", default=BEFORE,
@@ -110,9 +132,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         before = load_replay(args.before, Path(scratch)) if args.before else None
         for bits in args.sizes:
-            bench_generation(bits, args.keys, before)
-    bench_lookup(2000)
-    bench_roca(2000)
+            bench_generation_repeated(bits, args.keys, before, args.repeats)
+    if not args.no_lookups:
+        bench_lookup(2000)
+        bench_roca(2000)
 
 
 if __name__ == "__main__":
