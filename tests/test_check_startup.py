@@ -44,3 +44,15 @@ def test_check_of_rsa_public_keys_imports_no_other_command_nor_cryptography():
     out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "3 []"  # the ROCA key found, nothing else imported
+
+
+def test_check_of_an_ec_key_imports_no_key_generator():
+    """The EC lookup needs the curves and the point fingerprint, not the PRNG replay with the RSA
+    generator behind it (gmpy2, numpy, the OpenSSL modexp): about 0.1 s of start-up."""
+    probe = ("import sys; from devicedefender_audit.cli import main; code = main(['check', *sys.argv[1:]]); "
+             "print(code, sorted(m for m in sys.modules if m.startswith(('gmpy2', 'numpy', "
+             "'devicedefender_audit.debian_weak.ec_keygen', 'devicedefender_audit.debian_weak.bn_prime'))))")
+    files = [str(DATA / "debian-ec" / "ecp256-ssl-le64-pid1-rnd.key")]
+    out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "3 []"  # the weak key found, no generator imported

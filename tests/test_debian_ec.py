@@ -14,10 +14,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from devicedefender_audit.debian_weak import ec_generator
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistTable, data_path
+from devicedefender_audit.debian_weak.ec_curves import CURVES, P256, ec_point_fingerprint
 from devicedefender_audit.debian_weak.ec_keygen import (
-    CURVES,
-    P256,
-    ec_point_fingerprint,
     public_point,
     weak_ec_point,
     weak_ec_private_key,

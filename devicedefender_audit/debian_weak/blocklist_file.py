@@ -13,7 +13,7 @@ search without parsing:
 sha256 of the binary file, so a reader can tell what is covered and that the file is intact.
 
 EC tables use the same layout under another ``name`` (``ec-p256``), with the curve's key size
-as the header's key bits and an EC point fingerprint (see :mod:`.ec_keygen`).
+as the header's key bits and an EC point fingerprint (see :mod:`.ec_curves`).
 
 Lookups need no numpy: the table is memory-mapped and binary-searched through a ``memoryview``,
 so ``check`` does not pay numpy's import (tens of ms). Writing a list and bulk access to whole

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from devicedefender_audit.debian_weak.blocklist_file import RECORD, write_blocklist
-from devicedefender_audit.debian_weak.ec_keygen import CURVES, ec_point_fingerprint, table_name, weak_ec_point
+from devicedefender_audit.debian_weak.ec_curves import CURVES, ec_point_fingerprint, table_name
+from devicedefender_audit.debian_weak.ec_keygen import weak_ec_point
 from devicedefender_audit.debian_weak.fingerprint import PLATFORM_NAMES, Origin, split_fingerprint
 from devicedefender_audit.debian_weak.generator import (
     PID_COUNT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, manifest_path
-from devicedefender_audit.debian_weak.ec_keygen import (
+from devicedefender_audit.debian_weak.ec_curves import (
     CURVES,
     curve_by_cryptography_name,
     ec_point_fingerprint,
