@@ -129,6 +129,8 @@ class DebianWeakDetector:
         return out
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
+        if key.algorithm == "RSA" and key.modulus is not None:  # the common case, tested first
+            return self._check_rsa(key)
         if key.algorithm.startswith("EC "):
             if self.ec.load_errors:
                 raise BlocklistError("; ".join(self.ec.load_errors))
@@ -137,8 +139,9 @@ class DebianWeakDetector:
             return DetectorResult(
                 self.name, Verdict.NOT_COVERED, detail="DSA keys from the Debian bug are not covered"
             )
-        if not key.is_rsa or key.modulus is None:
-            return DetectorResult(self.name, Verdict.NOT_APPLICABLE, detail=f"{key.algorithm} key")
+        return DetectorResult(self.name, Verdict.NOT_APPLICABLE, detail=f"{key.algorithm} key")
+
+    def _check_rsa(self, key: PublicKeyInfo) -> DetectorResult:
         table = self.tables.get(key.bits)
         if table is None:
             return DetectorResult(
