@@ -471,9 +471,9 @@ def _single_block(text: str) -> list[ParsedKey] | None:
     """The entry of a text that starts with a BEGIN line and holds no other PEM marker than its
     END line (the commonest key file: one key or certificate), or None for any other text.
 
-    What :func:`_pem_entries`' pass gives such a text, without its per-line work (about a fifth of
-    ``check``'s time per file): with exactly four runs of five dashes, the BEGIN and END lines hold
-    them all, so every line between is body and every line after is ignored text.
+    What :func:`_pem_entries`' pass gives such a text, without its per-line work (about 1 us of the
+    ~20 us ``check`` spends on such a file): with exactly four runs of five dashes, the BEGIN and
+    END lines hold them all, so every line between is body and every line after is ignored text.
     """
     if not text.startswith("-----BEGIN ") or text.count("-----") != 4:
         return None
