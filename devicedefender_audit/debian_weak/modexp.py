@@ -4,7 +4,7 @@ Generating a weak RSA key is almost all Miller-Rabin on composite candidates, on
 modexp each. The GMP that the gmpy2 wheel bundles is built for a generic x86-64, while the
 ``libcrypto`` that Python's own ``hashlib`` links has Montgomery multiplication for the CPU it
 runs on (mulx/adx): a 2048-bit modexp with a 2048-bit exponent took 2.39 ms with gmpy2 and
-1.50 ms with ``BN_mod_exp_mont`` on the same machine (1.6x; 1.5x at 512 bits). A modexp is a
+1.50 ms with ``BN_mod_exp_mont`` on the same machine (1.6x; 1.3x at 512 bits, calls included). A modexp is a
 modexp, so which library computes it changes no key; where no usable ``libcrypto`` loads (not
 Linux, OpenSSL older than 1.1), :func:`powmod` is ``gmpy2.powmod``.
 """
