@@ -90,11 +90,12 @@ def recover_interrupted(store: Store, now: float | None = None) -> list[str]:
         why = (f"process {owner.pid} on {owner.host} ended without finishing the task"
                if owner and dead else f"no progress for {STALE_AFTER_S // 60} minutes")
         task.task_status = AuditTaskStatus.FAILED
-        task.details.check_run_status = "FAILED"
-        task.details.error_code = "INTERRUPTED"
-        task.details.message = f"interrupted: {why}"
+        for details in task.audit_details.values():  # every check the task ran, CA checks included
+            details.check_run_status, details.check_compliant = "FAILED", False
+            details.error_code = "INTERRUPTED"
+            details.message = f"interrupted: {why}"
         task.task_statistics.in_progress_checks = 0
-        task.task_statistics.failed_checks = 1
+        task.task_statistics.failed_checks = len(task.audit_details)
         store.save_task(task)
         recovered.append(task.task_id)
     return recovered

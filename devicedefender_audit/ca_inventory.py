@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
-from devicedefender_audit.aws.iot_ca_certificates import describe_ca_certificate_pem, list_ca_certificate_pages
+from devicedefender_audit.aws.iot_ca_certificates import (
+    IncompleteDescription,
+    IncompleteListing,
+    describe_ca_certificate_pem,
+    list_ca_certificate_pages,
+)
 from devicedefender_audit.inventory import certificate_id_matches, describe, describe_error
+from devicedefender_audit.key_material import public_key_from_spki
 from devicedefender_audit.models import ResourceError
 from devicedefender_audit.store import Store
 from devicedefender_audit.store.base import Description, InventoryRecord
@@ -55,12 +61,39 @@ def _to_body(description: Description) -> dict:
     }
 
 
-def _from_body(certificate_id: str, body: dict) -> Description:
-    spki = body.get("spki")
-    return Description(certificate_id, spki=base64.b64decode(spki) if spki else None,
-                       key_algorithm=body.get("keyAlgorithm"), key_bits=body.get("keyBits"),
+class _DamagedRecord(ValueError):
+    """A stored CA key record that is not one :func:`save_ca_description` wrote."""
+
+
+def _from_body(certificate_id: str, body: object) -> Description:
+    """The description a record holds; ``ValueError`` if the record is damaged."""
+    if not isinstance(body, dict):
+        raise _DamagedRecord("not an object")
+    texts = ("spki", "keyAlgorithm", "unparsedPem", "errorCode", "errorMessage")
+    if any(not isinstance(body.get(name), (str, type(None))) for name in texts):
+        raise _DamagedRecord("a text member is not text")
+    bits = body.get("keyBits")
+    if bits is not None and (not isinstance(bits, int) or isinstance(bits, bool)):
+        raise _DamagedRecord("keyBits is not an integer")
+    spki = base64.b64decode(body["spki"], validate=True) if body.get("spki") else None
+    if spki is None and body.get("unparsedPem") is None:
+        raise _DamagedRecord("neither a key nor a PEM")
+    if spki is not None:
+        public_key_from_spki(spki)  # raises KeyMaterialError (a ValueError) if it is not a key
+    return Description(certificate_id, spki=spki, key_algorithm=body.get("keyAlgorithm"), key_bits=bits,
                        unparsed_pem=body.get("unparsedPem"), error_code=body.get("errorCode"),
                        error_message=body.get("errorMessage"))
+
+
+def _stored_description(store: Store, certificate_id: str) -> Description | None:
+    """The key kept for ``certificate_id``; None when there is none, or when the record is
+    damaged (unreadable JSON, wrong members, not a key): the CA is then described again and the
+    record rewritten, rather than the audit failing or the CA staying unchecked for ever."""
+    try:
+        body = store.get_record(CA_KEY_KIND, certificate_id)
+        return None if body is None else _from_body(certificate_id, body)
+    except ValueError:  # json.JSONDecodeError, binascii.Error and KeyMaterialError among them
+        return None
 
 
 def save_ca_description(store: Store, description: Description) -> None:
@@ -71,23 +104,27 @@ def save_ca_description(store: Store, description: Description) -> None:
 def sync_ca_certificates(iot: Any, store: Store) -> CaSync:
     """List the CA certificates; describe, once per id ever, those in scope.
 
-    Raises :class:`CaListingFailed` when the listing fails; a CA certificate that cannot be
+    Raises :class:`CaListingFailed` when the listing fails, on any page (a partial listing would
+    be a false all-clear for the CAs left out); a CA certificate that cannot be
     described is an error against it, and one deleted meanwhile has left scope.
     """
     now = time.time()
     sync = CaSync()
     try:
-        listed = [cert for page in list_ca_certificate_pages(iot) for cert in page]
+        # By id: a certificate registered while the pages were read can appear on two of them.
+        listed = {cert.certificate_id: cert for page in list_ca_certificate_pages(iot) for cert in page}
     except AWS_ERRORS as exc:
         raise CaListingFailed(aws_error_code(exc),
                               f"could not list CA certificates: {aws_error_message(exc)}") from exc
-    for cert in listed:
+    except IncompleteListing as exc:
+        raise CaListingFailed("MALFORMED_RESPONSE", f"could not list CA certificates: {exc}") from exc
+    for cert in listed.values():
         if cert.status not in CA_IN_SCOPE_STATUSES:
             continue
         cid = cert.certificate_id
-        body = store.get_record(CA_KEY_KIND, cid)
-        if body is not None:
-            description = _from_body(cid, body)
+        stored = _stored_description(store, cid)
+        if stored is not None:
+            description = stored
         else:
             description, error = _describe(iot, cid)
             if error is not None:
@@ -105,9 +142,8 @@ def sync_ca_certificates(iot: Any, store: Store) -> CaSync:
 def _describe(iot: Any, certificate_id: str) -> tuple[Description, None] | tuple[None, ResourceError]:
     try:
         _, pem = describe_ca_certificate_pem(iot, certificate_id)
-    except KeyError as exc:
-        return None, ResourceError(certificate_id=certificate_id, error_code="MALFORMED_RESPONSE",
-                                   message=f"DescribeCACertificate response lacks {exc}")
+    except IncompleteDescription as exc:
+        return None, ResourceError(certificate_id=certificate_id, error_code="MALFORMED_RESPONSE", message=str(exc))
     except AWS_ERRORS as exc:
         return None, describe_error(certificate_id, exc)
     if not certificate_id_matches(certificate_id, pem):

@@ -62,15 +62,18 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
 
 
 def tasks_text(tasks: Sequence[AuditTask]) -> str:
+    """One row per check of each task: a task runs several (device and CA certificates), and a
+    summary of the first alone would hide the others' findings."""
     if not tasks:
         return "No audits recorded."
     return table(
-        ("TASK ID", "STARTED", "STATUS", "CHECK", "IN SCOPE", "NON-COMPLIANT", "FAILED"),
+        ("TASK ID", "STARTED", "STATUS", "CHECK", "RESULT", "IN SCOPE", "NON-COMPLIANT", "FAILED"),
         [
             (t.task_id, f"{t.task_start_time:%Y-%m-%d %H:%M:%S}", t.task_status.value,
-             t.details.check_run_status, t.details.total_resources_count,
-             t.details.non_compliant_resources_count, t.details.failed_resources_count)
+             name, d.check_run_status, d.total_resources_count,
+             d.non_compliant_resources_count, d.failed_resources_count)
             for t in tasks
+            for name, d in t.audit_details.items()
         ],
     )
 

@@ -5,13 +5,25 @@ deactivates the CA (and changes nothing in a dry run)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+from datetime import datetime, timedelta, timezone
 
 import botocore.session
 import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
 from conftest import DATA, issue_certificate, load_private_key, register, run_audit
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
 from test_factorable_audit import key, prime
 
+from devicedefender_audit.audit import Audit, recover_interrupted
+from devicedefender_audit.aws.iot_ca_certificates import list_ca_certificate_pages
+from devicedefender_audit.ca_inventory import CA_KEY_KIND
 from devicedefender_audit.check_names import (
     CA_CERTIFICATE,
     CA_CERTIFICATE_KEY_FACTORABLE_CHECK,
@@ -26,6 +38,8 @@ from devicedefender_audit.mitigation import ActionDefinition, Mitigator
 from devicedefender_audit.models import MitigationActionType, MitigationStatus
 from devicedefender_audit.service.findings import finding_shape
 from devicedefender_audit.service.shapes import operation, output_problems
+from devicedefender_audit.store import open_store
+from devicedefender_audit.store.base import TaskOwner
 
 DEBIAN_CVE = "CERTIFICATE_KEY_VULNERABILITY_CVE-2008-0166"
 ROCA_CVE = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
@@ -137,3 +151,259 @@ def test_update_ca_certificate_deactivates_the_ca(iot, cas, dry_run):
         assert len(mutating) == 2 and statuses == {"INACTIVE"}
         assert all(e.status is MitigationStatus.COMPLETED for e in executions)
     assert iot.describe_ca_certificate(certificateId=cas["good"])["certificateDescription"]["status"] == "ACTIVE"
+
+
+# hostile input ---------------------------------------------------------------------------------
+
+CA_QUALITY = make_checks([CA_CERTIFICATE_KEY_QUALITY_CHECK], default_detectors())
+
+
+def described_id(params: dict) -> str:
+    """The certificate id of a DescribeCACertificate request (``before-call`` sees the HTTP
+    request: ``GET /cacertificate/{caCertificateId}``)."""
+    return params["url_path"].rsplit("/", 1)[-1]
+
+
+def answer(iot, operation: str, respond) -> None:
+    """Answer ``operation`` with ``respond(request)`` (a parsed response) instead of moto."""
+    iot.meta.events.register(f"before-call.iot.{operation}",
+                             lambda params, **kwargs: (AWSResponse("https://iot.test", 200, {}, None), respond(params)))
+
+
+def client_error(code: str, operation: str, status: int = 400) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": f"{code} said AWS"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+
+
+def ed25519_certificate(name: str) -> str:
+    private = ed25519.Ed25519PrivateKey.generate()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(private.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30)).sign(private, None))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_corrupt_ca_pem_is_unchecked_never_compliant(iot, fresh_rsa_key):
+    corrupt = register_ca(iot, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+    register_ca(iot, issue_certificate(fresh_rsa_key, "good-ca"))
+    store = open_store(":memory:")
+    for _ in range(2):  # the second audit reads the unparsed PEM kept in the store
+        audited = run_audit(iot, [], store=store, checks=CA_QUALITY)
+        details = audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK]
+        assert (details.check_run_status, details.error_code) == ("FAILED", "RESOURCES_NOT_CHECKED")
+        assert (details.total_resources_count, details.failed_resources_count) == (2, 1)
+        assert [(e.certificate_id, e.resource_type) for e in audited.errors] == [(corrupt, CA_CERTIFICATE)]
+        assert audited.findings == []
+
+
+def test_ec_and_ed25519_cas_are_checked_not_failed(iot):
+    ec_ca = register_ca(iot, issue_certificate(ec.generate_private_key(ec.SECP384R1()), "ec-ca"))
+    ed_ca = register_ca(iot, ed25519_certificate("ed-ca"))
+    audited = run_audit(iot, default_detectors(), checks=make_checks(
+        [CA_CERTIFICATE_KEY_QUALITY_CHECK, CA_CERTIFICATE_KEY_FACTORABLE_CHECK], default_detectors()))
+    assert audited.findings == [] and audited.errors == []
+    for name in (CA_CERTIFICATE_KEY_QUALITY_CHECK, CA_CERTIFICATE_KEY_FACTORABLE_CHECK):
+        details = audited.task.audit_details[name]
+        assert details.total_resources_count == 2 and details.failed_resources_count == 0, name
+        assert details.check_run_status in ("COMPLETED_COMPLIANT", "FAILED"), name
+        if details.check_run_status == "FAILED":  # only for want of detector data, said so
+            assert details.error_code == "RESOURCES_NOT_COVERED"
+    stored = {cid: audited.store.get_record(CA_KEY_KIND, cid) for cid in (ec_ca, ed_ca)}
+    assert stored[ec_ca]["keyAlgorithm"].startswith("EC") and "25519" in stored[ed_ca]["keyAlgorithm"]
+
+
+def test_a_ca_deleted_between_list_and_describe_left_scope(iot, fresh_rsa_key):
+    gone = register_ca(iot, issue_certificate(fresh_rsa_key, "gone-ca"))
+    register_ca(iot, (DATA / "roca" / "cert04.pem").read_text())
+
+    def delete_first(params, **kwargs):
+        if described_id(params) == gone:
+            iot.meta.events.unregister("before-call.iot.DescribeCACertificate", delete_first)
+            iot.update_ca_certificate(certificateId=gone, newStatus="INACTIVE")
+            iot.delete_ca_certificate(certificateId=gone)
+
+    iot.meta.events.register("before-call.iot.DescribeCACertificate", delete_first)
+    audited = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    details = audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK]
+    assert [(e.certificate_id, e.error_code, e.left_scope) for e in audited.errors] == [
+        (gone, "DELETED_DURING_SCAN", True)]
+    assert (details.check_run_status, details.total_resources_count, details.failed_resources_count) == (
+        "COMPLETED_NON_COMPLIANT", 1, 0)
+    assert details.message is None  # a CA that left scope is not an unchecked one
+
+
+@pytest.mark.parametrize("code", ["ThrottlingException", "InternalFailureException", "AccessDeniedException"])
+def test_a_failing_describe_ca_certificate_leaves_that_ca_unchecked(iot, cas, code):
+    def refuse(params, **kwargs):
+        if described_id(params) == cas["good"]:
+            raise client_error(code, "DescribeCACertificate", 429 if code.startswith("Throttl") else 500)
+
+    iot.meta.events.register("before-call.iot.DescribeCACertificate", refuse)
+    audited = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    details = audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK]
+    assert audited.task.task_status.value == "COMPLETED"
+    assert (details.check_run_status, details.total_resources_count, details.failed_resources_count) == (
+        "COMPLETED_NON_COMPLIANT", 3, 1)
+    assert "1 could not be checked" in (details.message or "")
+    [error] = audited.errors
+    expected = "THROTTLED" if code == "ThrottlingException" else code
+    assert (error.certificate_id, error.error_code, error.resource_type) == (cas["good"], expected, CA_CERTIFICATE)
+    # The failed CA was not kept: the next audit describes it again and checks it.
+    iot.meta.events.unregister("before-call.iot.DescribeCACertificate", refuse)
+    again = run_audit(iot, default_detectors(), store=audited.store, checks=CA_QUALITY)
+    assert again.errors == [] and again.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK].failed_resources_count == 0
+
+
+def test_a_ca_pem_that_does_not_hash_to_its_id_is_not_trusted(iot, cas):
+    other = (DATA / "roca" / "cert05.pem").read_text()
+
+    def substitute(params):
+        return {"certificateDescription": {"certificateId": described_id(params), "status": "ACTIVE",
+                                           "certificatePem": other}}
+
+    answer(iot, "DescribeCACertificate", substitute)
+    audited = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    details = audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK]
+    assert {e.error_code for e in audited.errors} == {"CERTIFICATE_ID_MISMATCH"} and len(audited.errors) == 3
+    assert audited.findings == [] and details.check_run_status == "FAILED"
+    assert [name for name, _ in audited.store.records(CA_KEY_KIND)] == []
+
+
+def test_a_describe_response_without_a_pem_is_malformed_not_a_crash(iot, cas):
+    answer(iot, "DescribeCACertificate", lambda params: {"certificateDescription": {"status": "ACTIVE"}})
+    audited = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    assert {e.error_code for e in audited.errors} == {"MALFORMED_RESPONSE"}
+    assert audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK].check_run_status == "FAILED"
+
+
+def test_many_ca_certificates_are_listed_page_by_page(iot):
+    signer = ec.generate_private_key(ec.SECP256R1())
+    ids = [register_ca(iot, issue_certificate(signer, f"ca-{i}")) for i in range(60)]
+    pages = [len(page) for page in list_ca_certificate_pages(iot, page_size=25)]
+    assert pages == [25, 25, 10]
+    listings = []
+
+    def smaller_pages(params, **kwargs):  # AWS allows 250 a page: the audit's paging, at 25
+        params["pageSize"] = 25
+        listings.append(params.get("marker"))
+
+    iot.meta.events.register("before-parameter-build.iot.ListCACertificates", smaller_pages)
+    audited = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    assert listings == [None, "25", "50"]
+    details = audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK]
+    assert details.total_resources_count == len(ids) and audited.errors == []
+    assert sorted(name for name, _ in audited.store.records(CA_KEY_KIND)) == sorted(ids)
+
+
+@pytest.mark.parametrize("damage", ["not base64", "not a key", "wrong types", "not an object", "not json"])
+def test_a_damaged_stored_ca_key_is_described_again(iot, cas, damage):
+    first = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    store = first.store
+    bodies = {
+        "not base64": {"spki": "%%% not base64 %%%", "keyAlgorithm": "RSA", "keyBits": 2048},
+        "not a key": {"spki": base64.b64encode(b"\x30\x03\x02\x01\x00").decode(), "keyAlgorithm": "RSA"},
+        "wrong types": {"spki": 12, "keyAlgorithm": ["RSA"], "keyBits": "many"},
+        "not an object": ["spki"],
+    }
+    for cid in cas.values():
+        if damage == "not json":
+            store._db.execute("UPDATE api_records SET body = '{not json' WHERE kind = ? AND key = ?",
+                              (CA_KEY_KIND, cid))
+        else:
+            store._db.execute("UPDATE api_records SET body = ? WHERE kind = ? AND key = ?",
+                              (json.dumps(bodies[damage]), CA_KEY_KIND, cid))
+    describes = []
+    iot.meta.events.register("before-call.iot.DescribeCACertificate", lambda params, **kw: describes.append(params))
+    again = run_audit(iot, default_detectors(), store=store, checks=CA_QUALITY)
+    assert again.task.task_status.value == "COMPLETED"
+    assert {f.certificate_id for f in again.findings} == {cas["debian"], cas["roca"]}
+    assert again.errors == [] and len(describes) == 3  # the in-scope CAs, described afresh
+    assert store.get_record(CA_KEY_KIND, cas["roca"])["keyAlgorithm"] == "RSA"
+
+
+def test_cancel_during_the_ca_phase_ends_the_task_canceled(iot, cas):
+    register(iot, (DATA / "roca" / "cert05.pem").read_text())
+    store = open_store(":memory:")
+    audit = None
+
+    def phase(label, total):
+        if label == "Listing CA certificates":
+            store.request_cancel(audit.task.task_id)
+
+    audit = Audit(iot, store, default_detectors(), on_phase=phase,
+                  checks=make_checks([DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, CA_CERTIFICATE_KEY_QUALITY_CHECK],
+                                     default_detectors()))
+    task = audit.run()
+    assert task.task_status.value == "CANCELED"
+    assert {d.check_run_status for d in task.audit_details.values()} == {"CANCELED"}
+    assert task.task_statistics.canceled_checks == 2
+    assert [f for f in store.findings(task.task_id) if f.resource_type == CA_CERTIFICATE] == []
+
+
+def test_an_interrupted_audit_fails_every_check_it_ran(iot, cas):
+    """A task whose process died is FAILED with each of its checks, the CA ones included, not
+    left IN_PROGRESS beside a FAILED device check."""
+    store = open_store(":memory:")
+    checks = make_checks([DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, CA_CERTIFICATE_KEY_QUALITY_CHECK], default_detectors())
+    audit = Audit(iot, store, default_detectors(), checks=checks)
+    store.save_task(audit.task, TaskOwner("elsewhere", 1, 0.0))  # no sign of life for ever
+    assert recover_interrupted(store) == [audit.task.task_id]
+    task = store.get_task(audit.task.task_id)
+    assert task.task_status.value == "FAILED"
+    assert {name: d.check_run_status for name, d in task.audit_details.items()} == {
+        DEVICE_CERTIFICATE_KEY_QUALITY_CHECK: "FAILED", CA_CERTIFICATE_KEY_QUALITY_CHECK: "FAILED"}
+    assert {d.error_code for d in task.audit_details.values()} == {"INTERRUPTED"}
+    stats = task.task_statistics
+    assert (stats.failed_checks, stats.in_progress_checks, stats.total_checks) == (2, 0, 2)
+
+
+def listed(iot, certificate_id: str) -> dict:
+    description = iot.describe_ca_certificate(certificateId=certificate_id)["certificateDescription"]
+    return {key: description[key] for key in ("certificateId", "certificateArn", "status", "creationDate")}
+
+
+def test_a_ca_listed_on_two_pages_is_one_ca(iot, cas):
+    rows = [listed(iot, cas[name]) for name in ("debian", "roca", "good")]
+    pages = iter([{"certificates": rows[:2], "nextMarker": "2"}, {"certificates": rows[1:]}])
+    answer(iot, "ListCACertificates", lambda params: next(pages))
+    audited = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    details = audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK]
+    assert (details.total_resources_count, details.non_compliant_resources_count) == (3, 2)
+    assert sorted(f.certificate_id for f in audited.findings) == sorted([cas["debian"], cas["roca"]])
+
+
+@pytest.mark.parametrize("second_page", ["throttled", "malformed"])
+def test_a_listing_that_fails_on_a_later_page_fails_the_ca_checks(iot, cas, second_page):
+    """A partial listing would be a false all-clear for the CAs it left out."""
+    rows = [listed(iot, cas["good"])]
+
+    def pages(params):
+        if "marker=" not in params["url"]:
+            return {"certificates": rows, "nextMarker": "1"}
+        if second_page == "throttled":
+            raise client_error("ThrottlingException", "ListCACertificates", 429)
+        return {"certificates": [{"status": "ACTIVE"}]}
+
+    answer(iot, "ListCACertificates", pages)
+    audited = run_audit(iot, default_detectors(), checks=CA_QUALITY)
+    details = audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK]
+    expected = "ThrottlingException" if second_page == "throttled" else "MALFORMED_RESPONSE"
+    assert (details.check_run_status, details.error_code) == ("FAILED", expected)
+    assert audited.task.task_status.value == "COMPLETED" and audited.findings == []
+
+
+@pytest.mark.parametrize("gone", ["deleted", "already inactive"])
+def test_update_ca_certificate_skips_a_ca_that_is_gone_or_inactive(iot, cas, gone):
+    audited = run_audit(iot, [], checks=CA_QUALITY)
+    iot.update_ca_certificate(certificateId=cas["roca"], newStatus="INACTIVE")
+    if gone == "deleted":
+        iot.delete_ca_certificate(certificateId=cas["roca"])
+    mutating = []
+    iot.meta.events.register("before-call.iot.UpdateCACertificate", lambda **kw: mutating.append(kw))
+    roca = [f for f in audited.findings if f.certificate_id == cas["roca"]]
+    [execution] = Mitigator(iot, None, audited.store, dry_run=False).apply(
+        roca, [ActionDefinition.for_type(MitigationActionType.UPDATE_CA_CERTIFICATE)], "t1")
+    assert execution.status is MitigationStatus.SKIPPED and mutating == []
+    assert ("no longer exists" if gone == "deleted" else "already INACTIVE") in execution.message

@@ -13,22 +13,36 @@ from typing import Any
 from devicedefender_audit.aws.iot_certificates import PAGE_SIZE, ListedCertificate
 
 
+class IncompleteListing(Exception):
+    """A ``ListCACertificates`` row without the certificate's id or ARN: nothing to audit it by."""
+
+
 def list_ca_certificate_pages(iot: Any, page_size: int = PAGE_SIZE) -> Iterator[list[ListedCertificate]]:
-    """Every CA certificate of the account and region, one page at a time."""
+    """Every CA certificate of the account and region, one page at a time; raises what boto3
+    raises, and :class:`IncompleteListing` for a row without an id or ARN."""
     paginator = iot.get_paginator("list_ca_certificates")
     for page in paginator.paginate(PaginationConfig={"PageSize": page_size}):
-        yield [
-            ListedCertificate(
-                certificate_id=cert["certificateId"],
-                certificate_arn=cert["certificateArn"],
-                status=cert.get("status", ""),
-                creation_date=cert.get("creationDate"),
-            )
-            for cert in page.get("certificates", [])
-        ]
+        listed = []
+        for cert in page.get("certificates", []):
+            if not cert.get("certificateId") or not cert.get("certificateArn"):
+                raise IncompleteListing("ListCACertificates returned a certificate without certificateId or "
+                                        "certificateArn")
+            listed.append(ListedCertificate(certificate_id=cert["certificateId"],
+                                            certificate_arn=cert["certificateArn"],
+                                            status=cert.get("status", ""), creation_date=cert.get("creationDate")))
+        yield listed
+
+
+class IncompleteDescription(Exception):
+    """``DescribeCACertificate`` answered without the certificate's PEM."""
 
 
 def describe_ca_certificate_pem(iot: Any, certificate_id: str) -> tuple[str, str]:
-    """(status, PEM) of one CA certificate; raises what boto3 raises, ``KeyError`` if incomplete."""
-    description = iot.describe_ca_certificate(certificateId=certificate_id)["certificateDescription"]
-    return description.get("status", ""), description["certificatePem"]
+    """(status, PEM) of one CA certificate; raises what boto3 raises, and
+    :class:`IncompleteDescription` for a response without a PEM (not any ``KeyError`` from
+    inside boto3, which is a bug to report as such)."""
+    description = iot.describe_ca_certificate(certificateId=certificate_id).get("certificateDescription") or {}
+    pem = description.get("certificatePem")
+    if not isinstance(pem, str) or not pem:
+        raise IncompleteDescription("DescribeCACertificate response lacks certificateDescription.certificatePem")
+    return description.get("status", ""), pem

@@ -28,8 +28,15 @@ RECOMMENDATION = (
     "device generate a new key pair with a sound random number generator, and register a new "
     "certificate for it. Anyone can derive the private key of this certificate."
 )
+#: A weak CA key lets anyone sign device certificates the account trusts: the CA itself must go.
+CA_RECOMMENDATION = (
+    "Deactivate the CA certificate (UpdateCACertificate to INACTIVE) so that it registers no more "
+    "devices, generate a new CA key pair with a sound random number generator, register the new CA, "
+    "and re-issue the device certificates it signed. Anyone can derive the private key of this CA."
+)
 
-_CERT_ARN = re.compile(r"arn:(?P<partition>[\w-]+):iot:(?P<region>[\w-]+):(?P<account>\d{12}):cert/[0-9a-fA-F]+")
+#: A device certificate's ARN (``cert/``) or a CA certificate's (``cacert/``).
+_CERT_ARN = re.compile(r"arn:(?P<partition>[\w-]+):iot:(?P<region>[\w-]+):(?P<account>\d{12}):(?:ca)?cert/[0-9a-fA-F]+")
 _CVE = re.compile(r"CVE-\d{4}-\d{4,}")
 
 
@@ -91,7 +98,7 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
         "Severity": {"Label": finding.severity, "Original": finding.severity},
         "Title": f"Weak key in AWS IoT {'CA' if ca else 'device'} certificate: {code}"[:MAX_TITLE],
         "Description": safe_text(finding.reason_for_non_compliance)[:MAX_DESCRIPTION] or code,
-        "Remediation": {"Recommendation": {"Text": RECOMMENDATION[:MAX_RECOMMENDATION]}},
+        "Remediation": {"Recommendation": {"Text": (CA_RECOMMENDATION if ca else RECOMMENDATION)[:MAX_RECOMMENDATION]}},
         "ProductFields": {
             f"{PRODUCT}/CheckName": finding.check_name,
             f"{PRODUCT}/ReasonCode": code,
