@@ -11,6 +11,7 @@ is weak: pid in bits 0-15, platform in 16-19, variant in 20-23, tool in 24-27.
 
 from __future__ import annotations
 
+from binascii import hexlify
 from hashlib import sha1
 from typing import NamedTuple
 
@@ -26,12 +27,15 @@ UNKNOWN_ORIGIN = 0xFFFFFFFF
 def vulnkey_fingerprint(modulus: int) -> bytes:
     """The 10-byte (80-bit) ``openssl-vulnkey`` fingerprint of an RSA modulus.
 
-    The hex digits are ``"%X" % modulus`` made through bytes.hex (leading zeros stripped): Python
+    The hex digits are ``"%X" % modulus`` made through ``binascii.hexlify`` of its bytes: Python
     turns an int into hex four bits at a time, about 4 us for RSA-2048 and most of a lookup,
-    against 0.7 us this way.
+    against 0.7 us this way; staying in bytes (no str, no formatting) saves another ~0.5 us.
+    The top byte is non-zero, so only its high nibble can give a leading zero to drop.
     """
-    digits = modulus.to_bytes((modulus.bit_length() + 7) // 8, "big").hex().upper().lstrip("0") or "0"
-    return sha1(b"Modulus=%s\n" % digits.encode()).digest()[-10:]
+    digits = hexlify(modulus.to_bytes((modulus.bit_length() + 7) // 8, "big")).upper()
+    if digits[:1] == b"0":
+        digits = digits[1:]
+    return sha1(b"Modulus=" + (digits or b"0") + b"\n").digest()[-10:]
 
 
 def split_fingerprint(fingerprint: bytes) -> tuple[int, int]:
