@@ -1,29 +1,60 @@
-"""A scheduled audit inside AWS Lambda: the existing :class:`~.audit.Audit` engine per region,
-then a notification and (optionally) Security Hub findings.
+"""The scheduled Lambda of the single-account deployment: full audits per region, and the
+scheduled audits defined through the API when they are due; then a notification and
+(optionally) Security Hub findings.
 
-Settings come from the function's environment (set by ``infra/template.yaml``) so that the
-schedule's payload can stay empty; an event may narrow ``regions``. The template points
-``DDA_STORE`` at its DynamoDB table (``dynamodb://TABLE``), so the inventory and history outlive
-the invocation; without it the store is SQLite under ``/tmp`` and only SNS and Security Hub keep
-the findings. A region whose audit fails does not stop the others; its failure is notified.
+Two EventBridge Scheduler schedules invoke the function (``infra/template.yaml``):
+
+- the stack's own schedule, payload ``{}``: a full audit of every configured region, running the
+  checks enabled in that region's account audit configuration when one was stored through the
+  API (``UpdateAccountAuditConfiguration``), else every check (device and CA key quality,
+  factorable keys);
+- the run-due schedule, payload ``{"action": "run-due"}``: in every region,
+  :func:`~devicedefender_audit.service.scheduled.run_due` starts the scheduled audits
+  (``CreateScheduledAudit``) whose slot has come, as ``SCHEDULED_AUDIT_TASK``; ``"now"`` (ISO
+  8601 or epoch seconds) takes that moment as now, as ``run-due --now`` does.
+
+Inventories, tasks and configurations are per account and region (the same certificate can be
+registered in several regions, and a sync of one region must not mark another's certificates
+gone), so each region is kept in its own partition of ``DDA_STORE``, exactly as ``run --regions``
+and the organization fan-out keep them (:func:`~devicedefender_audit.store.partition_location`:
+``dynamodb://TABLE/<account>/<region>``, or ``audits.<account>.<region>.sqlite3`` beside a
+SQLite path), with the account from STS ``GetCallerIdentity``. That is also the store to give the
+API commands that define the configuration and the schedules of a region.
+
+Settings come from the function's environment so that the payloads stay small; an event may
+narrow ``regions``. Without ``DDA_STORE`` the store is SQLite under ``/tmp`` and only SNS and
+Security Hub keep the findings. A region that cannot be audited does not stop the others; its
+failure is part of the result and notified.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from devicedefender_audit.audit import Audit
 from devicedefender_audit.aws.clients import AwsTarget
+from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
+from devicedefender_audit.check_names import AUDIT_CHECKS
+from devicedefender_audit.checks import make_checks
 from devicedefender_audit.detectors import Detector
 from devicedefender_audit.exports.safety import safe_value
+from devicedefender_audit.fleet_run import EXIT_FAILED, EXIT_OK, task_exit_code
 from devicedefender_audit.models import AuditFinding, AuditTask
-from devicedefender_audit.store import Store
+from devicedefender_audit.store import Store, StoreError, open_store, partition_location
 
 #: Findings named in one notification; the rest are counted (SNS messages are capped at 256 KB).
 NOTIFIED_FINDINGS = 50
+#: The payload member that picks what an invocation does, and its values.
+ACTION, AUDIT, RUN_DUE = "action", "audit", "run-due"
+#: A check's run status, worst first: what a summary reports for the whole task.
+_WORST_FIRST = ("FAILED", "CANCELED", "IN_PROGRESS", "WAITING_FOR_DATA_COLLECTION", "COMPLETED_NON_COMPLIANT",
+                "COMPLETED_COMPLIANT")
+
+Detectors = Callable[[], Sequence[Detector]]
 
 
 def _flag(value: str | None) -> bool:
@@ -44,57 +75,213 @@ class AuditSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], event: Mapping[str, Any] | None = None) -> AuditSettings:
-        """``DDA_REGIONS`` (comma-separated; default the function's own region), ``DDA_SNS_TOPIC_ARN``,
-        ``DDA_SECURITYHUB``, ``DDA_STORE``, ``DDA_WORKERS``; ``event["regions"]`` overrides the regions."""
-        regions = (event or {}).get("regions") or [r.strip() for r in env.get("DDA_REGIONS", "").split(",")]
-        regions = tuple(r for r in regions if r) or (env["AWS_REGION"],)
+        """``DDA_REGIONS`` (comma-separated or ``all``, checked against botocore's endpoint data;
+        default the function's own region), ``DDA_SNS_TOPIC_ARN``, ``DDA_SECURITYHUB``,
+        ``DDA_STORE``, ``DDA_WORKERS``; ``event["regions"]`` (a list or the same text) overrides them."""
+        import boto3
+
+        from devicedefender_audit.accounts import AccountsError, parse_regions
+
+        asked = (event or {}).get("regions") or env.get("DDA_REGIONS", "")
+        text = (asked if isinstance(asked, str) else ",".join(map(str, asked))).strip()
+        try:
+            regions = tuple(parse_regions(text, boto3.session.Session())) if text else (env["AWS_REGION"],)
+        except AccountsError as exc:
+            raise ValueError(f"regions: {exc}") from exc
         return cls(regions=regions, sns_topic_arn=env.get("DDA_SNS_TOPIC_ARN") or None,
                    to_securityhub=_flag(env.get("DDA_SECURITYHUB")),
                    store=env.get("DDA_STORE", "/tmp/audits.sqlite3"), workers=int(env.get("DDA_WORKERS", "8")))
 
 
 def summary(task: AuditTask, findings: Sequence[AuditFinding]) -> dict[str, Any]:
-    """What a notification and the function's result say about one audit (public facts only)."""
-    details = task.details
+    """What a notification and the function's result say about one audit (public facts only).
+
+    ``checks`` has every check's counts; the task-wide figures are those of the ``run`` table:
+    the worst run status, non-compliant resources summed over the checks, the other counts the
+    largest of any check (device and CA checks count different certificates).
+    """
+    checks = {name: {"checkRunStatus": d.check_run_status, "totalResourcesCount": d.total_resources_count,
+                     "nonCompliantResourcesCount": d.non_compliant_resources_count,
+                     "failedResourcesCount": d.failed_resources_count,
+                     "notCoveredResourcesCount": d.not_covered_resources_count,
+                     **({"errorCode": d.error_code} if d.error_code else {}),
+                     **({"message": d.message} if d.message else {})}
+              for name, d in task.audit_details.items()}
+    details = list(task.audit_details.values())
+    worst = min((d.check_run_status for d in details), key=lambda s: _WORST_FIRST.index(s)
+                if s in _WORST_FIRST else 0, default="COMPLETED_COMPLIANT")
     return safe_value({
-        "taskId": task.task_id, "region": task.region, "taskStatus": task.task_status.value,
-        "checkRunStatus": details.check_run_status, "totalResourcesCount": details.total_resources_count,
-        "nonCompliantResourcesCount": details.non_compliant_resources_count,
-        "failedResourcesCount": details.failed_resources_count,
-        "notCoveredResourcesCount": details.not_covered_resources_count,
-        "message": details.message,
-        "findings": [{"certificateId": f.certificate_id, "reasonCode": f.reason_for_non_compliance_code,
+        "taskId": task.task_id, "region": task.region, "taskType": task.task_type,
+        "taskStatus": task.task_status.value, "exitCode": task_exit_code(task), "checkRunStatus": worst,
+        "totalResourcesCount": max((d.total_resources_count for d in details), default=0),
+        "nonCompliantResourcesCount": sum(d.non_compliant_resources_count for d in details),
+        "failedResourcesCount": max((d.failed_resources_count for d in details), default=0),
+        "notCoveredResourcesCount": max((d.not_covered_resources_count for d in details), default=0),
+        "message": next((d.message for d in details if d.message), None),
+        "checks": checks,
+        "findings": [{"checkName": f.check_name, "certificateId": f.certificate_id,
+                      "reasonCode": f.reason_for_non_compliance_code,
                       "things": f.non_compliant_resource.additional_info.get("things", "")}
                      for f in findings[:NOTIFIED_FINDINGS]],
     })
 
 
 def notify(topic_arn: str, report: dict[str, Any], title: str) -> None:
-    """Publish ``report`` (a :func:`summary`, or an account-region's failure without a task)."""
+    """Publish ``report`` (a :func:`summary`, or a failure without a task)."""
     sns = AwsTarget(region=_region_of_arn(topic_arn)).client("sns")
-    outcome = report.get("checkRunStatus") or report.get("errorCode") or report.get("taskStatus")
+    outcome = report.get("errorCode") or report.get("checkRunStatus") or report.get("taskStatus")
     subject = f"{title}: {report.get('nonCompliantResourcesCount', 0)} non-compliant, {outcome}"
     sns.publish(TopicArn=topic_arn, Subject=subject[:100], Message=json.dumps(report, indent=2))
 
 
-def _to_securityhub(target: AwsTarget, findings: Sequence[AuditFinding]) -> dict[str, Any]:
+def _to_securityhub(target: AwsTarget, account_id: str, findings: Sequence[AuditFinding]) -> dict[str, Any]:
     from devicedefender_audit.aws.securityhub import import_findings
     from devicedefender_audit.exports.asff import AsffContext, asff_findings
 
-    account = target.client("sts").get_caller_identity()["Account"]
-    context = AsffContext(account_id=account, region=target.region_name or "")
+    context = AsffContext(account_id=account_id, region=target.region_name or "")
     result = import_findings(target.client("securityhub"), asff_findings(findings, context))
     return {"imported": result.success_count, "failed": result.failed}
 
 
-def audit_region(region: str, store: Store, detectors: Sequence[Detector], settings: AuditSettings) -> dict[str, Any]:
-    """One audit of ``region``; notified when it found something or could not finish."""
-    target = AwsTarget(region=region)
-    task = Audit(target.client("iot"), store, detectors, workers=settings.workers, region=region).run()
+def configured_checks(store: Store) -> list[str]:
+    """The checks an audit of this partition runs: those enabled in its account audit
+    configuration when one was stored (the API's ``UpdateAccountAuditConfiguration`` on this
+    store), else every check."""
+    from devicedefender_audit.service.configuration import CONFIGURATION_KEY, CONFIGURATION_KIND, enabled_checks
+
+    if store.get_record(CONFIGURATION_KIND, CONFIGURATION_KEY) is None:
+        return list(AUDIT_CHECKS)
+    enabled = enabled_checks(store)
+    return [name for name in AUDIT_CHECKS if name in enabled]
+
+
+def _failure(region: str, code: str, message: str, task_id: str | None = None) -> dict[str, Any]:
+    return safe_value({"taskId": task_id, "region": region, "taskStatus": "FAILED", "exitCode": EXIT_FAILED,
+                       "errorCode": code, "message": message, "findings": []})
+
+
+def _open_partition(settings: AuditSettings, account_id: str, region: str) -> tuple[str, Store]:
+    """The region's partition of the store; a DynamoDB table is reached in the function's own region."""
+    location = partition_location(settings.store, account_id, region)
+    return location, open_store(location, AwsTarget() if location.startswith("dynamodb:") else None)
+
+
+def _reported(task: AuditTask, store: Store, target: AwsTarget, account_id: str,
+              settings: AuditSettings) -> dict[str, Any]:
+    """One finished audit's summary, notified when it found something or could not check
+    everything, its findings imported into Security Hub when asked."""
     findings = list(store.findings(task.task_id))
     report = summary(task, findings)
-    if settings.sns_topic_arn and (findings or task.details.check_run_status != "COMPLETED_COMPLIANT"):
-        notify(settings.sns_topic_arn, report, f"devicedefender-audit {region}")
+    if settings.sns_topic_arn and report["exitCode"] != EXIT_OK:
+        notify(settings.sns_topic_arn, report, f"devicedefender-audit {account_id} {task.region}")
     if settings.to_securityhub and findings:
-        report["securityHub"] = _to_securityhub(target, findings)
+        report["securityHub"] = _to_securityhub(target, account_id, findings)
     return report
+
+
+def audit_region(region: str, account_id: str, detectors: Sequence[Detector], settings: AuditSettings) -> dict[str, Any]:
+    """One full audit of ``region`` in its store partition, with the checks it is configured for;
+    a region that could not be audited is a report with ``errorCode``, notified."""
+    try:
+        location, store = _open_partition(settings, account_id, region)
+    except StoreError as exc:
+        report = _failure(region, "STORE_ERROR", str(exc))
+    else:
+        report = _audit_partition(region, account_id, store, location, detectors, settings)
+        report["store"] = location
+    if "errorCode" in report:
+        _notify_failure(settings, account_id, region, report)
+    return report
+
+
+def _audit_partition(region: str, account_id: str, store: Store, location: str, detectors: Sequence[Detector],
+                     settings: AuditSettings) -> dict[str, Any]:
+    task_id = None
+    try:
+        names = configured_checks(store)
+        if not names:
+            return _failure(region, "NO_CHECKS_ENABLED", f"the account audit configuration in {location} enables "
+                            "no check (UpdateAccountAuditConfiguration)")
+        target = AwsTarget(region=region)
+        audit = Audit(target.client("iot"), store, detectors, workers=settings.workers, region=region,
+                      checks=make_checks(names, detectors))
+        audit.task.account = account_id
+        task_id = audit.task.task_id
+        return _reported(audit.run(), store, target, account_id, settings)
+    except AWS_ERRORS as exc:
+        return _failure(region, aws_error_code(exc), aws_error_message(exc), task_id)
+    except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from being audited
+        return _failure(region, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}", task_id)
+    finally:
+        store.close()
+
+
+def run_due_region(region: str, account_id: str, detectors: Detectors, settings: AuditSettings,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Start the scheduled audits of ``region``'s partition that are due (at ``now``, default the
+    clock), each reported as a full audit is; schedules that could not start are notified."""
+    from devicedefender_audit.service.context import ServiceContext, utc_now
+    from devicedefender_audit.service.scheduled import run_due
+
+    result: dict[str, Any] = {"region": region, "startedTasks": [], "failedSchedules": [], "audits": []}
+    try:
+        location, store = _open_partition(settings, account_id, region)
+    except StoreError as exc:
+        result.update(_failure(region, "STORE_ERROR", str(exc)))
+    else:
+        result["store"] = location
+        target = AwsTarget(region=region)
+        ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
+                             region=region, account_id=account_id, clock=(lambda: now) if now else utc_now,
+                             sns_client=lambda: target.client("sns"))
+        try:
+            due = run_due(ctx)
+            result["startedTasks"] = [{**s, "slot": s["slot"].isoformat()} for s in due["startedTasks"]]
+            result["failedSchedules"] = due["failedSchedules"]
+            for started in due["startedTasks"]:
+                task = store.get_task(started["taskId"])
+                if task is not None:
+                    result["audits"].append(_reported(task, store, target, account_id, settings))
+        except AWS_ERRORS as exc:
+            result.update(_failure(region, aws_error_code(exc), aws_error_message(exc)))
+        except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from running
+            result.update(_failure(region, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"))
+        finally:
+            store.close()
+    if result["failedSchedules"] and "errorCode" not in result:
+        result["errorCode"] = "SCHEDULED_AUDITS_NOT_STARTED"
+        result["message"] = "; ".join(f"{f['scheduledAuditName']}: {f['message']}" for f in result["failedSchedules"])
+    if result.get("errorCode"):
+        _notify_failure(settings, account_id, region, result)
+    return safe_value(result)
+
+
+def _notify_failure(settings: AuditSettings, account_id: str, region: str, report: dict[str, Any]) -> None:
+    if settings.sns_topic_arn:
+        notify(settings.sns_topic_arn, report, f"devicedefender-audit {account_id} {region}")
+
+
+def _moment(value: Any) -> datetime:
+    from devicedefender_audit.service.context import as_utc
+    from devicedefender_audit.service.errors import InvalidRequest
+
+    try:
+        return as_utc(value)
+    except InvalidRequest as exc:
+        raise ValueError(f"now: {exc.message}") from exc
+
+
+def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detectors) -> dict[str, Any]:
+    """One invocation: ``{"audits": [report per region]}`` for a full audit (the default action),
+    ``{"runDue": [result per region]}`` for ``{"action": "run-due"}``."""
+    action = event.get(ACTION) or AUDIT
+    if action not in (AUDIT, RUN_DUE):
+        raise ValueError(f"unknown action {action!r}: the payload's action is {AUDIT!r} (default) or {RUN_DUE!r}")
+    if "now" in event and action != RUN_DUE:
+        raise ValueError("now applies to the run-due action only")
+    now = _moment(event["now"]) if event.get("now") is not None else None
+    settings = AuditSettings.from_env(env, event)
+    account_id = AwsTarget().client("sts").get_caller_identity()["Account"]
+    if action == RUN_DUE:
+        return {"runDue": [run_due_region(region, account_id, detectors, settings, now) for region in settings.regions]}
+    return {"audits": [audit_region(region, account_id, detectors(), settings) for region in settings.regions]}

@@ -1,9 +1,9 @@
 """AWS Lambda entry points; each maps an event to an operation and returns its JSON result.
 
-``scheduled_audit`` is invoked by EventBridge Scheduler, ``registration_gate`` by the AWS IoT
-rule on certificate registration events (``infra/template.yaml``). Configuration is in the
-environment; detectors are built once per execution environment, so warm invocations reuse the
-memory-mapped blocklists.
+``scheduled_audit`` is invoked by EventBridge Scheduler (a full audit, or the due scheduled
+audits), ``registration_gate`` by the AWS IoT rule on certificate registration events
+(``infra/template.yaml``). Configuration is in the environment; detectors are built once per
+execution environment, so warm invocations reuse the memory-mapped blocklists.
 """
 
 from __future__ import annotations
@@ -21,16 +21,12 @@ def _detectors() -> list[Detector]:
 
 
 def scheduled_audit(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
-    """Audit every configured region; ``{"audits": [summary per region]}``."""
-    from devicedefender_audit.lambda_audit import AuditSettings, audit_region
-    from devicedefender_audit.store import open_store
+    """The stack's schedules: ``{}`` audits every configured region (``{"audits": [summary per
+    region]}``), ``{"action": "run-due"}`` starts the due scheduled audits of every configured
+    region (``{"runDue": [result per region]}``); see :mod:`~devicedefender_audit.lambda_audit`."""
+    from devicedefender_audit.lambda_audit import handle
 
-    settings = AuditSettings.from_env(os.environ, event)
-    store = open_store(settings.store)
-    try:
-        return {"audits": [audit_region(region, store, _detectors(), settings) for region in settings.regions]}
-    finally:
-        store.close()
+    return handle(event or {}, os.environ, _detectors)
 
 
 def registration_gate(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -8,7 +8,12 @@ import json
 import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
-from conftest import REPO
+from conftest import DATA, REPO, issue_certificate, register, run_audit
+
+from devicedefender_audit.check_names import AUDIT_CHECKS
+from devicedefender_audit.checks import make_checks
+from devicedefender_audit.detectors import default_detectors
+from devicedefender_audit.lambda_audit import ACTION, RUN_DUE
 
 INFRA = REPO / "infra"
 TEMPLATES = sorted([*INFRA.glob("*.yaml"), *INFRA.glob("*.yml"),
@@ -90,3 +95,40 @@ def test_the_organization_fan_out_is_a_distributed_map_over_account_regions():
     target = resources["AuditSchedule"]["Properties"]["Target"]["Arn"]
     assert target == {"Fn::If": ["FanOut", {"Ref": "FleetStateMachine"}, {"Fn::GetAtt": ["AuditFunction", "Arn"]}]}
     assert "sts:AssumeRole" in _policy_actions("FleetAuditRole", "sts:")
+
+
+def test_the_audit_policy_allows_every_call_an_audit_of_every_check_makes(iot, fresh_rsa_key):
+    """The documented read-only policy (and so the roles above) against the calls an audit with
+    every check actually makes, device and CA certificates alike."""
+    register(iot, issue_certificate(fresh_rsa_key), thing="meter")
+    register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter-2")
+    iot.register_ca_certificate(caCertificate=(DATA / "roca" / "cert05.pem").read_text(), setAsActive=True)
+    calls: set[str] = set()
+    iot.meta.events.register("before-call.iot.*", lambda model, **_: calls.add(f"iot:{model.name}"))
+    detectors = default_detectors()
+    audited = run_audit(iot, detectors, checks=make_checks(AUDIT_CHECKS, detectors))
+    assert audited.task.task_status.value == "COMPLETED" and len(audited.findings) == 2
+    documented = _actions(json.loads((INFRA / "iam-policy-audit.json").read_text())["Statement"])
+    assert {"iot:ListCertificates", "iot:ListCACertificates", "iot:DescribeCACertificate"} <= calls
+    assert calls <= documented
+
+
+def test_run_due_has_its_own_schedule_on_the_audit_function():
+    """The stack's schedule runs full audits; a second one (unless its expression is empty) asks
+    the same function for the scheduled audits defined through the API that are due."""
+    template = _template("template.yaml")
+    resources = template["Resources"]
+    run_due = resources["RunDueSchedule"]
+    assert run_due["Condition"] == "RunDue"
+    assert template["Conditions"]["RunDue"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RunDueScheduleExpression"}, ""]}]}
+    assert template["Parameters"]["RunDueScheduleExpression"]["Default"] == "rate(1 hour)"
+    target = run_due["Properties"]["Target"]
+    assert target["Arn"] == {"Fn::GetAtt": ["AuditFunction", "Arn"]}
+    assert json.loads(target["Input"]) == {ACTION: RUN_DUE}
+    assert json.loads(resources["AuditSchedule"]["Properties"]["Target"]["Input"]) == {}  # a full audit
+    # The scheduler may invoke the function whenever a schedule targets it, and only then.
+    [invoke] = [s for s in resources["SchedulerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                if s["Fn::If"][1].get("Action") == "lambda:InvokeFunction"]
+    assert invoke["Fn::If"][0] == "InvokesAuditFunction"
+    assert template["Conditions"]["InvokesAuditFunction"] == {
+        "Fn::Or": [{"Condition": "RunDue"}, {"Fn::Not": [{"Condition": "FanOut"}]}]}

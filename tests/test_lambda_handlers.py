@@ -1,16 +1,30 @@
-"""The Lambda handlers in-process against moto: scheduled audits and the registration gate."""
+"""The Lambda handlers in-process against moto: scheduled audits (full audits per region partition,
+the due scheduled audits), the registration gate, the organization fan-out."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import boto3
 import pytest
 from conftest import DATA, REGION, issue_certificate, register
 from moto.sns.models import sns_backends
 
+from devicedefender_audit.aws.clients import AwsTarget
+from devicedefender_audit.check_names import (
+    AUDIT_CHECKS,
+    CA_CERTIFICATE_KEY_QUALITY_CHECK,
+    DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK,
+    DEVICE_CERTIFICATE_KEY_QUALITY_CHECK,
+)
+from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.lambda_fleet import audit_account_region, list_account_regions
 from devicedefender_audit.lambda_handlers import registration_gate, scheduled_audit
+from devicedefender_audit.service.configuration import update_account_audit_configuration
+from devicedefender_audit.service.context import ServiceContext
+from devicedefender_audit.service.scheduled import create_scheduled_audit
+from devicedefender_audit.store import open_store, partition_location
 
 ACCOUNT = "123456789012"
 ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
@@ -46,12 +60,20 @@ def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, io
     result = scheduled_audit({"regions": [REGION, "eu-west-1"]}, None)
 
     east, west = result["audits"]
-    assert (east["region"], east["checkRunStatus"], east["nonCompliantResourcesCount"]) == (
-        REGION, "COMPLETED_NON_COMPLIANT", 1)
-    assert east["findings"] == [{"certificateId": roca["certificateId"], "reasonCode": ROCA, "things": "meter"}]
+    assert (east["region"], east["checkRunStatus"], east["nonCompliantResourcesCount"], east["exitCode"]) == (
+        REGION, "COMPLETED_NON_COMPLIANT", 1, 3)
+    assert east["findings"] == [{"checkName": DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, "certificateId": roca["certificateId"],
+                                 "reasonCode": ROCA, "things": "meter"}]
     assert east["securityHub"] == {"imported": 1, "failed": []}
-    assert (west["region"], west["totalResourcesCount"], west["checkRunStatus"]) == (
-        "eu-west-1", 0, "COMPLETED_COMPLIANT")
+    # Without an account audit configuration every check runs, each reported with its counts.
+    assert list(east["checks"]) == list(AUDIT_CHECKS)
+    assert east["checks"][DEVICE_CERTIFICATE_KEY_QUALITY_CHECK]["totalResourcesCount"] == 2
+    assert east["checks"][DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK]["checkRunStatus"] == "COMPLETED_COMPLIANT"
+    assert east["checks"][CA_CERTIFICATE_KEY_QUALITY_CHECK]["totalResourcesCount"] == 0
+    assert (west["region"], west["totalResourcesCount"], west["checkRunStatus"], west["exitCode"]) == (
+        "eu-west-1", 0, "COMPLETED_COMPLIANT", 0)
+    assert (east["store"], west["store"]) == (str(tmp_path / f"lambda.{ACCOUNT}.{REGION}.sqlite3"),
+                                              str(tmp_path / f"lambda.{ACCOUNT}.eu-west-1.sqlite3"))
     [(subject, message)] = _notifications(topic_arn)  # the compliant region is not notified
     assert "1 non-compliant" in subject and roca["certificateId"] in message
     imported = boto3.client("securityhub", region_name=REGION).get_findings()["Findings"]
@@ -63,6 +85,138 @@ def test_scheduled_audit_defaults_to_the_functions_region(monkeypatch, tmp_path,
     monkeypatch.setenv("DDA_STORE", str(tmp_path / "lambda.sqlite3"))
     monkeypatch.delenv("DDA_REGIONS", raising=False)
     assert [a["region"] for a in scheduled_audit({}, None)["audits"]] == [REGION]
+
+
+def _describes(monkeypatch) -> list[str]:
+    """The region of every DescribeCertificate call moto answers, from any client."""
+    from moto.iot.responses import IoTResponse
+
+    regions: list[str] = []
+    original = IoTResponse.describe_certificate
+
+    def counted(self):
+        regions.append(self.region)
+        return original(self)
+
+    monkeypatch.setattr(IoTResponse, "describe_certificate", counted)
+    return regions
+
+
+def test_scheduled_audit_keeps_each_region_in_its_own_partition(monkeypatch, aws, topic_arn):
+    """The same certificate in two regions: each region's inventory, tasks and findings are its
+    own, so a second audit of either describes nothing (one shared store would mark one region's
+    certificates gone at the other's sync and describe them again)."""
+    weak = (DATA / "roca" / "cert04.pem").read_text()
+    ids = {region: boto3.client("iot", region_name=region).register_certificate_without_ca(
+        certificatePem=weak, status="ACTIVE")["certificateId"] for region in (REGION, "eu-west-1")}
+    assert ids[REGION] == ids["eu-west-1"]  # a certificate id is the hash of the certificate
+    ca = boto3.client("iot", region_name="eu-west-1").register_ca_certificate(
+        caCertificate=(DATA / "roca" / "cert05.pem").read_text(), setAsActive=True)["certificateId"]
+    location = "dynamodb://dda-audits"  # the stack's table; SQLite partitions: the test above
+    for name, value in (("AWS_REGION", REGION), ("DDA_REGIONS", f"{REGION},eu-west-1"), ("DDA_STORE", location),
+                        ("DDA_SNS_TOPIC_ARN", topic_arn)):
+        monkeypatch.setenv(name, value)
+    describes = _describes(monkeypatch)
+
+    first = scheduled_audit({}, None)["audits"]
+    assert sorted(describes) == ["eu-west-1", REGION]
+    second = scheduled_audit({}, None)["audits"]
+    assert sorted(describes) == ["eu-west-1", REGION]  # nothing new to describe in either region
+
+    for report in (*first, *second):
+        assert report["checks"][DEVICE_CERTIFICATE_KEY_QUALITY_CHECK]["nonCompliantResourcesCount"] == 1
+    east, west = second
+    assert {(f["checkName"], f["certificateId"]) for f in east["findings"]} == {
+        (DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, ids[REGION])}
+    assert {(f["checkName"], f["certificateId"]) for f in west["findings"]} == {
+        (DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, ids[REGION]), (CA_CERTIFICATE_KEY_QUALITY_CHECK, ca)}
+    for region, report in ((REGION, east), ("eu-west-1", west)):
+        where = partition_location(location, ACCOUNT, region)
+        assert report["store"] == where
+        partition = open_store(where, AwsTarget(region=REGION))
+        try:
+            assert {t.region for t in partition.list_tasks()} == {region}
+            assert [t.task_id for t in partition.list_tasks()] == [report["taskId"], first[[REGION, "eu-west-1"].index(
+                region)]["taskId"]]
+            record = partition.inventory_record(ids[REGION])
+            assert record is not None and f":{region}:" in record.certificate_arn and record.gone_since is None
+        finally:
+            partition.close()
+
+
+def _partition_context(location: str, region: str, clock=None) -> ServiceContext:
+    """The service API over one region's partition, as the API commands use it with --store."""
+    target = AwsTarget(region=region)
+    return ServiceContext(store=open_store(partition_location(location, ACCOUNT, region), AwsTarget(region=REGION)),
+                          iot_client=lambda: target.client("iot"), detectors=default_detectors, region=region,
+                          **({"clock": clock} if clock else {}))
+
+
+def test_scheduled_audit_runs_the_checks_the_account_configuration_enables(monkeypatch, aws, topic_arn):
+    for name, value in (("AWS_REGION", REGION), ("DDA_REGIONS", f"{REGION},eu-west-1"),
+                        ("DDA_STORE", "dynamodb://dda-audits"), ("DDA_SNS_TOPIC_ARN", topic_arn)):
+        monkeypatch.setenv(name, value)
+    for region, enabled in ((REGION, {CA_CERTIFICATE_KEY_QUALITY_CHECK}), ("eu-west-1", set())):
+        ctx = _partition_context("dynamodb://dda-audits", region)
+        update_account_audit_configuration(ctx, roleArn=f"arn:aws:iam::{ACCOUNT}:role/audit", auditCheckConfigurations={
+            name: {"enabled": name in enabled} for name in AUDIT_CHECKS})
+        ctx.store.close()
+
+    east, west = scheduled_audit({}, None)["audits"]
+
+    assert list(east["checks"]) == [CA_CERTIFICATE_KEY_QUALITY_CHECK] and east["exitCode"] == 0
+    assert (west["taskId"], west["exitCode"], west["errorCode"]) == (None, 1, "NO_CHECKS_ENABLED")
+    [(subject, message)] = _notifications(topic_arn)  # a region left unaudited is never silent
+    assert "eu-west-1" in subject and "NO_CHECKS_ENABLED" in subject and "enables no check" in message
+
+
+def test_run_due_starts_the_scheduled_audits_defined_through_the_api(monkeypatch, aws, topic_arn):
+    roca = boto3.client("iot", region_name="eu-west-1").register_certificate_without_ca(
+        certificatePem=(DATA / "roca" / "cert04.pem").read_text(), status="ACTIVE")["certificateId"]
+    for name, value in (("AWS_REGION", REGION), ("DDA_REGIONS", f"{REGION},eu-west-1"),
+                        ("DDA_STORE", "dynamodb://dda-audits"), ("DDA_SNS_TOPIC_ARN", topic_arn)):
+        monkeypatch.setenv(name, value)
+    created = datetime(2025, 3, 4, 15, 30, tzinfo=timezone.utc)
+    ctx = _partition_context("dynamodb://dda-audits", "eu-west-1", clock=lambda: created)
+    update_account_audit_configuration(ctx, roleArn=f"arn:aws:iam::{ACCOUNT}:role/audit", auditCheckConfigurations={
+        DEVICE_CERTIFICATE_KEY_QUALITY_CHECK: {"enabled": True}})
+    create_scheduled_audit(ctx, scheduledAuditName="nightly", frequency="DAILY",
+                           targetCheckNames=[DEVICE_CERTIFICATE_KEY_QUALITY_CHECK])
+    ctx.store.close()
+
+    assert scheduled_audit({"action": "run-due", "now": "2025-03-04T23:59:00Z"}, None)["runDue"][1]["audits"] == []
+    east, west = scheduled_audit({"action": "run-due", "now": "2025-03-05T00:10:00Z"}, None)["runDue"]
+
+    assert (east["startedTasks"], east["failedSchedules"], east["audits"]) == ([], [], [])
+    [started] = west["startedTasks"]
+    assert (started["scheduledAuditName"], started["slot"]) == ("nightly", "2025-03-05T00:00:00+00:00")
+    [report] = west["audits"]
+    assert (report["taskId"], report["taskType"], report["exitCode"]) == (started["taskId"], "SCHEDULED_AUDIT_TASK", 3)
+    assert [f["certificateId"] for f in report["findings"]] == [roca]
+    partition = open_store(west["store"], AwsTarget(region=REGION))
+    try:
+        task = partition.get_task(started["taskId"])
+        assert (task.task_type, task.scheduled_audit_name, task.region) == ("SCHEDULED_AUDIT_TASK", "nightly",
+                                                                            "eu-west-1")
+    finally:
+        partition.close()
+    [(subject, _)] = _notifications(topic_arn)
+    assert "eu-west-1" in subject and "1 non-compliant" in subject
+    # The slot is taken: the same moment again starts nothing.
+    again = scheduled_audit({"action": "run-due", "now": "2025-03-05T00:20:00Z"}, None)["runDue"]
+    assert [r["startedTasks"] for r in again] == [[], []]
+
+
+def test_scheduled_audit_refuses_an_unknown_payload(monkeypatch, aws):
+    monkeypatch.setenv("AWS_REGION", REGION)
+    with pytest.raises(ValueError, match="unknown action 'run'"):
+        scheduled_audit({"action": "run"}, None)
+    with pytest.raises(ValueError, match="now: "):
+        scheduled_audit({"action": "run-due", "now": "yesterday"}, None)
+    with pytest.raises(ValueError, match="regions: .*no endpoint in nowhere-1"):
+        scheduled_audit({"regions": ["nowhere-1"]}, None)
+    with pytest.raises(ValueError, match="run-due action only"):
+        scheduled_audit({"now": "2025-03-05T00:10:00Z"}, None)
 
 
 def _gate_env(monkeypatch, topic: str, dry_run: str) -> None:
