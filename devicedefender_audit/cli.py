@@ -22,14 +22,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devicedefender_audit.check_names import AUDIT_CHECKS
+from devicedefender_audit.exit_codes import (
+    EXIT_FAILED,
+    EXIT_INCOMPLETE,
+    EXIT_NON_COMPLIANT,
+    EXIT_OK,
+    EXIT_PIPE,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    task_exit_code,
+)
 
 if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.models import AuditTask, MitigationExecution
     from devicedefender_audit.store import Store
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
-EXIT_SIGINT, EXIT_PIPE, EXIT_SIGTERM = 130, 141, 143
 EC_CURVES = ("p256", "p384", "p521")
 MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "UPDATE_CA_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP",
                       "PUBLISH_FINDING_TO_SNS")
@@ -287,16 +296,6 @@ def _print_audit(store: Store, task: AuditTask, fmt: str) -> None:
     print(render(task, store.findings(task.task_id), store.errors(task.task_id)))
 
 
-def _audit_exit_code(task: AuditTask) -> int:
-    """Over every check of the task: findings beat unchecked certificates, which beat compliance."""
-    if task.task_status.value != "COMPLETED":
-        return EXIT_FAILED
-    checks = task.audit_details.values()
-    if any(d.non_compliant_resources_count for d in checks):
-        return EXIT_NON_COMPLIANT
-    return EXIT_OK if all(d.check_compliant for d in checks) else EXIT_INCOMPLETE
-
-
 def _checks(args: argparse.Namespace, detectors: list[Any]) -> list[Any]:
     """The audit checks to run: all by default, or those named by ``--checks``."""
     from devicedefender_audit.checks import make_checks
@@ -443,7 +442,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_audit(store, task, args.format)
     finally:
         store.close()
-    return _audit_exit_code(task)
+    return task_exit_code(task)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,28 +26,12 @@ from devicedefender_audit.audit import Audit, AuditInterrupted
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
 from devicedefender_audit.checks import KeyCheck
 from devicedefender_audit.detectors import Detector
+from devicedefender_audit.exit_codes import EXIT_FAILED, EXIT_NON_COMPLIANT, EXIT_OK, task_exit_code, worst
 from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
 from devicedefender_audit.store import Store, StoreError
 from devicedefender_audit.text_table import table
 
-EXIT_OK, EXIT_FAILED, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE = 0, 1, 3, 4
 #: Worst first: what the consolidated exit code picks among the account-regions' codes.
-SEVERITY = (143, 130, EXIT_FAILED, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE, EXIT_OK)
-
-
-def task_exit_code(task: AuditTask) -> int:
-    """One audit's exit code (README, "Statuses and exit codes"), over every check of the task:
-    a task that did not complete is a failure; findings beat unchecked certificates."""
-    if task.task_status.value != "COMPLETED":
-        return EXIT_FAILED
-    checks = task.audit_details.values()
-    if any(d.non_compliant_resources_count for d in checks):
-        return EXIT_NON_COMPLIANT
-    return EXIT_OK if all(d.check_compliant for d in checks) else EXIT_INCOMPLETE
-
-
-def worst(codes: Iterable[int]) -> int:
-    return min(codes, key=SEVERITY.index, default=EXIT_OK)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from moto.sts.exceptions import STSClientError
 
 from devicedefender_audit.accounts import AccountsError, parse_regions
 from devicedefender_audit.cli import main
-from devicedefender_audit.fleet_run import SEVERITY, worst
+from devicedefender_audit.exit_codes import SEVERITY, worst
 from devicedefender_audit.store import StoreError, open_store, partition_location
 
 MANAGEMENT = "123456789012"
