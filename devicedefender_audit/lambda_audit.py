@@ -41,8 +41,8 @@ from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_erro
 from devicedefender_audit.check_names import AUDIT_CHECKS
 from devicedefender_audit.checks import make_checks
 from devicedefender_audit.detectors import Detector
+from devicedefender_audit.exit_codes import EXIT_FAILED, EXIT_OK, task_exit_code
 from devicedefender_audit.exports.safety import safe_value
-from devicedefender_audit.fleet_run import EXIT_FAILED, EXIT_OK, task_exit_code
 from devicedefender_audit.models import AuditFinding, AuditTask
 from devicedefender_audit.store import Store, StoreError, open_store, partition_location
 

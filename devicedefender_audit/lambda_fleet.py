@@ -28,10 +28,11 @@ import boto3
 from devicedefender_audit.accounts import AccountCredentials, AccountRegion, parse_regions, plan
 from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.aws.pacing import DEFAULT_RATES
+from devicedefender_audit.checks import make_checks
 from devicedefender_audit.detectors import Detector, default_detectors
 from devicedefender_audit.fleet_run import AccountRegionResult, FleetRun
-from devicedefender_audit.lambda_audit import notify, summary
-from devicedefender_audit.store import Store, open_store, partition_location
+from devicedefender_audit.lambda_audit import configured_checks, notify, summary
+from devicedefender_audit.store import StoreError, open_store, partition_location
 
 
 @functools.cache
@@ -84,15 +85,18 @@ def audit_account_region(event: dict[str, Any], context: Any) -> dict[str, Any]:
         item = AccountRegion(str(event["accountId"]), str(event["region"]), event.get("roleArn") or None)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not an account-region item ({{accountId, region, roleArn}}): {event!r}") from exc
-    location = env.get("DDA_STORE", "/tmp/audits.sqlite3")
-
-    def open_partition(target: AccountRegion) -> tuple[str, Store]:
-        where = partition_location(location, target.account_id, target.region)
-        return where, open_store(where, AwsTarget() if where.startswith("dynamodb:") else None)
-
-    fleet = FleetRun(AccountCredentials(), open_partition, _detectors(), workers=int(env.get("DDA_WORKERS", "8")),
-                     parallel=1, rates=dict(DEFAULT_RATES))
-    report = _report(fleet.audit(item))
+    where = partition_location(env.get("DDA_STORE", "/tmp/audits.sqlite3"), item.account_id, item.region)
+    try:
+        store = open_store(where, AwsTarget() if where.startswith("dynamodb:") else None)
+    except StoreError as exc:
+        report = _report(AccountRegionResult(item, "-", error_code="STORE_ERROR", message=str(exc)))
+    else:
+        detectors = _detectors()
+        # As the single-account Lambda: the checks the partition's audit configuration enables, else all.
+        fleet = FleetRun(AccountCredentials(), lambda _: (where, store), detectors,
+                         make_checks(configured_checks(store), detectors), workers=int(env.get("DDA_WORKERS", "8")),
+                         parallel=1, rates=dict(DEFAULT_RATES))
+        report = _report(fleet.audit(item))
     topic = env.get("DDA_SNS_TOPIC_ARN")
     if topic and report["exitCode"] != 0:
         notify(topic, report, f"devicedefender-audit {item.account_id} {item.region}")

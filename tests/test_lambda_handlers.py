@@ -313,6 +313,7 @@ def test_fan_out_lists_account_regions_to_s3_and_audits_each_in_its_partition(mo
     assert (weak["exitCode"], weak["taskStatus"], weak["nonCompliantResourcesCount"]) == (3, "COMPLETED", 1)
     assert weak["findings"][0]["certificateId"] == roca
     assert weak["store"] == f"dynamodb://dda-audits/{member}/eu-west-1"
+    assert set(weak["checks"]) == set(AUDIT_CHECKS)  # no configuration in the partition: every check
     assert {place: r["exitCode"] for place, r in reports.items() if place != (member, "eu-west-1")} == {
         (ACCOUNT, REGION): 0, (ACCOUNT, "eu-west-1"): 0, (member, REGION): 0}
     [(subject, message)] = _notifications(topic_arn)
