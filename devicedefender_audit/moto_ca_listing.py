@@ -21,7 +21,8 @@ def _list_ca_certificates(self: Any) -> Any:
 
     page_size = self._get_int_param("pageSize", DEFAULT_PAGE_SIZE)
     start = int(self._get_param("marker") or 0)
-    ascending = self._get_bool_param("ascendingOrder", True)
+    # On the wire the member ``ascendingOrder`` is the query parameter ``isAscendingOrder``.
+    ascending = self._get_bool_param("isAscendingOrder", self._get_bool_param("ascendingOrder", True))
     # moto keeps certificates in registration order, which is creation order.
     ordered = list(self.iot_backend.ca_certificates.values())
     if not ascending:

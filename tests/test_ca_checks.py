@@ -283,6 +283,8 @@ def test_many_ca_certificates_are_listed_page_by_page(iot):
     ids = [register_ca(iot, issue_certificate(signer, f"ca-{i}")) for i in range(60)]
     pages = [len(page) for page in list_ca_certificate_pages(iot, page_size=25)]
     assert pages == [25, 25, 10]
+    newest = iot.list_ca_certificates(pageSize=2, ascendingOrder=False)
+    assert [c["certificateId"] for c in newest["certificates"]] == ids[:-3:-1] and newest["nextMarker"]
     listings = []
 
     def smaller_pages(params, **kwargs):  # AWS allows 250 a page: the audit's paging, at 25

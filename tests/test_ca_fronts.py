@@ -288,3 +288,72 @@ def test_ca_checks_on_the_dynamodb_store(iot, fresh_rsa_key):
         "PK": {"S": f"REC#{CA_KEY_KIND}"}, "SK": {"S": cas["roca"]}, "body": {"S": "{damaged"}})
     again = run_audit(iot, default_detectors(), store=store, checks=checks)
     assert cas["roca"] in {f.certificate_id for f in again.findings} and len(describes) == 4
+
+
+# over HTTP, with the unmodified boto3 client -----------------------------------------------------
+
+
+def test_ca_findings_through_serve_and_boto3(moto_server, tmp_path):
+    from test_serve import NO_RETRIES, serve, until
+
+    from devicedefender_audit.aws.clients import AwsTarget
+
+    target = AwsTarget(region=REGION, endpoint_url=moto_server)
+    moto = target.client("iot")
+    roca = moto.register_ca_certificate(caCertificate=(DATA / "roca" / "cert04.pem").read_text(),
+                                        setAsActive=True)["certificateId"]
+    server, ctx = serve(target, tmp_path / "served.sqlite3")
+    try:
+        iot = boto3.client("iot", region_name=REGION, endpoint_url=server.url, config=NO_RETRIES)
+        iot.update_account_audit_configuration(roleArn=ROLE, auditCheckConfigurations={
+            CA_CERTIFICATE_KEY_QUALITY_CHECK: {"enabled": True}})
+
+        def audited() -> str:
+            task_id = iot.start_on_demand_audit_task(targetCheckNames=[CA_CERTIFICATE_KEY_QUALITY_CHECK])["taskId"]
+            until(lambda: iot.describe_audit_task(taskId=task_id)["taskStatus"] != "IN_PROGRESS", "the audit ends")
+            return task_id
+
+        first = audited()
+        identifier = {"caCertificateId": roca}
+        [finding] = iot.list_audit_findings(taskId=first, resourceIdentifier=identifier)["findings"]
+        assert finding["nonCompliantResource"]["resourceType"] == CA_CERTIFICATE
+        assert iot.list_related_resources_for_audit_finding(findingId=finding["findingId"])["relatedResources"] == []
+        iot.create_audit_suppression(checkName=CA_CERTIFICATE_KEY_QUALITY_CHECK, resourceIdentifier=identifier,
+                                     suppressIndefinitely=True)
+        second = audited()
+        details = iot.describe_audit_task(taskId=second)["auditDetails"][CA_CERTIFICATE_KEY_QUALITY_CHECK]
+        assert details["suppressedNonCompliantResourcesCount"] == 1
+        iot.create_mitigation_action(actionName="retire-ca", roleArn=ROLE,
+                                     actionParams={"updateCACertificateParams": {"action": "DEACTIVATE"}})
+        iot.start_audit_mitigation_actions_task(taskId="retire", target={"findingIds": [finding["findingId"]]},
+                                                auditCheckToActionsMapping={
+                                                    CA_CERTIFICATE_KEY_QUALITY_CHECK: ["retire-ca"]})
+        until(lambda: iot.describe_audit_mitigation_actions_task(taskId="retire")["taskStatus"] == "COMPLETED",
+              "the mitigation ends")
+        assert ca_status(moto, roca) == "INACTIVE"
+    finally:
+        server.shutdown()
+        server.server_close()
+        ctx.wait(30)
+        ctx.store.close()
+
+
+def test_asff_takes_account_and_region_from_a_ca_certificate_arn():
+    """AWS names a CA certificate ``...:cacert/<id>`` (moto says ``cert/``): its account and
+    region are the finding's, whatever account imports it."""
+    from datetime import datetime, timezone
+
+    from devicedefender_audit.exports.asff import AsffContext, asff_finding
+    from devicedefender_audit.models import AuditFinding, NonCompliantResource, ResourceIdentifier
+
+    arn = "arn:aws:iot:eu-west-1:111122223333:cacert/" + "ab" * 32
+    finding = AuditFinding(
+        task_id="t1", check_name=CA_CERTIFICATE_KEY_QUALITY_CHECK, task_start_time=datetime.now(timezone.utc),
+        non_compliant_resource=NonCompliantResource(
+            resource_type=CA_CERTIFICATE, resource_identifier=ResourceIdentifier(ca_certificate_id="ab" * 32),
+            additional_info={"caCertificateArn": arn}),
+        reason_for_non_compliance="ROCA", reason_for_non_compliance_code=ROCA)
+    document = asff_finding(finding, AsffContext(account_id="999999999999", region="us-east-1"))
+    assert (document["AwsAccountId"], document["Resources"][0]["Region"], document["Resources"][0]["Id"]) == (
+        "111122223333", "eu-west-1", arn)
+    assert "UpdateCACertificate" in document["Remediation"]["Recommendation"]["Text"]
