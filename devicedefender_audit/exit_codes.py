@@ -19,14 +19,21 @@ EXIT_SIGINT, EXIT_PIPE, EXIT_SIGTERM = 130, 141, 143
 SEVERITY = (EXIT_SIGTERM, EXIT_SIGINT, EXIT_FAILED, EXIT_NON_COMPLIANT, EXIT_INCOMPLETE, EXIT_OK)
 
 
+#: The error codes of a check that ran but could not check or cover every certificate.
+INCOMPLETE_CHECK_ERRORS = frozenset({"RESOURCES_NOT_CHECKED", "RESOURCES_NOT_COVERED"})
+
+
 def task_exit_code(task: AuditTask) -> int:
-    """Over every check of the task: a task that did not complete is a failure; findings beat
+    """Over every check of the task: a task that did not complete is a failure; findings beat a
+    check that could not run at all (e.g. its certificates could not be listed), which beats
     unchecked certificates, which beat compliance."""
     if task.task_status.value != "COMPLETED":
         return EXIT_FAILED
     checks = task.audit_details.values()
     if any(d.non_compliant_resources_count for d in checks):
         return EXIT_NON_COMPLIANT
+    if any(d.check_run_status == "FAILED" and d.error_code not in INCOMPLETE_CHECK_ERRORS for d in checks):
+        return EXIT_FAILED
     return EXIT_OK if all(d.check_compliant for d in checks) else EXIT_INCOMPLETE
 
 

@@ -56,7 +56,9 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
         out += ["", "No finding, but not every certificate was checked and covered (see above)."]
     if errors:
         out += ["", "Certificates that could not be checked (or left scope during the scan):", table(
-            ("CERTIFICATE", "ERROR", "MESSAGE"), [(e.certificate_id, e.error_code, e.message) for e in errors]
+            ("CERTIFICATE", "KIND", "ERROR", "MESSAGE"),
+            [(e.certificate_id, "CA" if e.resource_type == "CA_CERTIFICATE" else "device", e.error_code, e.message)
+             for e in errors]
         )]
     return "\n".join(out)
 

@@ -357,3 +357,13 @@ def test_asff_takes_account_and_region_from_a_ca_certificate_arn():
     assert (document["AwsAccountId"], document["Resources"][0]["Region"], document["Resources"][0]["Id"]) == (
         "111122223333", "eu-west-1", arn)
     assert "UpdateCACertificate" in document["Remediation"]["Recommendation"]["Text"]
+
+
+def test_a_ca_check_that_cannot_list_anything_exits_as_a_failure(aws_env, tmp_path, capsys):
+    """No CA certificate could be listed (nothing answers): exit 1, as a failed device listing,
+    not 4 ("some certificates could not be checked")."""
+    code = main(["run", "--endpoint-url", "http://127.0.0.1:9", "--max-attempts", "1", "--no-progress",
+                 "--store", str(tmp_path / "audits.sqlite3"), "--checks", CA_CERTIFICATE_KEY_QUALITY_CHECK])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert f"Check {CA_CERTIFICATE_KEY_QUALITY_CHECK}: FAILED" in out

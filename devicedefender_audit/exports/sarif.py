@@ -116,5 +116,6 @@ def audit_sarif(task: AuditTask, findings: Iterable[AuditFinding], errors: Itera
         if not error.left_scope:
             _add_result(results, rules, UNREADABLE_RULE, "warning", f"{error.error_code}: {error.message}",
                         _certificate_location(error.certificate_id, None))
-    return _document(results, rules, {"auditTaskId": task.task_id,
-                                      "checkRunStatus": task.details.check_run_status})
+    return _document(results, rules, {"auditTaskId": task.task_id, "taskStatus": task.task_status.value,
+                                      "checkRunStatus": {name: details.check_run_status
+                                                         for name, details in task.audit_details.items()}})
