@@ -1,27 +1,53 @@
-"""The real-time gate: check a certificate's key the moment AWS IoT registers it.
+"""The real-time gate: check a certificate's key the moment it enters the account.
 
-Fed by an AWS IoT rule on ``$aws/events/certificates/registered/#``, the message AWS IoT
-publishes when it registers a device certificate signed by a CA enabled for auto-registration
-(just-in-time registration). The payload names the certificate::
+Two feeds reach the same check (``infra/template.yaml``):
 
-    {"certificateId": "...", "caCertificateId": "...", "timestamp": 1234567890123,
-     "certificateStatus": "PENDING_ACTIVATION", "awsAccountId": "123456789012",
-     "certificateRegistrationTimestamp": "..."}
+* **Just-in-time registration** (JITR): an AWS IoT rule on ``$aws/events/certificates/registered/#``,
+  the message AWS IoT publishes when it registers a device certificate signed by a CA enabled for
+  auto-registration. The payload names the certificate::
+
+      {"certificateId": "...", "caCertificateId": "...", "timestamp": 1234567890123,
+       "certificateStatus": "PENDING_ACTIVATION", "awsAccountId": "123456789012",
+       "certificateRegistrationTimestamp": "..."}
+
+  The certificate stays ``PENDING_ACTIVATION`` until something activates it, so a deactivated
+  weak key never connects.
+* **Registration through the API**: an EventBridge rule on the CloudTrail records ("AWS API Call
+  via CloudTrail", source ``aws.iot``) of the calls in :data:`API_REGISTRATIONS`. The record
+  names the certificate in ``detail.responseElements`` (``certificateId``, ``certificateArn``;
+  the CA's for ``RegisterCACertificate``) or, for ``AcceptCertificateTransfer``, in
+  ``detail.requestParameters.certificateId``; a call that failed (``detail.errorCode``)
+  registered nothing and is skipped. CloudTrail delivers these in minutes, not seconds, so such
+  a certificate may connect before the gate acts: this feed shortens the exposure to the next
+  scheduled audit, JITR alone prevents it. ``CreateKeysAndCertificate`` is not gated: AWS
+  generates that key.
 
 The certificate is described, its key checked by the same detectors as an audit, and a weak key
 gets the configured mitigations through the same :class:`~.mitigation.Mitigator` (so dry run,
-skip-if-already-inactive and per-action outcomes are those of ``mitigate``). The registration
-leaves the certificate ``PENDING_ACTIVATION``, so a deactivated weak key never connects.
+skip-if-already-inactive, per-action outcomes and the actions each resource type takes are those
+of ``mitigate``: a CA gets ``UPDATE_CA_CERTIFICATE`` and SNS, never the device actions). An event
+that names no certificate, or a certificate that cannot be described, is one log line and an
+outcome saying so, never a traceback and never ``CLEAN``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
 from devicedefender_audit.aws.iot_certificates import attached_things
+from devicedefender_audit.check_names import (
+    CA_CERTIFICATE,
+    CA_CERTIFICATE_KEY_QUALITY_CHECK,
+    DEVICE_CERTIFICATE,
+    DEVICE_CERTIFICATE_KEY_QUALITY_CHECK,
+)
 from devicedefender_audit.detectors import Detector, Verdict, check_key
 from devicedefender_audit.key_material import KeyMaterialError, certificate_public_key
 from devicedefender_audit.mitigation import ActionDefinition, Mitigator
@@ -34,8 +60,34 @@ from devicedefender_audit.models import (
     new_id,
 )
 
+LOG = logging.getLogger(__name__)
+
 #: ``taskId`` of gate findings: they belong to no audit task.
 GATE_TASK_PREFIX = "registration-gate-"
+#: How a certificate registered by just-in-time registration arrived (``via`` of the outcome).
+JITR = "JITR"
+#: The AWS IoT calls (CloudTrail ``eventName``) that bring a certificate whose key someone else
+#: generated into the account, and the kind of certificate each brings. CreateKeysAndCertificate
+#: is left out on purpose: AWS IoT generates that key itself.
+API_REGISTRATIONS: Mapping[str, str] = {
+    "RegisterCertificate": DEVICE_CERTIFICATE,
+    "RegisterCertificateWithoutCA": DEVICE_CERTIFICATE,
+    "CreateCertificateFromCsr": DEVICE_CERTIFICATE,
+    "AcceptCertificateTransfer": DEVICE_CERTIFICATE,
+    "RegisterCACertificate": CA_CERTIFICATE,
+}
+CLOUDTRAIL_DETAIL_TYPE = "AWS API Call via CloudTrail"
+IOT_EVENT_SOURCE = "iot.amazonaws.com"
+#: Verdicts of events that name no certificate to check: the event is not a registration, the
+#: call it records failed (nothing registered), or its record lacks the certificate's id.
+UNRECOGNIZED_EVENT = "UNRECOGNIZED_EVENT"
+CALL_FAILED = "CALL_FAILED"
+NO_CERTIFICATE_ID = "NO_CERTIFICATE_ID"
+#: A certificate description without its PEM or ARN: nothing to check.
+MALFORMED_RESPONSE = "MALFORMED_RESPONSE"
+#: The model's ``CertificateId``: 64 hex digits (the certificate's SHA-256).
+_CERTIFICATE_ID = re.compile(r"[0-9a-fA-F]{64}")
+_CHECK_OF = {DEVICE_CERTIFICATE: DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, CA_CERTIFICATE: CA_CERTIFICATE_KEY_QUALITY_CHECK}
 
 
 @dataclass(frozen=True)
@@ -55,59 +107,189 @@ class GateSettings:
         return cls(actions=actions, dry_run=env.get("DDA_DRY_RUN", "true").strip().lower() != "false")
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A certificate that entered the account, and how."""
+
+    certificate_id: str
+    resource_type: str = DEVICE_CERTIFICATE
+    #: :data:`JITR`, or the API call (CloudTrail ``eventName``) that registered it.
+    via: str = JITR
+
+
+class NotARegistration(ValueError):
+    """An event that names no certificate to check; ``code`` is the gate's verdict on it."""
+
+    def __init__(self, code: str, message: str, via: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.via = via
+
+
 @dataclass
 class GateOutcome:
-    certificate_id: str
-    #: VULNERABLE, CLEAN, NOT_COVERED (could be weak, no data) or an error code.
+    #: None when the event named no certificate.
+    certificate_id: str | None
+    #: VULNERABLE, CLEAN, NOT_COVERED (could be weak, no data), a skipped event's code
+    #: (UNRECOGNIZED_EVENT, CALL_FAILED, NO_CERTIFICATE_ID) or an error code.
     verdict: str
     detail: str = ""
+    resource_type: str = DEVICE_CERTIFICATE
+    via: str | None = JITR
     findings: list[AuditFinding] = field(default_factory=list)
     executions: list[MitigationExecution] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"certificateId": self.certificate_id, "verdict": self.verdict, "detail": self.detail,
+        return {"certificateId": self.certificate_id, "resourceType": self.resource_type, "via": self.via,
+                "verdict": self.verdict, "detail": self.detail,
                 "findings": [f.to_aws() for f in self.findings],
                 "actionsExecutions": [e.to_aws() for e in self.executions]}
 
+    def log_line(self) -> str:
+        """One line for the function's log: what arrived, the verdict, what was done."""
+        actions = [f"{e.action_name}:{e.status.value}" for e in self.executions]
+        return json.dumps({"gate": self.verdict, "certificateId": self.certificate_id,
+                           "resourceType": self.resource_type, "via": self.via, "detail": self.detail,
+                           "actions": actions})
 
-def registered_certificate_id(event: Mapping[str, Any]) -> str:
-    """The certificate a registration event is about; ``ValueError`` for any other message."""
+
+def _is_certificate_id(value: object) -> bool:
+    return isinstance(value, str) and _CERTIFICATE_ID.fullmatch(value) is not None
+
+
+def registration_from_event(event: object) -> Registration:
+    """The certificate a JITR message or a CloudTrail record of an API registration is about;
+    :class:`NotARegistration` for anything else, a failed call, or a record without the id."""
+    if not isinstance(event, Mapping):
+        raise NotARegistration(UNRECOGNIZED_EVENT,
+                               f"not a certificate registration event: a {type(event).__name__}, not a JSON object")
+    if "detail" in event or "detail-type" in event:
+        return _api_registration(event)
     certificate_id = event.get("certificateId")
-    if not isinstance(certificate_id, str) or not certificate_id:
-        raise ValueError("not a certificate registration event: no certificateId")
-    return certificate_id
+    if not _is_certificate_id(certificate_id):
+        raise NotARegistration(UNRECOGNIZED_EVENT, "not a certificate registration event: no certificateId of 64 "
+                                                   "hex digits and no CloudTrail detail")
+    return Registration(str(certificate_id))
 
 
-def gate_certificate(iot: Any, sns: Any, certificate_id: str, detectors: Sequence[Detector],
+def _api_registration(event: Mapping[str, Any]) -> Registration:
+    detail = event.get("detail")
+    if (event.get("detail-type") != CLOUDTRAIL_DETAIL_TYPE or not isinstance(detail, Mapping)
+            or detail.get("eventSource") != IOT_EVENT_SOURCE):
+        raise NotARegistration(UNRECOGNIZED_EVENT, f"not a CloudTrail record of an AWS IoT call: detail-type "
+                                                   f"{event.get('detail-type')!r}, eventSource "
+                                                   f"{detail.get('eventSource') if isinstance(detail, Mapping) else None!r}")
+    name = detail.get("eventName")
+    if name not in API_REGISTRATIONS:
+        raise NotARegistration(UNRECOGNIZED_EVENT, f"{name!r} registers no certificate the gate checks "
+                                                   f"(it checks {', '.join(API_REGISTRATIONS)})")
+    if detail.get("errorCode"):
+        raise NotARegistration(CALL_FAILED, f"{name} failed ({detail['errorCode']}): nothing was registered", name)
+    certificate_id = _named_certificate(detail)
+    if certificate_id is None:
+        raise NotARegistration(NO_CERTIFICATE_ID, f"the {name} record names no certificate: no certificateId of 64 "
+                                                  "hex digits in responseElements (certificateId, certificateArn) "
+                                                  "or requestParameters", name)
+    return Registration(certificate_id, API_REGISTRATIONS[name], name)
+
+
+def _named_certificate(detail: Mapping[str, Any]) -> str | None:
+    """The id from the call's response (its ARN ends with the id), else from its request
+    (``AcceptCertificateTransfer`` answers nothing: the id is in its request)."""
+    candidates: list[object] = []
+    response = detail.get("responseElements")
+    if isinstance(response, Mapping):
+        arn = response.get("certificateArn")
+        candidates += [response.get("certificateId"), arn.rpartition("/")[2] if isinstance(arn, str) else None]
+    request = detail.get("requestParameters")
+    if isinstance(request, Mapping):
+        candidates.append(request.get("certificateId"))
+    return next((str(c) for c in candidates if _is_certificate_id(c)), None)
+
+
+class _Undescribed(Exception):
+    """A description without the certificate's PEM or ARN."""
+
+
+def _describe(iot: Any, registration: Registration) -> tuple[str, str, str]:
+    """(ARN, status, PEM) from DescribeCertificate, or DescribeCACertificate for a CA."""
+    if registration.resource_type == CA_CERTIFICATE:
+        response = iot.describe_ca_certificate(certificateId=registration.certificate_id)
+    else:
+        response = iot.describe_certificate(certificateId=registration.certificate_id)
+    description = response.get("certificateDescription") or {}
+    arn, pem = description.get("certificateArn"), description.get("certificatePem")
+    if not isinstance(arn, str) or not arn or not isinstance(pem, str) or not pem:
+        raise _Undescribed("the description lacks certificateArn or certificatePem")
+    return arn, str(description.get("status", "")), pem
+
+
+def gate_certificate(iot: Any, sns: Any, registration: Registration, detectors: Sequence[Detector],
                      settings: GateSettings) -> GateOutcome:
     """Check one newly registered certificate and mitigate it if its key is weak."""
-    description = iot.describe_certificate(certificateId=certificate_id)["certificateDescription"]
+    certificate_id, resource_type = registration.certificate_id, registration.resource_type
+
+    def outcome(verdict: str, detail: str = "", **more: Any) -> GateOutcome:
+        return GateOutcome(certificate_id, verdict, detail, resource_type, registration.via, **more)
+
     try:
-        key = certificate_public_key(description["certificatePem"])
+        arn, status, pem = _describe(iot, registration)
+    except AWS_ERRORS as exc:
+        return outcome(aws_error_code(exc), f"cannot describe the certificate: {aws_error_message(exc)}")
+    except _Undescribed as exc:
+        return outcome(MALFORMED_RESPONSE, str(exc))
+    try:
+        key = certificate_public_key(pem)
     except KeyMaterialError as exc:
-        return GateOutcome(certificate_id, exc.error_code, str(exc))
+        return outcome(exc.error_code, str(exc))
     results = check_key(key, detectors)
     weak = [r for r in results if r.verdict is Verdict.VULNERABLE]
     if not weak:
         uncovered = [r for r in results if r.verdict is Verdict.NOT_COVERED]
         verdict = Verdict.NOT_COVERED if uncovered else Verdict.CLEAN
-        return GateOutcome(certificate_id, verdict.value, "; ".join(r.detail for r in uncovered))
-    arn = description["certificateArn"]
+        return outcome(verdict.value, "; ".join(r.detail for r in uncovered))
     now = datetime.now(timezone.utc)
-    info = {"keyAlgorithm": key.algorithm, "keySize": str(key.bits), "certificateStatus": description["status"],
-            "things": ",".join(attached_things(iot, arn))}
+    info = {"keyAlgorithm": key.algorithm, "keySize": str(key.bits), "certificateStatus": status}
+    if resource_type == CA_CERTIFICATE:
+        # The model's ResourceIdentifier has no CA certificate ARN; the finding keeps it here.
+        info["caCertificateArn"] = arn
+        identifier = ResourceIdentifier(ca_certificate_id=certificate_id)
+    else:
+        info["things"] = _things(iot, arn)
+        identifier = ResourceIdentifier(device_certificate_id=certificate_id, device_certificate_arn=arn)
     task_id = GATE_TASK_PREFIX + new_id()
     findings = [
-        AuditFinding(task_id=task_id, task_start_time=now, finding_time=now,
-                     non_compliant_resource=NonCompliantResource(
-                         resource_identifier=ResourceIdentifier(device_certificate_id=certificate_id,
-                                                                device_certificate_arn=arn),
-                         additional_info=info),
+        AuditFinding(task_id=task_id, check_name=_CHECK_OF[resource_type], task_start_time=now, finding_time=now,
+                     non_compliant_resource=NonCompliantResource(resource_type=resource_type,
+                                                                 resource_identifier=identifier, additional_info=info),
                      reason_for_non_compliance=r.detail, reason_for_non_compliance_code=r.reason_code or "")
         for r in weak
     ]
     mitigator = Mitigator(iot, sns, None, dry_run=settings.dry_run)
     # One certificate, one set of actions: act on the first finding (its flaws are listed in all).
     executions = mitigator.apply(findings[:1], settings.actions, task_id)
-    return GateOutcome(certificate_id, Verdict.VULNERABLE.value,
-                       "; ".join(r.reason_code or r.detector for r in weak), findings, executions)
+    return outcome(Verdict.VULNERABLE.value, "; ".join(r.reason_code or r.detector for r in weak),
+                   findings=findings, executions=executions)
+
+
+def _things(iot: Any, arn: str) -> str:
+    """Comma-separated attached things, or why they are unknown: a finding is never lost to it."""
+    try:
+        return ",".join(attached_things(iot, arn))
+    except AWS_ERRORS as exc:
+        return f"unknown ({aws_error_code(exc)})"
+
+
+def gate_event(event: object, iot: Any, sns: Any, detectors: Sequence[Detector], settings: GateSettings) -> GateOutcome:
+    """One event, one outcome, one log line: the registration's verdict and actions, or why the
+    event names nothing to check. Anything but a clean key or a failed call (which registered
+    nothing) is a warning."""
+    try:
+        registration = registration_from_event(event)
+    except NotARegistration as skipped:
+        result = GateOutcome(None, skipped.code, str(skipped), via=skipped.via)
+        LOG.log(logging.INFO if skipped.code == CALL_FAILED else logging.WARNING, result.log_line())
+        return result
+    result = gate_certificate(iot, sns, registration, detectors, settings)
+    LOG.log(logging.INFO if result.verdict == Verdict.CLEAN.value else logging.WARNING, result.log_line())
+    return result

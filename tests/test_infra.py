@@ -5,15 +5,17 @@ from __future__ import annotations
 import importlib
 import json
 
+import boto3
 import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import decode
-from conftest import DATA, REPO, issue_certificate, register, run_audit
+from conftest import DATA, REGION, REPO, issue_certificate, register, run_audit
 
 from devicedefender_audit.check_names import AUDIT_CHECKS
 from devicedefender_audit.checks import make_checks
 from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.lambda_audit import ACTION, RUN_DUE
+from devicedefender_audit.registration_gate import API_REGISTRATIONS
 
 INFRA = REPO / "infra"
 TEMPLATES = sorted([*INFRA.glob("*.yaml"), *INFRA.glob("*.yml"),
@@ -47,9 +49,12 @@ def test_every_lambda_handler_exists(template):
 
 
 def _actions(statements: list) -> set[str]:
+    """Every action the statements may grant: a conditional statement (``Fn::If``) counts."""
     found = set()
     for statement in statements:
-        if isinstance(statement, dict) and "Action" in statement:
+        if isinstance(statement, dict) and "Fn::If" in statement:
+            found |= _actions([branch for branch in statement["Fn::If"][1:] if isinstance(branch, dict)])
+        elif isinstance(statement, dict) and "Action" in statement:
             actions = statement["Action"]
             found.update([actions] if isinstance(actions, str) else actions)
     return found
@@ -132,3 +137,77 @@ def test_run_due_has_its_own_schedule_on_the_audit_function():
     assert invoke["Fn::If"][0] == "InvokesAuditFunction"
     assert template["Conditions"]["InvokesAuditFunction"] == {
         "Fn::Or": [{"Condition": "RunDue"}, {"Fn::Not": [{"Condition": "FanOut"}]}]}
+
+
+def _gate_statements() -> dict[str, dict]:
+    """The gate role's statements by Sid, each with the condition it is granted under (or None)."""
+    [policy] = _template("template.yaml")["Resources"]["GateRole"]["Properties"]["Policies"]
+    statements = {}
+    for statement in policy["PolicyDocument"]["Statement"]:
+        condition, statement = (statement["Fn::If"][0], statement["Fn::If"][1]) if "Fn::If" in statement else (
+            None, statement)
+        statements[statement["Sid"]] = {**statement, "condition": condition}
+    return statements
+
+
+def test_the_gate_hears_api_registrations_through_an_eventbridge_rule_on_cloudtrail_records():
+    template = _template("template.yaml")
+    resources = template["Resources"]
+    rule = resources["GateApiRule"]
+    assert rule["Condition"] == "GateApi" and template["Parameters"]["GateApiRegistrations"]["Default"] == "true"
+    assert template["Conditions"]["GateApi"] == {"Fn::And": [
+        {"Condition": "GateEnabled"}, {"Fn::Equals": [{"Ref": "GateApiRegistrations"}, "true"]}]}
+    pattern = rule["Properties"]["EventPattern"]
+    assert (pattern["source"], pattern["detail-type"], pattern["detail"]["eventSource"]) == (
+        ["aws.iot"], ["AWS API Call via CloudTrail"], ["iot.amazonaws.com"])
+    assert set(pattern["detail"]["eventName"]) == set(API_REGISTRATIONS)  # the calls the handler reads
+    assert pattern["detail"]["errorCode"] == [{"exists": False}]  # a failed call registered nothing
+    [target] = rule["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["GateFunction", "Arn"]}
+    permission = resources["GateApiInvokePermission"]
+    assert permission["Condition"] == "GateApi"
+    assert (permission["Properties"]["Principal"], permission["Properties"]["SourceArn"]) == (
+        "events.amazonaws.com", {"Fn::GetAtt": ["GateApiRule", "Arn"]})
+    assert resources["GateFunction"]["Properties"]["Handler"] == "devicedefender_audit.lambda_handlers.registration_gate"
+    # The gate's one line per event at INFO reaches the log.
+    assert resources["GateFunction"]["Properties"]["LoggingConfig"]["ApplicationLogLevel"] == "INFO"
+
+
+def test_the_gate_role_reads_and_deactivates_cas_only_when_configured_to():
+    statements = _gate_statements()
+    read, deactivate = statements["ReadRegisteredCACertificates"], statements["DeactivateWeakCACertificates"]
+    assert (read["Action"], read["condition"]) == ("iot:DescribeCACertificate", "GateApi")
+    assert (deactivate["Action"], deactivate["condition"]) == ("iot:UpdateCACertificate", "GateDeactivatesCAs")
+    assert read["Resource"] == deactivate["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:cacert/*"}
+    assert statements["DeactivateWeakCertificates"]["condition"] is None
+    # UPDATE_CA_CERTIFICATE in GateActions (the condition: the name removed changes the string).
+    [api, contains] = _template("template.yaml")["Conditions"]["GateDeactivatesCAs"]["Fn::And"]
+    assert api == {"Condition": "GateApi"}
+    assert contains == {"Fn::Not": [{"Fn::Equals": [
+        {"Fn::Join": ["", {"Fn::Split": ["UPDATE_CA_CERTIFICATE", {"Ref": "GateActions"}]}]}, {"Ref": "GateActions"}]}]}
+
+
+def test_the_gate_rule_passes_what_the_gate_reads_and_nothing_else(aws):
+    """The template's event pattern on moto's EventBridge, with CloudTrail-shaped records: every
+    gated call's record is delivered, a failed call's and an ungated call's are not."""
+    from test_registration_gate_api import cloudtrail_event
+
+    events = boto3.client("events", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="gate")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    pattern = _template("template.yaml")["Resources"]["GateApiRule"]["Properties"]["EventPattern"]
+    events.put_rule(Name="gate", EventPattern=json.dumps(pattern), State="ENABLED")
+    events.put_targets(Rule="gate", Targets=[{"Id": "q", "Arn": queue_arn}])
+    records = [cloudtrail_event(name, response={"certificateId": "a" * 64}) for name in API_REGISTRATIONS]
+    records += [cloudtrail_event("RegisterCertificate", error="CertificateValidationException"),
+                cloudtrail_event("CreateKeysAndCertificate", response={"certificateId": "b" * 64})]
+    events.put_events(Entries=[{"Source": r["source"], "DetailType": r["detail-type"], "Detail": json.dumps(r["detail"])}
+                               for r in records])
+    delivered = []
+    while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+        delivered += [json.loads(m["Body"])["detail"]["eventName"] for m in batch]
+        sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                                                           for i, m in enumerate(batch)])
+    assert sorted(delivered) == sorted(API_REGISTRATIONS)

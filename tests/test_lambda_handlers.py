@@ -266,10 +266,12 @@ def test_gate_lets_a_good_key_through(monkeypatch, iot, topic_arn, fresh_rsa_key
     assert status == "ACTIVE"
 
 
-def test_gate_refuses_other_messages_and_bad_settings(monkeypatch, aws, topic_arn):
+def test_gate_reports_other_messages_and_refuses_bad_settings(monkeypatch, aws, topic_arn):
     _gate_env(monkeypatch, topic_arn, dry_run="true")
-    with pytest.raises(ValueError, match="not a certificate registration event"):
-        registration_gate({"eventType": "THING_EVENT"}, None)
+    # Another message is an outcome that says so (registration_gate tests: test_registration_gate_api.py).
+    outcome = registration_gate({"eventType": "THING_EVENT"}, None)
+    assert (outcome["verdict"], outcome["certificateId"]) == ("UNRECOGNIZED_EVENT", None)
+    assert "not a certificate registration event" in outcome["detail"]
     monkeypatch.delenv("DDA_QUARANTINE_GROUP")
     with pytest.raises(ValueError, match="thing group"):
         registration_gate(_registration_event("a" * 64), None)
