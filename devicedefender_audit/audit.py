@@ -154,6 +154,8 @@ class Audit:
         self.ca_checks = [check for check in self.checks if check.resource_type == CA_CERTIFICATE]
         #: Checks that could not run at all: (error code, message), e.g. CA certificates not listed.
         self.unrunnable: dict[str, tuple[str, str]] = {}
+        #: Checks that ran, but compared their keys with only part of what they should: why.
+        self.partial: dict[str, str] = {}
         self.left_scope = 0
         #: The CA certificates this task listed (None: no CA check, or the listing failed).
         self._ca: CaSync | None = None
@@ -221,6 +223,12 @@ class Audit:
 
     def _check(self, sync: SyncResult) -> None:
         self._synced_at = sync.started
+        if sync.undescribed:
+            # The CA keys are compared with the device keys that could be read, not with these.
+            for check in self.ca_checks:
+                if check.fleet:
+                    self.partial[check.name] = (f"the CA keys were not compared with {len(sync.undescribed)} "
+                                                "device certificates that could not be read")
         total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES)
         for check in self.device_checks:
             self.task.audit_details[check.name].total_resources_count = total
@@ -422,6 +430,8 @@ class Audit:
                 unchecked.append(f"{counts.failed} could not be checked")
             if counts.not_covered:
                 unchecked.append(f"{counts.not_covered} have keys no detector data covers yet")
+            if name in self.partial:
+                unchecked.append(self.partial[name])
             if counts.non_compliant:
                 details.check_run_status, details.check_compliant = "COMPLETED_NON_COMPLIANT", False
                 stats.non_compliant_checks += 1
@@ -429,7 +439,8 @@ class Audit:
                     details.message = f"of {details.total_resources_count} certificates, " + " and ".join(unchecked)
             elif unchecked:
                 details.check_run_status, details.check_compliant = "FAILED", False
-                details.error_code = "RESOURCES_NOT_CHECKED" if counts.failed else "RESOURCES_NOT_COVERED"
+                details.error_code = ("RESOURCES_NOT_CHECKED" if counts.failed or name in self.partial
+                                      else "RESOURCES_NOT_COVERED")
                 details.message = (f"no finding, but of {details.total_resources_count} certificates "
                                    + " and ".join(unchecked))
                 stats.failed_checks += 1

@@ -409,3 +409,21 @@ def test_update_ca_certificate_skips_a_ca_that_is_gone_or_inactive(iot, cas, gon
         roca, [ActionDefinition.for_type(MitigationActionType.UPDATE_CA_CERTIFICATE)], "t1")
     assert execution.status is MitigationStatus.SKIPPED and mutating == []
     assert ("no longer exists" if gone == "deleted" else "already INACTIVE") in execution.message
+
+
+def test_ca_keys_not_compared_with_unreadable_device_keys_are_not_compliant(iot):
+    """A device certificate that could not be described may share a prime with a CA: the CA
+    factorable check says it could not compare, never COMPLETED_COMPLIANT."""
+    rng = random.Random(7)
+    register_ca(iot, issue_certificate(key(prime(rng), prime(rng)), "good-ca"))
+    register(iot, issue_certificate(key(prime(rng), prime(rng)), "device"))
+
+    def refuse(**kwargs):
+        raise botocore.exceptions.ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}},
+                                              "DescribeCertificate")
+
+    iot.meta.events.register("before-call.iot.DescribeCertificate", refuse)
+    audited = run_audit(iot, [], checks=make_checks([CA_CERTIFICATE_KEY_FACTORABLE_CHECK], []))
+    details = audited.task.audit_details[CA_CERTIFICATE_KEY_FACTORABLE_CHECK]
+    assert (details.check_run_status, details.error_code) == ("FAILED", "RESOURCES_NOT_CHECKED")
+    assert "not compared with 1 device certificates" in (details.message or "")
