@@ -28,7 +28,6 @@ from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code
 from devicedefender_audit.aws.iot_certificates import attached_things
 from devicedefender_audit.ca_inventory import (
     CA_RESOURCE_TYPE,
-    CaListingFailed,
     CaSync,
     save_ca_description,
     sync_ca_certificates,
@@ -253,7 +252,7 @@ class Audit:
         self._raise_if_canceled()
         try:
             ca = sync_ca_certificates(self.iot, self.store)
-        except CaListingFailed as exc:
+        except SyncAborted as exc:  # the CA checks cannot run; the device checks can
             for check in self.ca_checks:
                 self.unrunnable[check.name] = (exc.error_code, str(exc))
             return None

@@ -21,7 +21,7 @@ from devicedefender_audit.aws.iot_ca_certificates import (
     describe_ca_certificate_pem,
     list_ca_certificate_pages,
 )
-from devicedefender_audit.inventory import certificate_id_matches, describe, describe_error
+from devicedefender_audit.inventory import SyncAborted, certificate_id_matches, describe, describe_error
 from devicedefender_audit.key_material import public_key_from_spki
 from devicedefender_audit.models import ResourceError
 from devicedefender_audit.store import Store
@@ -31,14 +31,6 @@ CA_RESOURCE_TYPE = "CA_CERTIFICATE"
 CA_IN_SCOPE_STATUSES = frozenset({"ACTIVE"})
 #: Store records holding the key of each described CA certificate, keyed by certificate id.
 CA_KEY_KIND = "ca_certificate_key"
-
-
-class CaListingFailed(RuntimeError):
-    """``ListCACertificates`` failed: the CA checks cannot run (the device checks can)."""
-
-    def __init__(self, error_code: str, message: str) -> None:
-        super().__init__(message)
-        self.error_code = error_code
 
 
 @dataclass
@@ -104,7 +96,7 @@ def save_ca_description(store: Store, description: Description) -> None:
 def sync_ca_certificates(iot: Any, store: Store) -> CaSync:
     """List the CA certificates; describe, once per id ever, those in scope.
 
-    Raises :class:`CaListingFailed` when the listing fails, on any page (a partial listing would
+    Raises :class:`.SyncAborted` when the listing fails, on any page (a partial listing would
     be a false all-clear for the CAs left out); a CA certificate that cannot be
     described is an error against it, and one deleted meanwhile has left scope.
     """
@@ -114,10 +106,10 @@ def sync_ca_certificates(iot: Any, store: Store) -> CaSync:
         # By id: a certificate registered while the pages were read can appear on two of them.
         listed = {cert.certificate_id: cert for page in list_ca_certificate_pages(iot) for cert in page}
     except AWS_ERRORS as exc:
-        raise CaListingFailed(aws_error_code(exc),
-                              f"could not list CA certificates: {aws_error_message(exc)}") from exc
+        raise SyncAborted(aws_error_code(exc),
+                          f"could not list CA certificates: {aws_error_message(exc)}") from exc
     except IncompleteListing as exc:
-        raise CaListingFailed("MALFORMED_RESPONSE", f"could not list CA certificates: {exc}") from exc
+        raise SyncAborted("MALFORMED_RESPONSE", f"could not list CA certificates: {exc}") from exc
     for cert in listed.values():
         if cert.status not in CA_IN_SCOPE_STATUSES:
             continue
