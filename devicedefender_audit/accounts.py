@@ -150,4 +150,8 @@ def plan(credentials: AccountCredentials, regions: Sequence[str], role_arn: str 
         accounts, skipped = [(role_account(role_arn), role_arn)], []
     else:
         accounts, skipped = [(caller_identity(session, credentials.endpoint_url)[0], None)], []
+    if not accounts:  # never "0 account-regions, all clear": the caller's own account is always a member
+        raise AccountsError("no account to audit: organizations:ListAccounts listed no ACTIVE account"
+                            + (f" ({len(skipped)} in another state)" if skipped else
+                               " (is the caller the management or a delegated administrator account of an organization?)"))
     return [AccountRegion(account, region, role) for account, role in accounts for region in regions], skipped

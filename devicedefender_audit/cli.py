@@ -380,7 +380,7 @@ def _run_many(args: argparse.Namespace) -> int:
     credentials = AccountCredentials(profile=args.profile, region=args.region, endpoint_url=args.endpoint_url)
     session = credentials.caller_session()
     try:
-        regions = parse_regions(args.regions, session) if args.regions else [session.region_name]
+        regions = parse_regions(args.regions, session) if args.regions is not None else [session.region_name]
         if args.role_arn:
             role_account(args.role_arn)
         if args.organization:
@@ -390,6 +390,7 @@ def _run_many(args: argparse.Namespace) -> int:
     if regions == [None]:
         raise NoRegionError()
     location = args.store or default_store_path()
+    partition_location(location, "0" * 12, regions[0])  # not one account-region's already
     _open_store(args).close()  # a store that cannot be used is refused before any AWS call
     detectors = _detectors(args)
     checks = _checks(args, detectors)
@@ -426,7 +427,7 @@ def _run_many(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.regions or args.role_arn or args.organization:
+    if args.regions is not None or args.role_arn or args.organization:
         return _run_many(args)
     store = _open_store(args)
     try:

@@ -150,6 +150,9 @@ class FleetRun:
     on_result: Callable[[AccountRegionResult], None] | None = None
     _running: dict[AccountRegion, tuple[Store, str]] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    #: Set by :meth:`cancel_running`: an audit that registers later (it was still assuming its
+    #: role or opening its store) is canceled as it starts.
+    _stopping: bool = field(default=False, init=False)
 
     def audit(self, item: AccountRegion) -> AccountRegionResult:
         """One account-region, start to end; every failure becomes part of the result."""
@@ -168,6 +171,8 @@ class FleetRun:
             result.task = audit.task
             with self._lock:
                 self._running[item] = (store, audit.task.task_id)
+                if self._stopping:
+                    store.request_cancel(audit.task.task_id)
             try:
                 result.task = audit.run()
             finally:
@@ -189,6 +194,7 @@ class FleetRun:
         """Ask every running audit to stop (``CancelAuditTask``'s path: seen between pages and
         batches, recorded ``CANCELED``)."""
         with self._lock:
+            self._stopping = True
             running = list(self._running.values())
         for store, task_id in running:
             store.request_cancel(task_id)

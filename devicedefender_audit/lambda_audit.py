@@ -50,6 +50,8 @@ from devicedefender_audit.store import Store, StoreError, open_store, partition_
 NOTIFIED_FINDINGS = 50
 #: The payload member that picks what an invocation does, and its values.
 ACTION, AUDIT, RUN_DUE = "action", "audit", "run-due"
+#: Every member a payload may have: a misspelt one (``region``) is refused, not ignored.
+PAYLOAD_KEYS = (ACTION, "regions", "now")
 #: A check's run status, worst first: what a summary reports for the whole task.
 _WORST_FIRST = ("FAILED", "CANCELED", "IN_PROGRESS", "WAITING_FOR_DATA_COLLECTION", "COMPLETED_NON_COMPLIANT",
                 "COMPLETED_COMPLIANT")
@@ -83,7 +85,9 @@ class AuditSettings:
         from devicedefender_audit.accounts import AccountsError, parse_regions
 
         asked = (event or {}).get("regions") or env.get("DDA_REGIONS", "")
-        text = (asked if isinstance(asked, str) else ",".join(map(str, asked))).strip()
+        if not isinstance(asked, str) and not (isinstance(asked, list) and all(isinstance(r, str) for r in asked)):
+            raise ValueError(f"regions is a list of region names or one comma-separated text, not {asked!r}")
+        text = (asked if isinstance(asked, str) else ",".join(asked)).strip()
         try:
             regions = tuple(parse_regions(text, boto3.session.Session())) if text else (env["AWS_REGION"],)
         except AccountsError as exc:
@@ -127,11 +131,17 @@ def summary(task: AuditTask, findings: Sequence[AuditFinding]) -> dict[str, Any]
 
 
 def notify(topic_arn: str, report: dict[str, Any], title: str) -> None:
-    """Publish ``report`` (a :func:`summary`, or a failure without a task)."""
-    sns = AwsTarget(region=_region_of_arn(topic_arn)).client("sns")
+    """Publish ``report`` (a :func:`summary`, or a failure without a task); a topic that cannot
+    be published to is said in the report (``notificationError``), since the audit itself is
+    done: raising would stop the other regions, or have the fan-out audit the region again."""
     outcome = report.get("errorCode") or report.get("checkRunStatus") or report.get("taskStatus")
     subject = f"{title}: {report.get('nonCompliantResourcesCount', 0)} non-compliant, {outcome}"
-    sns.publish(TopicArn=topic_arn, Subject=subject[:100], Message=json.dumps(report, indent=2))
+    try:
+        sns = AwsTarget(region=_region_of_arn(topic_arn)).client("sns")
+        sns.publish(TopicArn=topic_arn, Subject=subject[:100], Message=json.dumps(report, indent=2))
+    except AWS_ERRORS as exc:
+        report["notificationError"] = safe_value(f"sns:Publish to {topic_arn}: {aws_error_code(exc)}: "
+                                                 f"{aws_error_message(exc)}")
 
 
 def _to_securityhub(target: AwsTarget, account_id: str, findings: Sequence[AuditFinding]) -> dict[str, Any]:
@@ -265,15 +275,25 @@ def _moment(value: Any) -> datetime:
     from devicedefender_audit.service.context import as_utc
     from devicedefender_audit.service.errors import InvalidRequest
 
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"now is ISO 8601 text or epoch seconds, not {value!r}")  # noqa: TRY004 - a bad payload: ValueError
     try:
         return as_utc(value)
     except InvalidRequest as exc:
         raise ValueError(f"now: {exc.message}") from exc
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ValueError(f"now: {value!r} is not a time ({exc})") from exc
 
 
 def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detectors) -> dict[str, Any]:
     """One invocation: ``{"audits": [report per region]}`` for a full audit (the default action),
     ``{"runDue": [result per region]}`` for ``{"action": "run-due"}``."""
+    if not isinstance(event, Mapping):
+        raise ValueError(f"the payload is a JSON object ({{}} or {{\"action\": \"run-due\"}}), not {event!r}")  # noqa: TRY004
+    unknown = sorted(set(event) - set(PAYLOAD_KEYS))
+    if unknown:
+        raise ValueError(f"unknown payload member(s) {', '.join(map(repr, unknown))}: a payload has "
+                         f"{', '.join(PAYLOAD_KEYS)}")
     action = event.get(ACTION) or AUDIT
     if action not in (AUDIT, RUN_DUE):
         raise ValueError(f"unknown action {action!r}: the payload's action is {AUDIT!r} (default) or {RUN_DUE!r}")
