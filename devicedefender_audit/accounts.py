@@ -63,12 +63,17 @@ def parse_regions(text: str, session: boto3.session.Session) -> list[str]:
     names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     if not names:
         raise AccountsError("--regions wants a comma-separated list of regions, or all")
-    known = {region for partition in session.get_available_partitions()
-             for region in session.get_available_regions("iot", partition_name=partition)}
-    unknown = [name for name in names if name not in known]
+    partition_of = {region: partition for partition in session.get_available_partitions()
+                    for region in session.get_available_regions("iot", partition_name=partition)}
+    unknown = [name for name in names if name not in partition_of]
     if unknown:
         raise AccountsError(f"--regions: AWS IoT has no endpoint in {', '.join(unknown)} "
                             "(botocore's endpoint data; --regions all audits every IoT region)")
+    partitions = sorted({partition_of[name] for name in names})
+    if len(partitions) > 1:
+        # One set of credentials belongs to one partition: the other side could only fail.
+        raise AccountsError(f"--regions: {', '.join(names)} span the partitions {', '.join(partitions)}; "
+                            "audit each partition with its own credentials")
     return names
 
 

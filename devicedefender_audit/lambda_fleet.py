@@ -20,12 +20,20 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import boto3
 
-from devicedefender_audit.accounts import AccountCredentials, AccountRegion, parse_regions, plan
+from devicedefender_audit.accounts import (
+    AccountCredentials,
+    AccountRegion,
+    AccountsError,
+    parse_regions,
+    plan,
+    role_account,
+)
 from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.aws.pacing import DEFAULT_RATES
 from devicedefender_audit.checks import make_checks
@@ -85,6 +93,15 @@ def audit_account_region(event: dict[str, Any], context: Any) -> dict[str, Any]:
         item = AccountRegion(str(event["accountId"]), str(event["region"]), event.get("roleArn") or None)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not an account-region item ({{accountId, region, roleArn}}): {event!r}") from exc
+    if not re.fullmatch(r"\d{12}", item.account_id):
+        raise ValueError(f"accountId must be a 12-digit AWS account id, not {item.account_id!r}")
+    try:
+        role_owner = role_account(item.role_arn) if item.role_arn else item.account_id
+    except AccountsError as exc:
+        raise ValueError(str(exc)) from exc
+    if role_owner != item.account_id:
+        # The audit would read the role's account into this account's partition.
+        raise ValueError(f"roleArn {item.role_arn} is not a role of account {item.account_id}")
     where = partition_location(env.get("DDA_STORE", "/tmp/audits.sqlite3"), item.account_id, item.region)
     try:
         store = open_store(where, AwsTarget() if where.startswith("dynamodb:") else None)

@@ -207,6 +207,8 @@ def test_regions_come_from_botocores_endpoint_data():
     assert parse_regions(f" {WEST},{REGION},{WEST} ", session) == [WEST, REGION]
     with pytest.raises(AccountsError, match="eu-wset-1"):
         parse_regions("eu-wset-1", session)
+    with pytest.raises(AccountsError, match="span the partitions aws, aws-cn"):
+        parse_regions(f"{REGION},cn-north-1", session)  # one set of credentials cannot reach both
 
 
 @pytest.mark.parametrize("args", [

@@ -341,3 +341,14 @@ def test_fan_out_reports_an_account_region_that_cannot_be_audited(monkeypatch, a
     assert "AccessDenied" in subject
     with pytest.raises(ValueError, match="account-region item"):
         audit_account_region({"region": "eu-west-1"}, None)
+
+
+@pytest.mark.parametrize(("item", "error"), [
+    ({"accountId": "21098765432", "region": "eu-west-1"}, "12-digit"),
+    ({"accountId": "210987654321", "region": "eu-west-1", "roleArn": "arn:aws:iam::111111111111:role/dda-audit"},
+     "not a role of account 210987654321"),
+    ({"accountId": "210987654321", "region": "eu-west-1", "roleArn": "dda-audit"}, "IAM role ARN"),
+])
+def test_fan_out_refuses_an_item_that_would_audit_into_another_accounts_partition(aws, item, error):
+    with pytest.raises(ValueError, match=error):
+        audit_account_region(item, None)
