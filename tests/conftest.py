@@ -119,6 +119,20 @@ def sns_queue(aws):
 
 
 @pytest.fixture
+def topic_arn(aws) -> str:
+    """An SNS topic in the mocked account, read back with :func:`sns_notifications`."""
+    return boto3.client("sns", region_name=REGION).create_topic(Name="dda-findings")["TopicArn"]
+
+
+def sns_notifications(topic: str) -> list[tuple[str, str]]:
+    """(subject, message) of everything published to ``topic`` in moto's default account."""
+    from moto.sns.models import sns_backends
+
+    sent = sns_backends["123456789012"][REGION].topics[topic].sent_notifications
+    return [(subject, message) for _, message, subject, *_ in sent]
+
+
+@pytest.fixture
 def iot(aws):
     return boto3.client("iot", region_name=REGION)
 

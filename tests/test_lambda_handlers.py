@@ -8,8 +8,7 @@ from datetime import datetime, timezone
 
 import boto3
 import pytest
-from conftest import DATA, REGION, issue_certificate, register
-from moto.sns.models import sns_backends
+from conftest import DATA, REGION, issue_certificate, register, sns_notifications
 
 from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.check_names import (
@@ -28,17 +27,6 @@ from devicedefender_audit.store import open_store, partition_location
 
 ACCOUNT = "123456789012"
 ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
-
-
-@pytest.fixture
-def topic_arn(aws) -> str:
-    return boto3.client("sns", region_name=REGION).create_topic(Name="dda-findings")["TopicArn"]
-
-
-def _notifications(topic: str) -> list[tuple[str, str]]:
-    """(subject, message) of everything published to ``topic`` in moto."""
-    sent = sns_backends[ACCOUNT][REGION].topics[topic].sent_notifications
-    return [(subject, message) for _, message, subject, *_ in sent]
 
 
 def _registration_event(certificate_id: str) -> dict:
@@ -74,7 +62,7 @@ def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, io
         "eu-west-1", 0, "COMPLETED_COMPLIANT", 0)
     assert (east["store"], west["store"]) == (str(tmp_path / f"lambda.{ACCOUNT}.{REGION}.sqlite3"),
                                               str(tmp_path / f"lambda.{ACCOUNT}.eu-west-1.sqlite3"))
-    [(subject, message)] = _notifications(topic_arn)  # the compliant region is not notified
+    [(subject, message)] = sns_notifications(topic_arn)  # the compliant region is not notified
     assert "1 non-compliant" in subject and roca["certificateId"] in message
     imported = boto3.client("securityhub", region_name=REGION).get_findings()["Findings"]
     assert [f["Resources"][0]["Id"] for f in imported] == [roca["certificateArn"]]
@@ -166,7 +154,7 @@ def test_scheduled_audit_runs_the_checks_the_account_configuration_enables(monke
 
     assert list(east["checks"]) == [CA_CERTIFICATE_KEY_QUALITY_CHECK] and east["exitCode"] == 0
     assert (west["taskId"], west["exitCode"], west["errorCode"]) == (None, 1, "NO_CHECKS_ENABLED")
-    [(subject, message)] = _notifications(topic_arn)  # a region left unaudited is never silent
+    [(subject, message)] = sns_notifications(topic_arn)  # a region left unaudited is never silent
     assert "eu-west-1" in subject and "NO_CHECKS_ENABLED" in subject and "enables no check" in message
 
 
@@ -200,7 +188,7 @@ def test_run_due_starts_the_scheduled_audits_defined_through_the_api(monkeypatch
                                                                             "eu-west-1")
     finally:
         partition.close()
-    [(subject, _)] = _notifications(topic_arn)
+    [(subject, _)] = sns_notifications(topic_arn)
     assert "eu-west-1" in subject and "1 non-compliant" in subject
     # The slot is taken: the same moment again starts nothing.
     again = scheduled_audit({"action": "run-due", "now": "2025-03-05T00:20:00Z"}, None)["runDue"]
@@ -240,7 +228,7 @@ def test_gate_deactivates_quarantines_and_notifies_a_weak_key(monkeypatch, iot, 
     assert status == "INACTIVE"
     things = iot.list_things_in_thing_group(thingGroupName="quarantine")["things"]
     assert things == ["meter-7"]
-    [(subject, message)] = _notifications(topic_arn)
+    [(subject, message)] = sns_notifications(topic_arn)
     assert ROCA in subject and cert["certificateId"] in message
 
 
@@ -254,7 +242,7 @@ def test_gate_dry_run_changes_nothing(monkeypatch, iot, topic_arn):
     assert {e["status"] for e in outcome["actionsExecutions"]} == {"SKIPPED"}
     assert "would" in outcome["actionsExecutions"][0]["message"]
     status = iot.describe_certificate(certificateId=cert["certificateId"])["certificateDescription"]["status"]
-    assert status == "ACTIVE" and _notifications(topic_arn) == []
+    assert status == "ACTIVE" and sns_notifications(topic_arn) == []
 
 
 def test_gate_lets_a_good_key_through(monkeypatch, iot, topic_arn, fresh_rsa_key):
@@ -318,7 +306,7 @@ def test_fan_out_lists_account_regions_to_s3_and_audits_each_in_its_partition(mo
     assert set(weak["checks"]) == set(AUDIT_CHECKS)  # no configuration in the partition: every check
     assert {place: r["exitCode"] for place, r in reports.items() if place != (member, "eu-west-1")} == {
         (ACCOUNT, REGION): 0, (ACCOUNT, "eu-west-1"): 0, (member, REGION): 0}
-    [(subject, message)] = _notifications(topic_arn)
+    [(subject, message)] = sns_notifications(topic_arn)
     assert member in subject and "1 non-compliant" in subject and roca in message
 
 
@@ -337,7 +325,7 @@ def test_fan_out_reports_an_account_region_that_cannot_be_audited(monkeypatch, a
 
     assert (report["exitCode"], report["taskStatus"], report["errorCode"]) == (1, "FAILED", "AccessDenied")
     assert role in report["message"]
-    [(subject, _)] = _notifications(topic_arn)
+    [(subject, _)] = sns_notifications(topic_arn)
     assert "AccessDenied" in subject
     with pytest.raises(ValueError, match="account-region item"):
         audit_account_region({"region": "eu-west-1"}, None)

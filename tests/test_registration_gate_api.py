@@ -10,8 +10,7 @@ import logging
 
 import boto3
 import pytest
-from conftest import DATA, REGION, issue_certificate, register
-from moto.sns.models import sns_backends
+from conftest import DATA, REGION, issue_certificate, register, sns_notifications
 
 from devicedefender_audit.check_names import CA_CERTIFICATE, CA_CERTIFICATE_KEY_QUALITY_CHECK
 from devicedefender_audit.detectors import default_detectors
@@ -64,16 +63,6 @@ def registered_event(event_name: str, cert: dict) -> dict:
     return cloudtrail_event(event_name, response={"certificateId": cert["certificateId"],
                                                   "certificateArn": cert["certificateArn"]},
                             request={"setAsActive": True})
-
-
-@pytest.fixture
-def topic_arn(aws) -> str:
-    return boto3.client("sns", region_name=REGION).create_topic(Name="dda-findings")["TopicArn"]
-
-
-def _notifications(topic: str) -> list[tuple[str, str]]:
-    sent = sns_backends[ACCOUNT][REGION].topics[topic].sent_notifications
-    return [(subject, message) for _, message, subject, *_ in sent]
 
 
 def _gate_env(monkeypatch, topic: str, dry_run: str, actions: str = (
@@ -130,7 +119,7 @@ def test_a_weak_device_key_registered_through_the_api_is_deactivated(monkeypatch
     assert [(e["actionName"], e["status"]) for e in outcome["actionsExecutions"]] == [
         ("UPDATE_DEVICE_CERTIFICATE", "COMPLETED"), ("PUBLISH_FINDING_TO_SNS", "COMPLETED")]
     assert _status(iot, cert["certificateId"]) == "INACTIVE"
-    [(subject, message)] = _notifications(topic_arn)
+    [(subject, message)] = sns_notifications(topic_arn)
     assert ROCA in subject and cert["certificateId"] in message
     [line] = _gate_lines(caplog)
     assert line.levelno == logging.WARNING and "VULNERABLE" in line.getMessage() and event_name in line.getMessage()
@@ -163,7 +152,7 @@ def test_a_dry_run_plans_and_makes_no_mutating_call(aws, topic_arn):
                        ("iot", "add_thing_to_thing_group"), ("sns", "publish")}
     assert {e.status.value for e in outcome.executions} == {"SKIPPED"}
     assert all("would" in e.message for e in outcome.executions)
-    assert _status(iot, cert["certificateId"]) == "ACTIVE" and _notifications(topic_arn) == []
+    assert _status(iot, cert["certificateId"]) == "ACTIVE" and sns_notifications(topic_arn) == []
 
 
 def test_a_weak_ca_registered_through_the_api_is_deactivated_by_the_ca_action_only(monkeypatch, iot, topic_arn):
@@ -183,7 +172,7 @@ def test_a_weak_ca_registered_through_the_api_is_deactivated_by_the_ca_action_on
         ("UPDATE_CA_CERTIFICATE", "COMPLETED"), ("PUBLISH_FINDING_TO_SNS", "COMPLETED")]
     status = iot.describe_ca_certificate(certificateId=ca["certificateId"])["certificateDescription"]["status"]
     assert status == "INACTIVE"
-    [(subject, _)] = _notifications(topic_arn)
+    [(subject, _)] = sns_notifications(topic_arn)
     assert ROCA in subject and CA_CERTIFICATE_KEY_QUALITY_CHECK in subject
 
 
