@@ -239,10 +239,14 @@ class Audit:
             for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
                 self._check_batch(records, sync.undescribed, pool, fleet, self.device_checks)
 
+    def _known(self) -> KnownValues | None:
+        """The user's known moduli or primes (``run --known-moduli``), shared by the fleet checks."""
+        return next((check.known for check in self.checks if check.known), None)
+
     def _fleet_known(self) -> KnownValues | None:
         """What the device fleet is compared with besides itself: the user's known moduli or
         primes, and the account's CA keys (a device key sharing a prime with a CA is broken too)."""
-        known = next((check.known for check in self.checks if check.known), None)
+        known = self._known()
         cas = [(f"CA certificate {cid}", modulus) for cid, modulus in _rsa_keys(self._ca.records)] if self._ca else []
         return KnownValues.combined(known, cas)
 
@@ -274,8 +278,7 @@ class Audit:
             for records in self.store.in_scope(self._synced_at, IN_SCOPE_STATUSES, CHECK_BATCH)
             for key in _rsa_keys(records)
         )
-        known = next((check.known for check in self.ca_checks if check.known), None)
-        return compare_ca_keys(list(_rsa_keys(ca.records)), devices, known)
+        return compare_ca_keys(list(_rsa_keys(ca.records)), devices, self._known())
 
     def _check_ca(self, ca: CaSync | None) -> None:
         if ca is None:
@@ -346,14 +349,15 @@ class Audit:
             finding.is_suppressed = (finding.check_name, finding.certificate_id) in suppressed
         for check_name, _ in suppressed:
             self.counts[check_name].suppressed += 1
-        if checks is self.device_checks:
+        ca = any(check.resource_type == CA_CERTIFICATE for check in checks)
+        if not ca:
             self.task.progress.checked_certificates += len(records)
         self._update_details()
         with self.store.batch():
             self.store.save_verdicts(fresh)
-            if reparsed and checks is self.device_checks:
+            if reparsed and not ca:
                 self.store.save_descriptions(list(reparsed.values()))
-            for description in reparsed.values() if checks is self.ca_checks else ():
+            for description in reparsed.values() if ca else ():
                 save_ca_description(self.store, description)
             self.store.add_errors(self.task.task_id, list(errors.values()))
             self.store.add_findings(findings)
