@@ -28,7 +28,6 @@ is recomputed in full, and the phase label says so and why. The incremental path
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -36,7 +35,8 @@ import numpy as np
 
 from devicedefender_audit.detectors.base import DetectorResult
 from devicedefender_audit.factoring.fleet_detector import evidence, fleet_results
-from devicedefender_audit.factoring.fleet_state import FleetState, FleetStateError
+from devicedefender_audit.factoring.fleet_state import FleetState
+from devicedefender_audit.factoring.framing import FleetStateError, frame, read_frame
 from devicedefender_audit.factoring.known import KnownMatch, KnownValues, match_known
 from devicedefender_audit.factoring.sharing import FleetFinding, Key
 from devicedefender_audit.key_material import KeyMaterialError, _rsa_spki_key, public_key_from_spki
@@ -111,43 +111,31 @@ def encode(state: FleetState, members: Members) -> list[bytes]:
     """The saved form: ``MAGIC``, an 8-byte header length, a JSON header, the members, then the
     :class:`.FleetState` file (which carries its own checksums)."""
     blob = members.ids.tobytes()
-    header = json.dumps({
+    header = {
         "version": VERSION,
         "members": len(members),
         "width": members.ids.dtype.itemsize,
         "members_sha256": hashlib.sha256(blob).hexdigest(),
-    }, sort_keys=True).encode()
-    return [MAGIC + len(header).to_bytes(8, "big") + header, blob, *state.to_parts()]
+    }
+    return [frame(MAGIC, header), blob, *state.to_parts()]
 
 
 def decode(data: bytes) -> tuple[FleetState, Members]:
     """The state and its members; :class:`.FleetStateError` for anything damaged or inconsistent."""
-    view = memoryview(data)
-    start = len(MAGIC) + 8
-    if view[: len(MAGIC)] != MAGIC or len(view) < start:
-        raise FleetStateError("not a saved fleet state")
-    length = int.from_bytes(view[len(MAGIC) : start], "big")
-    try:
-        header = json.loads(bytes(view[start : start + length]))
-        version = header.get("version")
-    except (ValueError, AttributeError) as exc:
-        raise FleetStateError(f"damaged saved fleet state header: {exc}") from exc
-    if version != VERSION:
-        raise FleetStateError(f"unsupported saved fleet state version {version!r}")
+    header, rest = read_frame(data, MAGIC, "saved fleet state", VERSION)
     try:
         count, width, digest = int(header["members"]), int(header["width"]), str(header["members_sha256"])
     except (KeyError, TypeError, ValueError) as exc:
         raise FleetStateError(f"damaged saved fleet state header: {exc!r}") from exc
     if width < 1 or count < 0:
         raise FleetStateError("damaged saved fleet state header: bad member count or width")
-    begin = start + length
-    blob = view[begin : begin + count * width]
+    blob = rest[: count * width]
     if len(blob) != count * width or hashlib.sha256(blob).hexdigest() != digest:
         raise FleetStateError("saved fleet members are truncated or damaged (checksum mismatch)")
     ids = np.frombuffer(blob, dtype=f"S{width}")
     if count > 1 and not bool(np.all(ids[1:] > ids[:-1])):
         raise FleetStateError("saved fleet members are not sorted and distinct")
-    state = FleetState.from_bytes(view[begin + count * width :])
+    state = FleetState.from_bytes(rest[count * width :])
     if state.keys != count:
         raise FleetStateError(f"the saved product holds {state.keys} keys but names {count} members")
     return state, Members(ids)

@@ -29,6 +29,7 @@ from typing import BinaryIO
 import gmpy2
 from gmpy2 import mpz
 
+from devicedefender_audit.factoring.framing import FleetStateError, frame, read_frame
 from devicedefender_audit.factoring.sharing import FleetFinding, Key, index_keys, scan_fleet
 from devicedefender_audit.factoring.trees import product, remainders
 
@@ -40,10 +41,6 @@ def _digest(header: dict) -> str:
     """SHA-256 of the header's canonical JSON: the flagged moduli decide findings, so a damaged
     digit there must be caught like a damaged product."""
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
-
-
-class FleetStateError(ValueError):
-    """The stored state does not match the fleet described to it, or its file is damaged."""
 
 
 class FleetState:
@@ -173,8 +170,7 @@ class FleetState:
             "flagged": [[format(m, "x"), ids] for m, ids in sorted(self.flagged.items())],
         }
         header["header_sha256"] = _digest(header)
-        encoded = json.dumps(header, sort_keys=True).encode()
-        return [MAGIC + len(encoded).to_bytes(8, "big") + encoded, blob]
+        return [frame(MAGIC, header), blob]
 
     def _write(self, out: BinaryIO) -> None:
         out.writelines(self.to_parts())
@@ -194,18 +190,7 @@ class FleetState:
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> FleetState:
         """Read a state written by :meth:`to_parts`; any damage is a :class:`FleetStateError`."""
-        view = memoryview(data)
-        start = len(MAGIC) + 8
-        if view[: len(MAGIC)] != MAGIC or len(view) < start:
-            raise FleetStateError("not a fleet product file")
-        length = int.from_bytes(view[len(MAGIC) : start], "big")
-        try:
-            header = json.loads(bytes(view[start : start + length]))
-            version = header.get("version")
-        except (ValueError, AttributeError) as exc:
-            raise FleetStateError(f"damaged fleet product header: {exc}") from exc
-        if version != VERSION:
-            raise FleetStateError(f"unsupported fleet product version {version!r}")
+        header, blob = read_frame(data, MAGIC, "fleet product file", VERSION)
         if header.pop("header_sha256", None) != _digest(header):
             raise FleetStateError("fleet product header is damaged (checksum mismatch)")
         try:
@@ -214,7 +199,6 @@ class FleetState:
             flagged = {mpz(m, 16): list(ids) for m, ids in header["flagged"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise FleetStateError(f"damaged fleet product header: {exc!r}") from exc
-        blob = view[start + length :]
         if len(blob) != size or hashlib.sha256(blob).hexdigest() != digest:
             raise FleetStateError("fleet product is truncated or damaged (checksum mismatch)")
         return cls(gmpy2.from_binary(bytes(blob)), flagged, keys, distinct)
