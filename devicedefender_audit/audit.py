@@ -158,8 +158,8 @@ class Audit:
         self.left_scope = 0
         #: The CA certificates this task listed (None: no CA check, or the listing failed).
         self._ca: CaSync | None = None
-        #: When the device inventory was last synced by this task (its in-scope records are those seen since).
-        self._synced_at = 0.0
+        #: The device keys the fleet comparison matched with a known entry or a CA key.
+        self._known_partners: list[tuple[str, int]] = []
         self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
 
     def run(self) -> AuditTask:
@@ -221,7 +221,6 @@ class Audit:
         return InventorySync(self.iot, self.store, self.workers, on_progress=progress, on_error=error).run()
 
     def _check(self, sync: SyncResult) -> None:
-        self._synced_at = sync.started
         if sync.undescribed:
             # The CA keys are compared with the device keys that could be read, not with these.
             for check in self.ca_checks:
@@ -231,7 +230,7 @@ class Audit:
         total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES)
         for check in self.device_checks:
             self.task.audit_details[check.name].total_resources_count = total
-        fleet = self._fleet_scan(sync) if any(check.fleet for check in self.device_checks) else {}
+        fleet = self._fleet_scan(sync) if any(check.fleet for check in self.checks) else {}
         if not self.device_checks:
             return
         self._phase("Checking keys", total)
@@ -269,16 +268,13 @@ class Audit:
         return ca
 
     def _ca_fleet_scan(self, ca: CaSync) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
-        """The CA keys compared with each other and with the in-scope device keys."""
+        """The CA keys compared with each other and with the device keys that the device fleet
+        comparison (:meth:`_fleet_scan`, which takes the CA keys as known values) matched: only
+        those can share a prime with a CA key, so the fleet is not read a second time."""
         from devicedefender_audit.factoring.ca_comparison import compare_ca_keys
 
         self._phase("Comparing CA keys with the fleet", None)
-        devices = (
-            key
-            for records in self.store.in_scope(self._synced_at, IN_SCOPE_STATUSES, CHECK_BATCH)
-            for key in _rsa_keys(records)
-        )
-        return compare_ca_keys(list(_rsa_keys(ca.records)), devices, self._known())
+        return compare_ca_keys(list(_rsa_keys(ca.records)), self._known_partners, self._known())
 
     def _check_ca(self, ca: CaSync | None) -> None:
         if ca is None:
@@ -296,11 +292,13 @@ class Audit:
         recomputed in full, and said so in the phase, when there is none it can trust."""
         from devicedefender_audit.factoring.fleet_audit import compare_fleet
 
-        known = self._fleet_known()
-        return compare_fleet(
-            self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH), known,
-            on_phase=lambda label: self._phase(label, None), between_batches=self._raise_if_canceled,
-        ).results
+        comparison = compare_fleet(
+            self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH),
+            self._fleet_known(), on_phase=lambda label: self._phase(label, None),
+            between_batches=self._raise_if_canceled,
+        )
+        self._known_partners = comparison.known_partners
+        return comparison.results
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
                      fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]],

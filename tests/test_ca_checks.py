@@ -33,7 +33,7 @@ from devicedefender_audit.check_names import (
 )
 from devicedefender_audit.checks import make_checks
 from devicedefender_audit.detectors import default_detectors
-from devicedefender_audit.factoring.codes import SHARED_PRIME
+from devicedefender_audit.factoring.codes import DUPLICATE_KEY, SHARED_PRIME
 from devicedefender_audit.mitigation import ActionDefinition, Mitigator
 from devicedefender_audit.models import MitigationActionType, MitigationStatus
 from devicedefender_audit.service.findings import finding_shape
@@ -130,6 +130,44 @@ def test_ca_key_sharing_a_prime_with_a_device_key_is_found(iot):
         assert f"CA certificate {ca}" in shared_prime[device].reason_for_non_compliance
         assert str(shared) not in shared_prime[device].reason_for_non_compliance
         assert audited.task.audit_details[CA_CERTIFICATE_KEY_FACTORABLE_CHECK].total_resources_count == 2
+
+
+@pytest.mark.parametrize("device_check", [True, False], ids=["with-device-check", "ca-check-alone"])
+def test_ca_partners_are_found_incrementally_across_audits(iot, device_check):
+    """The CA side comes from the device fleet comparison's matches (no second pass over the
+    fleet): partners that are CA keys, a device key equal to a CA's, and a device key registered
+    between audits are all found, also when the device factorable check is not run."""
+    rng = random.Random(3072)
+    p, q = prime(rng), prime(rng)
+    first_ca = register_ca(iot, issue_certificate(key(p, prime(rng)), "ca-1"))
+    second_ca = register_ca(iot, issue_certificate(key(p, prime(rng)), "ca-2"))  # shares p with ca-1
+    copied = key(q, prime(rng))
+    third_ca = register_ca(iot, issue_certificate(copied, "ca-3"))
+    copy = register(iot, issue_certificate(copied, "device-copy"))["certificateId"]  # the same key
+    for i in range(4):
+        register(iot, issue_certificate(key(prime(rng), prime(rng)), f"good-{i}"))
+    names = [CA_CERTIFICATE_KEY_FACTORABLE_CHECK] + ([DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK] if device_check else [])
+    checks = make_checks(names, [])
+
+    def ca_findings(audited) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for finding in audited.findings:
+            if finding.check_name == CA_CERTIFICATE_KEY_FACTORABLE_CHECK:
+                found.setdefault(finding.certificate_id, set()).add(finding.reason_for_non_compliance_code)
+        return found
+
+    first = run_audit(iot, [], checks=checks)
+    expected = {first_ca: {SHARED_PRIME}, second_ca: {SHARED_PRIME}, third_ca: {DUPLICATE_KEY}}
+    assert ca_findings(first) == expected
+    assert copy in str(next(f for f in first.findings if f.certificate_id == third_ca).non_compliant_resource)
+    again = run_audit(iot, [], store=first.store, checks=checks)
+    assert ca_findings(again) == expected
+    late = register(iot, issue_certificate(key(q, prime(rng)), "late-device"))["certificateId"]
+    third = run_audit(iot, [], store=first.store, checks=checks)
+    assert ca_findings(third) == {**expected, third_ca: {SHARED_PRIME, DUPLICATE_KEY}}
+    evidence = [f.non_compliant_resource.additional_info for f in third.findings if f.certificate_id == third_ca]
+    assert any(late in str(info) for info in evidence)
+    assert third.task.audit_details[CA_CERTIFICATE_KEY_FACTORABLE_CHECK].check_run_status == "COMPLETED_NON_COMPLIANT"
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

@@ -2,10 +2,12 @@
 
 A prime a CA key shares with any other key breaks the CA: whoever holds the other certificate's
 public key factors both with one gcd, and then signs device certificates the account trusts.
-An account has few CA certificates, so no fleet-wide batch GCD is needed: the device moduli are
-streamed once against the product of the CA moduli (one gcd each), and only the device keys
-that share something with a CA key join the CA keys in an exact batch GCD that names the
-partners. The device fleet's own findings are the device check's business, not this one's.
+An account has few CA certificates, so no fleet-wide batch GCD is needed, nor a second pass over
+the fleet: the device fleet comparison (:mod:`.fleet_audit`, incremental between audits) takes
+the CA keys as known values, and the device keys it matches with them are the only candidates.
+Those that share something with a CA key (one gcd each against the product of the CA moduli)
+join the CA keys in an exact batch GCD that names the partners. The device fleet's own findings
+are the device check's business, not this one's.
 
 CA keys are named ``ca:<certificate id>`` in the evidence, so a finding says which partners are
 CA certificates (and a certificate registered both as a CA and as a device is two keys).
@@ -31,7 +33,8 @@ def compare_ca_keys(
     ca_keys: list[Key], device_keys: Iterable[Key], known: KnownValues | None = None
 ) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
     """Results and evidence, by CA certificate id, for the CA keys that share a prime with (or
-    equal) another CA key, a device key or a known entry."""
+    equal) another CA key, a device key or a known entry. ``device_keys`` must hold every device
+    key that shares a factor with a CA key; others among them are only filtered out."""
     if not ca_keys:
         return {}
     tagged = [(CA_PREFIX + certificate_id, modulus) for certificate_id, modulus in ca_keys]

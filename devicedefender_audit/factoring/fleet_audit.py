@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -154,6 +154,9 @@ class FleetComparison:
     removed: int
     #: Why the state could not be saved ("" when saved or nothing changed).
     not_saved: str = ""
+    #: The keys that share a factor with, or equal, a known entry (id, modulus): the only device
+    #: keys the CA keys, which are among the known entries, can be broken with.
+    known_partners: list[Key] = field(default_factory=list)
 
 
 class FleetAudit:
@@ -192,6 +195,7 @@ class FleetAudit:
                      evidence(findings.get(key_id), matches.get(key_id)))
             for key_id in findings.keys() | matches.keys()
         }
+        comparison.known_partners = [self._stored_key(key_id) for key_id in sorted(matches)]
         if not comparison.incremental or comparison.added or comparison.removed:
             try:
                 self.store.save_fleet_state(encode(state, members))
@@ -263,7 +267,7 @@ class FleetAudit:
         return state, updated, state.findings(), self._matches(state, self._keys()), comparison
 
     def _stored_key(self, certificate_id: str) -> Key:
-        """A key that left scope, read back from the inventory, which keeps it."""
+        """A key read back from the inventory, which keeps every key (also those that left scope)."""
         record = self.store.inventory_record(certificate_id)
         modulus = rsa_modulus(record) if record is not None else None
         if modulus is None:
