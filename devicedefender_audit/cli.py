@@ -391,7 +391,15 @@ def _run_many(args: argparse.Namespace) -> int:
         raise NoRegionError()
     location = args.store or default_store_path()
     partition_location(location, "0" * 12, regions[0])  # not one account-region's already
-    _open_store(args).close()  # a store that cannot be used is refused before any AWS call
+    # A store location that cannot be used is refused before any AWS call. The table that every
+    # DynamoDB partition shares is opened (created if missing); a SQLite path is only the
+    # directory for the account-regions' own files, so its own file is not created.
+    if str(location).startswith("dynamodb:"):
+        _open_store(args).close()
+    elif str(location) != ":memory:":
+        from devicedefender_audit.store.sqlite import check_partition_directory
+
+        check_partition_directory(location)
     detectors = _detectors(args)
     checks = _checks(args, detectors)
     if session.get_credentials() is None:

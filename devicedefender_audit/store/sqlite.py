@@ -113,6 +113,37 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
+def _make_parent(file: Path) -> None:
+    """Refuse a store path that is a directory and create its parent directory, as one
+    :class:`StoreError` naming the path (the user's ``--store`` or ``$DDA_STORE``)."""
+    if file.is_dir():
+        raise StoreError(f"store {file} is a directory; give a file path (--store or $DDA_STORE)")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"store {file} cannot be created: {exc.strerror or exc}") from exc
+
+
+def check_partition_directory(path: Path | str) -> None:
+    """Check that stores can be created beside ``path`` without creating ``path`` itself.
+
+    ``run --regions/--role-arn/--organization`` keeps each account-region in its own file beside
+    the store path (``audits.<account>.<region>.sqlite3``, see
+    :func:`~devicedefender_audit.store.partition_location`) and never uses the path's own file, so
+    opening it to check the location would leave an empty store behind. Instead the directory is
+    created (the partitions need it) and a probe file is created and removed in it: ``os.access``
+    is not enough (root, read-only mounts, ACLs). A location that fails is one StoreError, before
+    any AWS call.
+    """
+    file = Path(path)
+    _make_parent(file)
+    try:
+        with tempfile.NamedTemporaryFile(dir=file.parent, prefix=f".{file.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise StoreError(f"store {file}: no store can be created in {file.parent}: {exc.strerror or exc}") from exc
+
+
 def _ids_param(ids: Sequence[str]) -> str:
     return ",".join("?" * len(ids))
 
@@ -125,10 +156,8 @@ class SqliteStore:
         memory = self.path == ":memory:"
         if not memory:
             file = Path(path)
-            if file.is_dir():
-                raise StoreError(f"store {file} is a directory; give a file path (--store or $DDA_STORE)")
+            _make_parent(file)
             try:
-                file.parent.mkdir(parents=True, exist_ok=True)
                 _create_private(file)
             except OSError as exc:
                 raise StoreError(f"store {file} cannot be created: {exc.strerror or exc}") from exc
