@@ -148,6 +148,25 @@ def _ids_param(ids: Sequence[str]) -> str:
     return ",".join("?" * len(ids))
 
 
+#: Ids per ``certificate_id IN (...)`` lookup. Every such query is prepared at this one size (a
+#: short chunk is padded with NULL, which matches nothing), so sqlite3's statement cache keeps one
+#: bounded statement per query for as long as the store is open, never one sized by the caller's
+#: list: moto lists a whole fleet as one page, and its ids as one statement held ~0.23 KB of
+#: SQLite heap per certificate (``benchmarks/bench_scan_memory.py``). Below SQLite's old 999
+#: variable limit.
+ID_CHUNK = 500
+_ID_CHUNK_PARAMS = _ids_param(["?"] * ID_CHUNK)
+
+
+def _id_chunks(ids: Iterable[str]) -> Iterator[list[str | None]]:
+    """The distinct ``ids`` in :data:`ID_CHUNK`-sized lists, the last padded with None (an id in
+    two chunks would give its rows twice)."""
+    distinct = list(dict.fromkeys(ids))
+    for start in range(0, len(distinct), ID_CHUNK):
+        chunk: list[str | None] = list(distinct[start : start + ID_CHUNK])
+        yield chunk + [None] * (ID_CHUNK - len(chunk))
+
+
 class SqliteStore:
     """:class:`~devicedefender_audit.store.base.Store` in one SQLite file."""
 
@@ -225,14 +244,12 @@ class SqliteStore:
 
     def ids_without_description(self, ids: Iterable[str]) -> set[str]:
         wanted = list(ids)
-        if not wanted:
-            return set()
         described = {
             row[0]
+            for chunk in _id_chunks(wanted)
             for row in self._db.execute(
-                f"SELECT certificate_id FROM certificates WHERE described = 1 "
-                f"AND certificate_id IN ({_ids_param(wanted)})",
-                wanted,
+                f"SELECT certificate_id FROM certificates WHERE described = 1 AND certificate_id IN ({_ID_CHUNK_PARAMS})",
+                chunk,
             )
         }
         return set(wanted) - described
@@ -297,14 +314,10 @@ class SqliteStore:
         return InventoryRecord(cid, arn, status, created, first, last, gone, description)  # type: ignore[arg-type]
 
     def verdicts(self, ids: Iterable[str]) -> dict[str, list[StoredVerdict]]:
-        wanted = list(ids)
         out: dict[str, list[StoredVerdict]] = {}
-        if not wanted:
-            return out
-        for row in self._db.execute(
-            f"SELECT * FROM verdicts WHERE certificate_id IN ({_ids_param(wanted)})", wanted
-        ):
-            out.setdefault(row[0], []).append(StoredVerdict(*row))
+        for chunk in _id_chunks(ids):
+            for row in self._db.execute(f"SELECT * FROM verdicts WHERE certificate_id IN ({_ID_CHUNK_PARAMS})", chunk):
+                out.setdefault(row[0], []).append(StoredVerdict(*row))
         return out
 
     def save_verdicts(self, verdicts: Sequence[StoredVerdict]) -> None:
