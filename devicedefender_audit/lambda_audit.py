@@ -23,7 +23,10 @@ API commands that define the configuration and the schedules of a region.
 
 Settings come from the function's environment so that the payloads stay small; an event may
 narrow ``regions``. Without ``DDA_STORE`` the store is SQLite under ``/tmp`` and only SNS and
-Security Hub keep the findings. A region that cannot be audited does not stop the others; its
+Security Hub keep the findings. The stack's ``DDA_STORE`` is
+``dynamodb://TABLE?fleet-state=s3://BUCKET/fleet-state``: each partition keeps the factorable
+check's fleet state in its own S3 object there, so that an audit compares only the keys that
+changed (:mod:`~devicedefender_audit.store.s3_fleet_state`). A region that cannot be audited does not stop the others; its
 failure is part of the result and notified.
 """
 

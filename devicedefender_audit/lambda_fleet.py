@@ -12,7 +12,8 @@ state machine, and its audit resumes the inventory where the previous attempt st
 Settings, from the template: ``DDA_ORGANIZATION_ROLE`` (the role name in each member account),
 ``DDA_REGIONS`` (comma-separated or ``all``; default the function's region), ``DDA_FLEET_BUCKET``,
 ``DDA_FLEET_CONCURRENCY`` (the map's ``MaxConcurrencyPath``: a definition cannot take a number
-from a template parameter), ``DDA_STORE``, ``DDA_WORKERS``, ``DDA_SNS_TOPIC_ARN``.
+from a template parameter), ``DDA_STORE`` (with ``?fleet-state=s3://...``, each partition's fleet
+state, as for the single-account function), ``DDA_WORKERS``, ``DDA_SNS_TOPIC_ARN``.
 """
 
 from __future__ import annotations

@@ -6,16 +6,20 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from devicedefender_audit.store.base import Store, StoreError
 
 if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.store.s3_fleet_state import S3Location
 
 __all__ = ["Store", "StoreError", "default_store_path", "open_store", "partition_location"]
 
 _ACCOUNT = re.compile(r"\d{12}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+#: The DynamoDB store's option naming where its fleet state is kept (store/s3_fleet_state.py).
+_FLEET_STATE = "fleet-state"
 
 
 def default_store_path() -> Path:
@@ -32,21 +36,39 @@ def partition_location(location: Path | str, account_id: str, region: str) -> st
     Inventories and tasks are per account-region (the same certificate can be registered in
     several), so each gets its own store: the SQLite file ``audits.sqlite3`` becomes
     ``audits.<account>.<region>.sqlite3`` beside it, and a DynamoDB table a partition of it,
-    ``dynamodb://TABLE/<account>/<region>``. Each location is a store of its own for every
-    command (``list-audits --store ...``).
+    ``dynamodb://TABLE/<account>/<region>``, which keeps the table's ``?fleet-state=s3://...``
+    option (each partition has its own object there). Each location is a store of its own for
+    every command (``list-audits --store ...``).
     """
     if not _ACCOUNT.fullmatch(account_id) or not _REGION.fullmatch(region):
         raise StoreError(f"no store partition for account {account_id!r} and region {region!r}")
     text = str(location)
     if text.startswith("dynamodb:"):
-        table, partition = _dynamodb_location(text)
+        base, fleet_state = _dynamodb_options(text)
+        table, partition = _dynamodb_location(base)
         if partition:
             raise StoreError(f"store {text} is one account-region's already; give the table, dynamodb://{table}")
-        return f"dynamodb://{table}/{account_id}/{region}"
+        return f"dynamodb://{table}/{account_id}/{region}" + (f"?{_FLEET_STATE}={fleet_state}" if fleet_state else "")
     if text == ":memory:":
         return text
     path = Path(location)
     return str(path.with_name(f"{path.stem}.{account_id}.{region}{path.suffix}"))
+
+
+def _dynamodb_options(location: str) -> tuple[str, S3Location | None]:
+    """(the location without its options, where its fleet state is kept) of
+    ``dynamodb://...[?fleet-state=s3://BUCKET/PREFIX]``; any other option is a StoreError."""
+    base, query = location.split("?", 1) if "?" in location else (location, None)
+    if query is None:
+        return base, None
+    from devicedefender_audit.store.s3_fleet_state import S3Location
+
+    name, equals, value = query.partition("=")
+    if name != _FLEET_STATE or not equals or "&" in value:
+        raise StoreError(f"store {location}: a DynamoDB store's one option is {_FLEET_STATE}=s3://BUCKET/PREFIX "
+                         f"(dynamodb://TABLE?{_FLEET_STATE}=s3://BUCKET/PREFIX), where the factorable check "
+                         "keeps its fleet state between audits")
+    return base, S3Location.parse(unquote(value))
 
 
 def _dynamodb_location(location: str) -> tuple[str, str | None]:
@@ -70,14 +92,18 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     ``dynamodb://TABLE`` is a DynamoDB table, reached with ``target``'s region, profile and
     endpoint (the audit's own AWS options; the standard AWS chain when ``None``), and
     ``dynamodb://TABLE/ACCOUNT_ID/REGION`` one account-region's partition of it (see
-    :func:`partition_location`); anything else is a SQLite file.
+    :func:`partition_location`). ``?fleet-state=s3://BUCKET/PREFIX`` after either keeps the
+    factorable check's fleet state in S3 (:mod:`.s3_fleet_state`, with the same target), so
+    that each audit compares only what changed; without it every audit compares the fleet in
+    full. Anything else is a SQLite file, which keeps the state in a file beside it.
     """
     location = location or default_store_path()
     if str(location).startswith("dynamodb:"):
         from devicedefender_audit.store.dynamodb import DynamoStore
 
-        table, partition = _dynamodb_location(str(location))
-        return DynamoStore(table, target, partition)
+        base, fleet_state = _dynamodb_options(str(location))
+        table, partition = _dynamodb_location(base)
+        return DynamoStore(table, target, partition, fleet_state)
     from devicedefender_audit.store.sqlite import SqliteStore
 
     return SqliteStore(location)
