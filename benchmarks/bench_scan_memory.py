@@ -1,21 +1,24 @@
-"""Where a scan's memory goes: moto's fleet, the audit, a re-run, a second first run, SQLite.
+"""Where a scan's memory goes: moto's fleet, each audit, re-runs, SQLite, the allocator.
 
-Run: ``.venv/bin/python benchmarks/bench_scan_memory.py [--fleets 2000 5000 10000] [--tracemalloc]``.
+Run: ``.venv/bin/python benchmarks/bench_scan_memory.py [--fleets 2000 5000 10000] [--tracemalloc]
+[--paged]``.
 
-Each fleet size runs in a child process of its own, in-process moto (``mock_aws``), as the tests
-do. The child seeds moto's IoT backend with N certificates (distinct ids, one key), then runs
-the engine (:class:`~devicedefender_audit.audit.Audit`, key-quality check, SQLite store) three
-times: a first audit (describes all N), a re-run over the same store (describes none), and a
-first audit again into a fresh store. After each step it prints the resident set (``VmRSS``
-from ``/proc/self/status``), what glibc's ``malloc_trim(0)`` gives back (free heap kept by the
-allocator: fragmentation, not live data), and SQLite's own heap (``sqlite3_memory_used``).
-With ``--tracemalloc`` it also prints the Python heap (traced; tracing costs native memory of
-its own, so RSS figures are only comparable within one mode).
+Each fleet size runs in a child process of its own, with in-process moto (``mock_aws``) as the
+tests use it. The child seeds moto's IoT backend with N certificates (distinct ids, one key),
+then runs the engine (:class:`~devicedefender_audit.audit.Audit`, key-quality check, SQLite
+store) four times: a first audit (describes all N), a re-run over the same store (describes
+none), and the same two into a fresh store. After each step, store still open, it prints the
+resident set (``VmRSS`` from ``/proc/self/status``), glibc's live bytes (``mallinfo2``: every
+arena and mmapped block) and the free bytes it keeps, SQLite's own heap
+(``sqlite3_memory_used``), and with ``--tracemalloc`` the Python heap (tracing costs native
+memory of its own: compare RSS only within one mode). Last, after closing the stores and
+``malloc_trim(0)``. Then the per-certificate slope between the smallest and largest fleet.
 
-Reading it: growth that moto's seeding explains is moto's (its backend holds every certificate);
-growth that a re-run or a second first run repeats would be a leak of ours; growth that appears
-once and stays flat is the allocator keeping arenas from the audit's transient peaks (moto
-answers ``ListCertificates`` with the whole fleet in one page).
+Reading it: what seeding adds is moto's (its backend holds every certificate); growth of live
+bytes or of the Python heap that a re-run or a second first audit repeats would be ours; RSS
+growth with flat live bytes is the allocator keeping freed memory from a transient peak, and
+moto answers ``ListCertificates`` with the whole fleet in one page, which ``--paged`` replaces
+with pages of 250 and a marker, as AWS IoT answers, to tell the two apart.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ CHILD = r'''
 import ctypes, gc, json, os, sys, tempfile, time, tracemalloc
 from pathlib import Path
 
-count, traced = int(sys.argv[1]), sys.argv[2] == "1"
+count, traced, paged = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1"
 os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
 if traced:
     tracemalloc.start()
@@ -42,7 +45,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iot.exceptions import ResourceNotFoundException
+from moto.core.responses import ActionResult
 from moto.iot.models import FakeCertificate, IoTBackend, iot_backends
+from moto.iot.responses import IoTResponse
 
 from devicedefender_audit.audit import Audit
 from devicedefender_audit.checks import key_quality_check
@@ -82,7 +87,17 @@ def describe_certificate(self, certificate_id):  # moto scans every certificate:
     except KeyError:
         raise ResourceNotFoundException() from None
 
+def list_certificates(self):  # --paged: pages of pageSize with a marker, as AWS IoT answers
+    size, start = self._get_int_param("pageSize") or 250, int(self._get_param("marker") or 0)
+    certificates = list(self.iot_backend.certificates.values())
+    page = {"certificates": [c.to_dict() for c in certificates[start : start + size]]}
+    if start + size < len(certificates):
+        page["nextMarker"] = str(start + size)
+    return ActionResult(page)
+
 IoTBackend.describe_certificate = describe_certificate
+if paged:
+    IoTResponse.list_certificates = list_certificates
 detectors = default_detectors()
 checks = [key_quality_check(detectors)]
 with mock_aws(), tempfile.TemporaryDirectory() as scratch:
@@ -111,10 +126,11 @@ with mock_aws(), tempfile.TemporaryDirectory() as scratch:
 '''
 
 
-def run_size(count: int, traced: bool) -> list[dict]:
+def run_size(count: int, traced: bool, paged: bool) -> list[dict]:
     import json
 
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(count), "1" if traced else "0"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(count), "1" if traced else "0", "1" if paged else "0"],
+                          cwd=REPO,
                           capture_output=True, text=True, check=False)
     if proc.returncode:
         raise RuntimeError(f"child for {count} exited {proc.returncode}: {proc.stderr[-3000:]}")
@@ -131,9 +147,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fleets", type=int, nargs="*", default=[2000, 5000, 10000])
     parser.add_argument("--tracemalloc", action="store_true", help="also trace the Python heap (inflates RSS)")
+    parser.add_argument("--paged", action="store_true",
+                        help="moto lists in pages of pageSize (250), as AWS IoT does, instead of the whole fleet at once")
     args = parser.parse_args()
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
-    results = {size: run_size(size, args.tracemalloc) for size in args.fleets}
+    results = {size: run_size(size, args.tracemalloc, args.paged) for size in args.fleets}
     heap = "  Python heap" if args.tracemalloc else ""
     print(f"\n{'fleet':>6}  {'step':<40} {'RSS':>7} {'malloc live':>11} {'malloc free':>11} {'SQLite':>7}{heap}"
           "   (MiB)")
