@@ -49,7 +49,8 @@ _PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
 #: A missing object (``NoSuchKey``); S3 answers 403 instead when the caller may not list the bucket.
 _MISSING = frozenset({"NoSuchKey", "404"})
 _DENIED = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
-#: Managed upload: 8 MB parts, 4 at a time (s3transfer buffers up to 10 parts: 80 MB at most).
+#: Managed upload: 8 MB parts, 4 sent at a time; s3transfer reads up to 10 parts ahead, so a save
+#: grows the process by ~110 MB at a million keys (``benchmarks/bench_fleet_state_s3.py``).
 TRANSFER = TransferConfig(multipart_threshold=8 * 2**20, multipart_chunksize=8 * 2**20, max_concurrency=4)
 
 
