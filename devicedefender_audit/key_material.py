@@ -98,6 +98,9 @@ class PublicKeyInfo(NamedTuple):
     #: EC only: the public point, uncompressed X9.62 (04 || X || Y) whatever the input encoding,
     #: so blocklists keyed by the point match compressed and uncompressed keys alike.
     point: bytes | None = None
+    #: RSA only: the modulus's big-endian bytes without a leading zero byte, as DER holds them, so
+    #: the Debian lookup hashes them directly instead of converting the int back (0.3 us of ~2).
+    modulus_bytes: bytes | None = None
 
     @property
     def is_rsa(self) -> bool:
@@ -121,7 +124,7 @@ def _describe(key: object, source: str) -> PublicKeyInfo:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
-    modulus = exponent = point = None
+    modulus = exponent = point = magnitude = None
     if isinstance(key, rsa.RSAPublicKey):
         numbers = key.public_numbers()
         bits = numbers.n.bit_length()
@@ -130,6 +133,7 @@ def _describe(key: object, source: str) -> PublicKeyInfo:
                 f"RSA modulus of {bits} bits exceeds the {MAX_RSA_BITS}-bit limit; refused"
             )
         algorithm, modulus, exponent = "RSA", numbers.n, numbers.e
+        magnitude = modulus.to_bytes((bits + 7) // 8, "big")
     elif isinstance(key, ec.EllipticCurvePublicKey):
         algorithm, bits = f"EC {key.curve.name}", key.curve.key_size
         point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
@@ -141,7 +145,7 @@ def _describe(key: object, source: str) -> PublicKeyInfo:
         algorithm, bits = "DSA", key.key_size
     else:
         algorithm, bits = type(key).__name__, 0
-    return PublicKeyInfo(algorithm, bits, modulus, exponent, source, _spki(key), point)
+    return PublicKeyInfo(algorithm, bits, modulus, exponent, source, _spki(key), point, magnitude)
 
 
 class ParsedKey(NamedTuple):
@@ -443,7 +447,8 @@ def _rsa_spki_key(der: bytes) -> PublicKeyInfo | None:
         return None
     if layout is None:
         _RSA_SPKI_LAYOUTS[len(der)] = (der[:modulus_start], modulus_end)
-    return PublicKeyInfo("RSA", bits, n, e, "public key", der)
+    magnitude = der[modulus_start + 1 if der[modulus_start] == 0 else modulus_start : modulus_end]
+    return PublicKeyInfo("RSA", bits, n, e, "public key", der, None, magnitude)
 
 
 def _pem_key(label: str, body: list[str]) -> PublicKeyInfo:

@@ -114,6 +114,25 @@ def test_lookup_key_is_the_split_fingerprint():
         assert vulnkey_lookup_key(modulus) == split_fingerprint(vulnkey_fingerprint(modulus))
 
 
+def test_lookup_key_from_the_der_bytes_equals_the_one_from_the_int():
+    """The check path hashes the modulus's bytes as the DER holds them: same fingerprint as from
+    the int, for a top nibble of zero (a leading hex 0 dropped) and DER's sign byte alike."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from devicedefender_audit.key_material import public_key_from_spki
+
+    rng = random.Random(81)
+    for bits in (1024, 2048, 2052, 3072, 4096):
+        for top in (0x0F, 0x7F, 0x80, 0xFF):  # high nibble zero; DER sign byte absent; present
+            modulus = (top << (bits - 8)) | rng.getrandbits(bits - 8) | 1
+            der = rsa.RSAPublicNumbers(65537, modulus).public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            key = public_key_from_spki(der)
+            assert key.modulus == modulus and key.modulus_bytes == modulus.to_bytes((modulus.bit_length() + 7) // 8, "big")
+            assert vulnkey_lookup_key(modulus, key.modulus_bytes) == vulnkey_lookup_key(modulus)
+
+
 def test_malformed_vulnkey_list_is_rejected(tmp_path):
     bad = tmp_path / "blacklist.RSA-1024"
     bad.write_text("# header\n0123456789abcdef0123\nnot-a-fingerprint\n")

@@ -22,20 +22,32 @@ VARIANT_NAMES = ("rnd", "nornd-old", "nornd-new", "ssh-keygen")
 OPENSSL_VARIANTS = VARIANT_NAMES[:3]
 TOOL_NAMES = ("openssl", "ssh")
 UNKNOWN_ORIGIN = 0xFFFFFFFF
+_LOW_80_BITS = (1 << 80) - 1
+#: SHA-1 state after ``Modulus=``, copied for each fingerprint.
+_MODULUS_PREFIX = sha1(b"Modulus=")
 
 
 def vulnkey_fingerprint(modulus: int) -> bytes:
-    """The 10-byte (80-bit) ``openssl-vulnkey`` fingerprint of an RSA modulus.
+    """The 10-byte (80-bit) ``openssl-vulnkey`` fingerprint of an RSA modulus."""
+    return _vulnkey_digest(modulus.to_bytes((modulus.bit_length() + 7) // 8, "big"))[-10:]
+
+
+def _vulnkey_digest(magnitude: bytes) -> bytes:
+    """``SHA1("Modulus=" + uppercase hex + "\\n")`` of the modulus whose big-endian bytes, without
+    a leading zero byte, are ``magnitude``.
 
     The hex digits are ``"%X" % modulus`` made through ``binascii.hexlify`` of its bytes: Python
     turns an int into hex four bits at a time, about 4 us for RSA-2048 and most of a lookup,
     against 0.7 us this way; staying in bytes (no str, no formatting) saves another ~0.5 us.
     The top byte is non-zero, so only its high nibble can give a leading zero to drop.
     """
-    digits = hexlify(modulus.to_bytes((modulus.bit_length() + 7) // 8, "big")).upper()
+    digits = hexlify(magnitude).upper()
     if digits[:1] == b"0":
         digits = digits[1:]
-    return sha1(b"Modulus=" + (digits or b"0") + b"\n").digest()[-10:]
+    digest = _MODULUS_PREFIX.copy()  # cheaper than a new hash and joining the prefix to the digits
+    digest.update(digits or b"0")
+    digest.update(b"\n")
+    return digest.digest()
 
 
 def split_fingerprint(fingerprint: bytes) -> tuple[int, int]:
@@ -43,10 +55,13 @@ def split_fingerprint(fingerprint: bytes) -> tuple[int, int]:
     return int.from_bytes(fingerprint[:8], "big"), int.from_bytes(fingerprint[8:], "big")
 
 
-def vulnkey_lookup_key(modulus: int) -> tuple[int, int]:
+def vulnkey_lookup_key(modulus: int, magnitude: bytes | None = None) -> tuple[int, int]:
     """``split_fingerprint(vulnkey_fingerprint(modulus))`` with one integer conversion instead of
-    two slices and two: every checked key's lookup starts here (saves about 0.07 us a key)."""
-    fingerprint = int.from_bytes(vulnkey_fingerprint(modulus), "big")
+    a slice and two: every checked key's lookup starts here. ``magnitude``, when the caller has
+    it, is the modulus's big-endian bytes without a leading zero byte: a key read from DER holds
+    them, and converting its int back would cost 0.25 us of a 2 us lookup."""
+    digest = _vulnkey_digest(magnitude or modulus.to_bytes((modulus.bit_length() + 7) // 8, "big"))
+    fingerprint = int.from_bytes(digest, "big") & _LOW_80_BITS
     return fingerprint >> 16, fingerprint & 0xFFFF
 
 
