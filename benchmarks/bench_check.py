@@ -132,11 +132,14 @@ def per_call(function: Callable[[], object], number: int = 2000, repeat: int = 3
 
 
 def per_key_figures() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from devicedefender_audit.debian_weak.blocklist_file import BlocklistTable
     from devicedefender_audit.debian_weak.fingerprint import vulnkey_lookup_key
     from devicedefender_audit.detectors.debian_weak import DebianWeakDetector
     from devicedefender_audit.detectors.roca import RocaDetector, has_roca_fingerprint
-    from devicedefender_audit.key_material import PublicKeyInfo, public_keys_from_pem
+    from devicedefender_audit.key_material import public_key_from_spki, public_keys_from_pem
 
     rng = random.Random(7)
     clean = rng.getrandbits(2048) | 1 << 2047 | 1
@@ -144,11 +147,14 @@ def per_key_figures() -> None:
     detector = DebianWeakDetector(REPO / "blocklists")
     table = detector.tables[2048]
     table.verify()
-    info = PublicKeyInfo("RSA", 2048, clean, 65537)
+    # As check and the audit read it: from SubjectPublicKeyInfo DER (the modulus's bytes kept).
+    info = public_key_from_spki(rsa.RSAPublicNumbers(65537, clean).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
     roca_detector = RocaDetector()
     has_roca_fingerprint(roca_key.modulus)  # builds the ROCA tables
     print(f"lookup RSA-2048 ({len(table)} entries), fingerprint included: "
-          f"{per_call(lambda: table.find(*vulnkey_lookup_key(clean))) * 1e6:5.2f} us/key")
+          f"{per_call(lambda: table.find(*vulnkey_lookup_key(clean, info.modulus_bytes))) * 1e6:5.2f} us/key "
+          f"from the DER's bytes, {per_call(lambda: table.find(*vulnkey_lookup_key(clean))) * 1e6:5.2f} from the int")
     print(f"Debian detector check, RSA-2048 clean key: {per_call(lambda: detector.check(info)) * 1e6:5.2f} us/key")
     print(f"ROCA test RSA-2048: clean {per_call(lambda: has_roca_fingerprint(clean)) * 1e6:5.2f} us/key, "
           f"ROCA key {per_call(lambda: has_roca_fingerprint(roca_key.modulus)) * 1e6:5.2f} us/key; "
