@@ -132,6 +132,12 @@ class Mitigator:
         self.dry_run = dry_run
         self._groups_ready: set[str] = set()
         self._calls: list[PlannedCall] = []
+        #: Certificates (``ca:`` before a CA's id) this dry run would deactivate, with the finding
+        #: it was planned for: a certificate with two findings is planned once, as a real run
+        #: finds it INACTIVE at the second.
+        self._deactivation_planned: dict[str, str] = {}
+        #: (thing group, thing) pairs this run added or would add, with the finding they were for.
+        self._added_to_group: dict[tuple[str, str], str] = {}
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
@@ -228,6 +234,7 @@ class Mitigator:
         status = self._certificate_status(finding.certificate_id)
         if status in INACTIVE_STATUSES:
             raise _Skip(f"certificate is already {status}")
+        self._plan_deactivation_once(finding.certificate_id, finding)
         self._mutate(self.iot, "iot", "update_certificate",
                      certificateId=finding.certificate_id, newStatus="INACTIVE")
         return f"set certificate {finding.certificate_id} from {status} to INACTIVE"
@@ -243,9 +250,18 @@ class Mitigator:
             raise
         if status == "INACTIVE":
             raise _Skip("CA certificate is already INACTIVE")
+        self._plan_deactivation_once(f"ca:{finding.certificate_id}", finding)
         self._mutate(self.iot, "iot", "update_ca_certificate",
                      certificateId=finding.certificate_id, newStatus="INACTIVE")
         return f"set CA certificate {finding.certificate_id} from {status} to INACTIVE"
+
+    def _plan_deactivation_once(self, key: str, finding: AuditFinding) -> None:
+        """In a dry run, :class:`_Skip` when another finding already planned this certificate's
+        deactivation: the real run would find it INACTIVE by then."""
+        if self.dry_run:
+            planned_for = self._deactivation_planned.setdefault(key, finding.finding_id)
+            if planned_for != finding.finding_id:
+                raise _Skip(f"would already be INACTIVE (planned for finding {planned_for})")
 
     def _certificate_arn(self, finding: AuditFinding) -> str:
         if finding.certificate_arn:
@@ -273,12 +289,17 @@ class Mitigator:
         things = [t for page in paginator.paginate(principal=arn) for t in page.get("things", [])]
         if not things:
             raise _Skip("no things are attached to the certificate")
+        pairs = [(group, thing) for group in groups for thing in things]
+        fresh = [pair for pair in pairs if pair not in self._added_to_group]
+        if not fresh:  # another finding of the same certificate in this task did it
+            earlier = sorted({self._added_to_group[pair] for pair in pairs})
+            raise _Skip(f"thing(s) {', '.join(things)} {'would be' if self.dry_run else 'were'} already added to "
+                        f"thing group(s) {', '.join(groups)} for finding(s) {', '.join(earlier)}")
         extra = {} if override is None else {"overrideDynamicGroups": override}
-        for group in groups:
+        for group, thing in fresh:
             self._ensure_group(group)
-            for thing in things:
-                self._mutate(self.iot, "iot", "add_thing_to_thing_group", thingGroupName=group, thingName=thing,
-                             **extra)
+            self._mutate(self.iot, "iot", "add_thing_to_thing_group", thingGroupName=group, thingName=thing, **extra)
+            self._added_to_group[(group, thing)] = finding.finding_id
         return f"add {len(things)} thing(s) ({', '.join(things)}) to thing group(s) {', '.join(groups)}"
 
     def _publish(self, finding: AuditFinding, action: ActionDefinition) -> str:

@@ -81,6 +81,33 @@ def test_dry_run_makes_no_mutating_call_and_changes_nothing(account):
     assert [op for op, _ in planned].count("publish") == 2
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_two_findings_of_one_certificate_change_it_once(account, dry_run):
+    """A certificate with findings from two checks is deactivated and its things quarantined
+    once: a dry run plans each mutating call once, and a real run makes it once."""
+    a = account
+    first = next(f for f in a["findings"] if f.certificate_id == a["certs"][0]["certificateId"])
+    second = first.model_copy(update={"finding_id": "second-finding", "check_name": "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"})
+    called: list[str] = []
+    a["iot"].meta.events.register("before-call.*.*", lambda model, **_: called.append(model.name))
+    actions = config(a, (Action.UPDATE_DEVICE_CERTIFICATE, Action.ADD_THINGS_TO_THING_GROUP))
+    executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=dry_run).apply([first, second], actions, TASK)
+
+    planned = [call.operation for e in executions for call in e.calls]
+    assert planned.count("update_certificate") == 1
+    assert planned.count("add_thing_to_thing_group") == 2  # meter-1 and meter-1b, once each
+    later = [e for e in executions if e.finding_id == "second-finding"]
+    assert [e.status for e in later] == [MitigationStatus.SKIPPED] * 2
+    assert "already" in later[0].message and "INACTIVE" in later[0].message and "already added" in later[1].message
+    if dry_run:
+        assert first.finding_id in later[0].message and first.finding_id in later[1].message
+        assert not {"UpdateCertificate", "AddThingToThingGroup", "CreateThingGroup"} & set(called)
+    else:
+        assert called.count("UpdateCertificate") == 1 and called.count("AddThingToThingGroup") == 2
+        assert status_of(a["iot"], a["certs"][0]) == "INACTIVE"
+        assert group_members(a["iot"]) == {"meter-1", "meter-1b"}
+
+
 def test_rerun_is_idempotent(account):
     a = account
     Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(a["findings"], config(a), TASK)
