@@ -117,6 +117,11 @@ class _Skip(Exception):
     """An action that has nothing to do for this finding."""
 
 
+class _DoneInThisRun(_Skip):
+    """An action whose effect an earlier finding's action of this run already made: the claim of
+    this finding is recorded as applied too, so a later run does not make it again."""
+
+
 class Mitigator:
     """Applies action definitions to findings through one gate for mutating calls.
 
@@ -138,6 +143,10 @@ class Mitigator:
         self._deactivation_planned: dict[str, str] = {}
         #: (thing group, thing) pairs this run added or would add, with the finding they were for.
         self._added_to_group: dict[tuple[str, str], str] = {}
+        #: The claims this dry run would take, with the action that would take each: a real run
+        #: skips a second action of the same effect on a finding because the first one's claim is
+        #: then APPLIED, so a dry run plans it once too.
+        self._would_claim: dict[str, str] = {}
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
@@ -181,6 +190,10 @@ class Mitigator:
         except _Skip as skip:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
+            if isinstance(skip, _DoneInThisRun) and claimed and self.store is not None:
+                self.store.put_record(CLAIM_KIND, claim, {"taskId": task_id, "actionName": action.name,
+                                                          "state": "APPLIED"})
+                claimed = False
         except NoCredentialsError:
             raise  # one clear error for the whole run, not a FAILED record per finding
         except AWS_ERRORS as exc:
@@ -207,12 +220,21 @@ class Mitigator:
             return
         holder = self.store.get_record(CLAIM_KIND, key)
         if holder is None:
-            return  # dry run, nobody applied it
+            return self._claim_once_in_dry_run(key, action)  # nobody applied it
         if holder.get("state") == "APPLIED":
             raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
-        if abandoned(holder) and (self.dry_run or retake(self.store, CLAIM_KIND, key, holder, body)):
-            return  # its owner is gone: this task applies it (a dry run: would)
+        if abandoned(holder) and self.dry_run:
+            return self._claim_once_in_dry_run(key, action)  # its owner is gone: this task would apply it
+        if abandoned(holder) and retake(self.store, CLAIM_KIND, key, holder, body):
+            return  # its owner is gone: this task applies it
         raise _Skip(f"being applied by task {holder.get('taskId')}")
+
+    def _claim_once_in_dry_run(self, key: str, action: ActionDefinition) -> None:
+        """In a dry run, :class:`_Skip` when an earlier action of this run would have taken the
+        claim ``key`` (same finding, same effect), as the real run's claim would skip it."""
+        taken_by = self._would_claim.setdefault(key, action.name)
+        if taken_by != action.name:
+            raise _Skip(f"action {taken_by} would already apply the same change to this finding")
 
     def _mutate(self, client: Any, service: str, operation: str, **params: Any) -> Any:
         """The single gate for calls that change AWS state."""
@@ -259,9 +281,9 @@ class Mitigator:
         """In a dry run, :class:`_Skip` when another finding already planned this certificate's
         deactivation: the real run would find it INACTIVE by then."""
         if self.dry_run:
-            planned_for = self._deactivation_planned.setdefault(key, finding.finding_id)
-            if planned_for != finding.finding_id:
-                raise _Skip(f"would already be INACTIVE (planned for finding {planned_for})")
+            if key in self._deactivation_planned:
+                raise _Skip(f"would already be INACTIVE (planned for finding {self._deactivation_planned[key]})")
+            self._deactivation_planned[key] = finding.finding_id
 
     def _certificate_arn(self, finding: AuditFinding) -> str:
         if finding.certificate_arn:
@@ -293,8 +315,8 @@ class Mitigator:
         fresh = [pair for pair in pairs if pair not in self._added_to_group]
         if not fresh:  # another finding of the same certificate in this task did it
             earlier = sorted({self._added_to_group[pair] for pair in pairs})
-            raise _Skip(f"thing(s) {', '.join(things)} {'would be' if self.dry_run else 'were'} already added to "
-                        f"thing group(s) {', '.join(groups)} for finding(s) {', '.join(earlier)}")
+            raise _DoneInThisRun(f"thing(s) {', '.join(things)} {'would be' if self.dry_run else 'were'} already "
+                                 f"added to thing group(s) {', '.join(groups)} for finding(s) {', '.join(earlier)}")
         extra = {} if override is None else {"overrideDynamicGroups": override}
         for group, thing in fresh:
             self._ensure_group(group)

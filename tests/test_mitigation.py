@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import boto3
@@ -190,3 +191,38 @@ def test_legacy_names_still_read():
     old = MitigationExecution.model_validate({"taskId": "t", "findingId": "f", "actionName": "PUBLISH_FINDINGS_TO_SNS",
                                               "status": "SUCCEEDED"})
     assert old.status is MitigationStatus.COMPLETED and old.action_type is Action.PUBLISH_FINDING_TO_SNS
+
+
+def test_a_finding_whose_things_another_finding_quarantined_is_not_redone_by_a_later_run(account):
+    """The second finding of a certificate is SKIPPED because the first one's action put its
+    things in the group; that effect is in place, so a later run must not apply it again (an
+    operator who released the things after the first run would see them quarantined again)."""
+    a = account
+    first = next(f for f in a["findings"] if f.certificate_id == a["certs"][0]["certificateId"])
+    second = first.model_copy(update={"finding_id": "second-finding", "check_name": "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"})
+    actions = config(a, (Action.ADD_THINGS_TO_THING_GROUP,))
+    Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply([first, second], actions, TASK)
+    for thing in ("meter-1", "meter-1b"):  # released by an operator
+        a["iot"].remove_thing_from_thing_group(thingGroupName=GROUP, thingName=thing)
+    called: list[str] = []
+    a["iot"].meta.events.register("before-call.*.*", lambda model, **_: called.append(model.name))
+    again = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply([first, second], actions, TASK)
+    assert [e.status for e in again] == [MitigationStatus.SKIPPED] * 2
+    assert all("already applied" in e.message for e in again), [e.message for e in again]
+    assert "AddThingToThingGroup" not in called and group_members(a["iot"]) == set()
+
+
+def test_a_dry_run_plans_a_change_once_when_two_actions_make_it(account):
+    """Two action definitions of one type and parameters (names differ) on one finding: a real
+    run applies the first and skips the second (the claim is per effect), so a dry run plans it once."""
+    a = account
+    [deactivate] = config(a, (Action.UPDATE_DEVICE_CERTIFICATE,))
+    twice = [deactivate, dataclasses.replace(deactivate, name="deactivate-again", action_id="other-id")]
+    finding = next(f for f in a["findings"] if f.certificate_id == a["certs"][0]["certificateId"])
+    planned = {}
+    for dry_run in (True, False):
+        executions = Mitigator(a["iot"], a["sns"], a["store"], dry_run=dry_run).apply([finding], twice, TASK)
+        planned[dry_run] = [call.operation for e in executions for call in e.calls]
+        assert executions[1].status is MitigationStatus.SKIPPED, executions[1].message
+    assert planned[True] == ["update_certificate"]
+    assert status_of(a["iot"], a["certs"][0]) == "INACTIVE"
