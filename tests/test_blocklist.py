@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pytest
 from conftest import DATA, REPO, debian_vectors, load_private_key
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devicedefender_audit.debian_weak import generator
 from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, data_path
@@ -230,3 +232,34 @@ def test_partial_list_says_which_pids_it_has(tmp_path, small_chunks):
     generator.build(tmp_path, 1024)
     coverage = DebianWeakDetector(tmp_path).coverage()[1024]
     assert coverage.startswith("partial: 4 keys") and coverage.endswith("pids generated: 0-3 (le32 rnd)")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bits=st.integers(min_value=512, max_value=4096), top=st.integers(min_value=1, max_value=0xFF),
+       seed=st.integers(min_value=0, max_value=2**32), exponent=st.sampled_from([3, 17, 65537, 2**31 + 11]))
+def test_the_modulus_bytes_of_every_key_form_give_the_lookup_key_of_its_int(bits, top, seed, exponent):
+    """Property: whatever form an RSA key comes in (SPKI PEM and DER, read directly; PKCS#1 PEM,
+    OpenSSH and a stored SPKI, read by cryptography), its ``modulus_bytes`` is the modulus's
+    minimal big-endian bytes, so the Debian lookup from them is the lookup from the int. The top
+    byte varies so the DER sign byte is there or not and the first hex digit is 0 or not."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from devicedefender_audit.key_material import parse_key_material, public_key_from_spki
+
+    top_bits = top.bit_length()
+    modulus = (top << (bits - top_bits)) | random.Random(seed).getrandbits(bits - top_bits) | 1
+    public = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    spki = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    inputs = [
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        spki,
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1),
+        public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH),
+    ]
+    keys = [entry.key for data in inputs for entry in parse_key_material(data)] + [public_key_from_spki(spki)]
+    minimal = modulus.to_bytes((modulus.bit_length() + 7) // 8, "big")
+    assert len(keys) == 5
+    for key in keys:
+        assert key.modulus == modulus and key.modulus_bytes == minimal, key.source
+        assert vulnkey_lookup_key(modulus, key.modulus_bytes) == vulnkey_lookup_key(modulus)
