@@ -195,7 +195,7 @@ class FleetAudit:
                      evidence(findings.get(key_id), matches.get(key_id)))
             for key_id in findings.keys() | matches.keys()
         }
-        comparison.known_partners = [self._stored_key(key_id) for key_id in sorted(matches)]
+        comparison.known_partners = [(key_id, int(matches[key_id].modulus)) for key_id in sorted(matches)]
         if not comparison.incremental or comparison.added or comparison.removed:
             try:
                 self.store.save_fleet_state(encode(state, members))
@@ -267,7 +267,7 @@ class FleetAudit:
         return state, updated, state.findings(), self._matches(state, self._keys()), comparison
 
     def _stored_key(self, certificate_id: str) -> Key:
-        """A key read back from the inventory, which keeps every key (also those that left scope)."""
+        """A key that left scope, read back from the inventory, which keeps it."""
         record = self.store.inventory_record(certificate_id)
         modulus = rsa_modulus(record) if record is not None else None
         if modulus is None:

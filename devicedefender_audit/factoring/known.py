@@ -72,6 +72,9 @@ class KnownMatch:
 
     shares_prime_with: tuple[str, ...] = ()
     equal_to: tuple[str, ...] = ()
+    #: The matched key's modulus, kept from the pass that matched it, so that a caller who needs
+    #: the key (the CA check's partners) does not read it back from the store, once per match.
+    modulus: mpz | None = None
 
 
 def match_known(keys: Iterable[Key], known: KnownValues, fleet_product: mpz | None = None) -> dict[str, KnownMatch]:
@@ -100,6 +103,7 @@ def match_known(keys: Iterable[Key], known: KnownValues, fleet_product: mpz | No
             matches[key_id] = KnownMatch(
                 tuple(label for value, label in hits if value != modulus and gmpy2.gcd(value, modulus) != 1),
                 tuple(label for value, label in hits if value == modulus),
+                modulus,
             )
     matched = {label for match in matches.values() for label in (*match.shares_prime_with, *match.equal_to)}
     if any(label not in matched for _, label in hits):
