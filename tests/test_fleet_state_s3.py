@@ -254,6 +254,9 @@ def test_the_location_is_a_store_option_kept_by_partitions():
     (f"dynamodb://{TABLE}?fleet-state=s3://Not_A_Bucket/x", "write it as s3://BUCKET/PREFIX"),
     (f"dynamodb://{TABLE}?fleet-state=s3://{BUCKET}/a//b", "write it as s3://BUCKET/PREFIX"),
     (f"dynamodb://{TABLE}?fleet-state=s3://{BUCKET}/a b", "write it as s3://BUCKET/PREFIX"),
+    (f"dynamodb://{TABLE}?fleet-state=s3://{BUCKET}/a/../b", "no . or .. between slashes"),
+    (f"dynamodb://{TABLE}?fleet-state=s3://{BUCKET}/./b", "no . or .. between slashes"),
+    (f"dynamodb://{TABLE}?fleet-state=s3://{BUCKET}/b/..", "no . or .. between slashes"),
     (f"dynamodb://{TABLE}/{ACCOUNT}/{WEST}?fleet-state=s3://{BUCKET}", "one account-region's already"),
 ])
 def test_a_bad_location_is_one_store_error(location, error):

@@ -67,10 +67,13 @@ class S3Location:
         anything else is one :class:`StoreError` saying how to write it."""
         match = re.fullmatch(r"s3:/+([^/]*)(?:/(.*))?", text)
         bucket, prefix = (match.group(1), (match.group(2) or "").strip("/")) if match else ("", "")
+        # A "." or ".." segment: pathlib.Path (--store, $DDA_STORE) drops the first, so one location
+        # would name two keys, and S3 answers 400 to a request whose path holds the second.
         if not match or not _BUCKET.fullmatch(bucket) or ".." in bucket or not _PREFIX.fullmatch(prefix) \
-                or "//" in prefix:
+                or "//" in prefix or {".", ".."} & set(prefix.split("/")):
             raise StoreError(f"fleet state location {text!r}: write it as s3://BUCKET/PREFIX (a bucket name of "
-                             "3 to 63 of a-z 0-9 . -; a prefix of A-Z a-z 0-9 / ! - _ . * ' ( ))")
+                             "3 to 63 of a-z 0-9 . -; a prefix of A-Z a-z 0-9 / ! - _ . * ' ( ), "
+                             "with no . or .. between slashes)")
         return cls(bucket, prefix)
 
     def __str__(self) -> str:
