@@ -219,8 +219,10 @@ class Mitigator:
         if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
             return
         holder = self.store.get_record(CLAIM_KIND, key)
-        if holder is None:
-            return self._claim_once_in_dry_run(key, action)  # nobody applied it
+        if holder is None:  # nobody applied it (a real run sees this only if the claim was just released)
+            if self.dry_run:
+                self._claim_once_in_dry_run(key, action)
+            return
         if holder.get("state") == "APPLIED":
             raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
         if abandoned(holder) and self.dry_run:
