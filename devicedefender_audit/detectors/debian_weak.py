@@ -124,8 +124,13 @@ class DebianWeakDetector:
             done = ", ".join(manifest.get("complete_variants", [])) or "none"
             out[bits] = (f"{state}: {len(table)} keys; variants complete for every platform "
                          f"and pid: {done}")
+            ranges = manifest.get("pid_ranges", {})
             if state == "partial":
-                out[bits] += f"; pids generated: {_pid_ranges_text(manifest.get('pid_ranges', {}))}"
+                out[bits] += f"; pids generated: {_pid_ranges_text(ranges)}"
+            elif state != "complete":  # openssl's space is whole: say how far ssh-keygen's is
+                ssh = {platform: {"ssh-keygen": variants["ssh-keygen"]}
+                       for platform, variants in ranges.items() if "ssh-keygen" in variants}
+                out[bits] += f"; ssh-keygen pids generated: {_pid_ranges_text(ssh)}"
         return out
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
