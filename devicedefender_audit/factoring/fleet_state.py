@@ -20,7 +20,6 @@ then the product as ``gmpy2.to_binary``. About 256 MB for a million RSA-2048 key
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import BinaryIO
 import gmpy2
 from gmpy2 import mpz
 
-from devicedefender_audit.factoring.framing import FleetStateError, frame, read_frame
+from devicedefender_audit.factoring.framing import FleetStateError, canonical_json, frame, read_frame
 from devicedefender_audit.factoring.sharing import FleetFinding, Key, index_keys, scan_fleet
 from devicedefender_audit.factoring.trees import product, remainders
 
@@ -40,7 +39,7 @@ VERSION = 2
 def _digest(header: dict) -> str:
     """SHA-256 of the header's canonical JSON: the flagged moduli decide findings, so a damaged
     digit there must be caught like a damaged product."""
-    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(header)).hexdigest()
 
 
 class FleetState:

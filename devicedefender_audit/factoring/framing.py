@@ -16,9 +16,14 @@ class FleetStateError(ValueError):
     """The stored state does not match the fleet described to it, or its file is damaged."""
 
 
+def canonical_json(header: dict) -> bytes:
+    """The header as written, and as its checksum (:mod:`.fleet_state`) is taken over."""
+    return json.dumps(header, sort_keys=True).encode()
+
+
 def frame(magic: bytes, header: dict) -> bytes:
     """``magic``, the header's length and the header as canonical JSON; the body follows it."""
-    encoded = json.dumps(header, sort_keys=True).encode()
+    encoded = canonical_json(header)
     return magic + len(encoded).to_bytes(8, "big") + encoded
 
 
