@@ -14,6 +14,11 @@ twice (a re-run, or a second task running at the same time, skips it), while an 
 another SNS topic or thing group is a different action and runs. A claim is released when the
 action fails or had nothing to do, so a later run tries again; actions also check current state
 first (an INACTIVE certificate is not updated again).
+
+Within a task, both modes record each mutating call's effect in a
+:class:`~devicedefender_audit.mitigation_effects.RunEffects` and consult it before AWS and the
+store, so a dry run plans exactly the calls the real run would make
+(:mod:`~devicedefender_audit.mitigation_effects` says why).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from botocore.exceptions import ClientError, NoCredentialsError
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, is_not_found
 from devicedefender_audit.check_names import CA_CERTIFICATE, DEVICE_CERTIFICATE
 from devicedefender_audit.mitigation_claims import abandoned, new_claim, retake
+from devicedefender_audit.mitigation_effects import RunEffects
 from devicedefender_audit.models import (
     AuditFinding,
     MitigationActionType,
@@ -118,8 +124,9 @@ class _Skip(Exception):
 
 
 class _DoneInThisRun(_Skip):
-    """An action whose effect an earlier finding's action of this run already made: the claim of
-    this finding is recorded as applied too, so a later run does not make it again."""
+    """An action whose effect an earlier finding's action of this run already made (or would
+    make, in a dry run): the claim of this finding is recorded as applied too, so a later run
+    does not make it again."""
 
 
 class Mitigator:
@@ -135,18 +142,8 @@ class Mitigator:
         self.sns = sns
         self.store = store
         self.dry_run = dry_run
-        self._groups_ready: set[str] = set()
         self._calls: list[PlannedCall] = []
-        #: Certificates (``ca:`` before a CA's id) this dry run would deactivate, with the finding
-        #: it was planned for: a certificate with two findings is planned once, as a real run
-        #: finds it INACTIVE at the second.
-        self._deactivation_planned: dict[str, str] = {}
-        #: (thing group, thing) pairs this run added or would add, with the finding they were for.
-        self._added_to_group: dict[tuple[str, str], str] = {}
-        #: The claims this dry run would take, with the action that would take each: a real run
-        #: skips a second action of the same effect on a finding because the first one's claim is
-        #: then APPLIED, so a dry run plans it once too.
-        self._would_claim: dict[str, str] = {}
+        self._effects = RunEffects()
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
@@ -180,19 +177,16 @@ class Mitigator:
                 MitigationActionType.PUBLISH_FINDING_TO_SNS: self._publish,
             }[action.action_type]
             execution.message = handler(finding, action)
+            self._made(claim, action, task_id, claimed)
+            claimed = False
             if self.dry_run:
                 execution.status = MitigationStatus.SKIPPED
                 execution.message = f"dry run, nothing changed: would {execution.message}"
-            elif claimed and self.store is not None:
-                self.store.put_record(CLAIM_KIND, claim, {"taskId": task_id, "actionName": action.name,
-                                                          "state": "APPLIED"})
-                claimed = False
         except _Skip as skip:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
-            if isinstance(skip, _DoneInThisRun) and claimed and self.store is not None:
-                self.store.put_record(CLAIM_KIND, claim, {"taskId": task_id, "actionName": action.name,
-                                                          "state": "APPLIED"})
+            if isinstance(skip, _DoneInThisRun):
+                self._made(claim, action, task_id, claimed)
                 claimed = False
         except NoCredentialsError:
             raise  # one clear error for the whole run, not a FAILED record per finding
@@ -210,9 +204,13 @@ class Mitigator:
         return execution
 
     def _claim(self, key: str, task_id: str, action: ActionDefinition) -> None:
-        """Take (finding, action digest) for this task, atomically; :class:`_Skip` when another
-        run holds it, unless that run is gone (:mod:`~devicedefender_audit.mitigation_claims`).
-        A dry run only looks."""
+        """Take (finding, action digest) for this task, atomically; :class:`_Skip` when this run
+        already made that change, or another run holds it, unless that run is gone
+        (:mod:`~devicedefender_audit.mitigation_claims`). A dry run only looks."""
+        made_by = self._effects.applied.get(key)
+        if made_by is not None:
+            raise _Skip(f"action {made_by} {'would already make' if self.dry_run else 'already made'} "
+                        "the same change to this finding in this run")
         if self.store is None:
             return
         body = new_claim(task_id, action.name)
@@ -220,30 +218,28 @@ class Mitigator:
             return
         holder = self.store.get_record(CLAIM_KIND, key)
         if holder is None:  # nobody applied it (a real run sees this only if the claim was just released)
-            if self.dry_run:
-                self._claim_once_in_dry_run(key, action)
             return
         if holder.get("state") == "APPLIED":
             raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
-        if abandoned(holder) and self.dry_run:
-            return self._claim_once_in_dry_run(key, action)  # its owner is gone: this task would apply it
-        if abandoned(holder) and retake(self.store, CLAIM_KIND, key, holder, body):
-            return  # its owner is gone: this task applies it
+        if abandoned(holder) and (self.dry_run or retake(self.store, CLAIM_KIND, key, holder, body)):
+            return  # its owner is gone: this task applies it (a dry run: would apply it)
         raise _Skip(f"being applied by task {holder.get('taskId')}")
 
-    def _claim_once_in_dry_run(self, key: str, action: ActionDefinition) -> None:
-        """In a dry run, :class:`_Skip` when an earlier action of this run would have taken the
-        claim ``key`` (same finding, same effect), as the real run's claim would skip it."""
-        taken_by = self._would_claim.setdefault(key, action.name)
-        if taken_by != action.name:
-            raise _Skip(f"action {taken_by} would already apply the same change to this finding")
+    def _made(self, claim: str, action: ActionDefinition, task_id: str, claimed: bool) -> None:
+        """The change ``claim`` names is in place (a dry run: would be): a later action of the
+        same effect in this run skips it, and, when this run holds the claim, so do later runs."""
+        self._effects.applied[claim] = action.name
+        if claimed and self.store is not None:
+            self.store.put_record(CLAIM_KIND, claim, {"taskId": task_id, "actionName": action.name,
+                                                      "state": "APPLIED"})
 
-    def _mutate(self, client: Any, service: str, operation: str, **params: Any) -> Any:
-        """The single gate for calls that change AWS state."""
+    def _mutate(self, finding: AuditFinding, client: Any, service: str, operation: str, /, **params: Any) -> Any:
+        """The single gate for calls that change AWS state; records the call's effect for
+        ``finding`` once it is made (a dry run: planned)."""
         self._calls.append(PlannedCall(service=service, operation=operation, parameters=params))
-        if self.dry_run:
-            return None
-        return getattr(client, operation)(**params)
+        response = None if self.dry_run else getattr(client, operation)(**params)
+        self._effects.record_call(operation, params, finding.finding_id)
+        return response
 
     def _certificate_status(self, certificate_id: str) -> str:
         try:
@@ -255,16 +251,17 @@ class Mitigator:
         return response["certificateDescription"]["status"]
 
     def _deactivate_certificate(self, finding: AuditFinding, action: ActionDefinition) -> str:
+        self._skip_if_deactivated_in_this_run(finding.certificate_id, "certificate")
         status = self._certificate_status(finding.certificate_id)
         if status in INACTIVE_STATUSES:
             raise _Skip(f"certificate is already {status}")
-        self._plan_deactivation_once(finding.certificate_id, finding)
-        self._mutate(self.iot, "iot", "update_certificate",
+        self._mutate(finding, self.iot, "iot", "update_certificate",
                      certificateId=finding.certificate_id, newStatus="INACTIVE")
         return f"set certificate {finding.certificate_id} from {status} to INACTIVE"
 
     def _deactivate_ca_certificate(self, finding: AuditFinding, action: ActionDefinition) -> str:
         """A deactivated CA registers no more devices; those it registered keep their status."""
+        self._skip_if_deactivated_in_this_run(f"ca:{finding.certificate_id}", "CA certificate")
         try:
             status = self.iot.describe_ca_certificate(certificateId=finding.certificate_id)[
                 "certificateDescription"]["status"]
@@ -274,18 +271,17 @@ class Mitigator:
             raise
         if status == "INACTIVE":
             raise _Skip("CA certificate is already INACTIVE")
-        self._plan_deactivation_once(f"ca:{finding.certificate_id}", finding)
-        self._mutate(self.iot, "iot", "update_ca_certificate",
+        self._mutate(finding, self.iot, "iot", "update_ca_certificate",
                      certificateId=finding.certificate_id, newStatus="INACTIVE")
         return f"set CA certificate {finding.certificate_id} from {status} to INACTIVE"
 
-    def _plan_deactivation_once(self, key: str, finding: AuditFinding) -> None:
-        """In a dry run, :class:`_Skip` when another finding already planned this certificate's
-        deactivation: the real run would find it INACTIVE by then."""
-        if self.dry_run:
-            if key in self._deactivation_planned:
-                raise _Skip(f"would already be INACTIVE (planned for finding {self._deactivation_planned[key]})")
-            self._deactivation_planned[key] = finding.finding_id
+    def _skip_if_deactivated_in_this_run(self, key: str, what: str) -> None:
+        """:class:`_DoneInThisRun` when another finding's action of this run set the certificate
+        ``key`` INACTIVE (a dry run: would have)."""
+        by = self._effects.deactivated.get(key)
+        if by is not None:
+            raise _DoneInThisRun(f"{what} {'would already be' if self.dry_run else 'was already'} "
+                                 f"set INACTIVE for finding {by} in this run")
 
     def _certificate_arn(self, finding: AuditFinding) -> str:
         if finding.certificate_arn:
@@ -293,17 +289,17 @@ class Mitigator:
         response = self.iot.describe_certificate(certificateId=finding.certificate_id)
         return response["certificateDescription"]["certificateArn"]
 
-    def _ensure_group(self, name: str) -> None:
-        if name in self._groups_ready:
+    def _ensure_group(self, finding: AuditFinding, name: str) -> None:
+        if name in self._effects.groups:
             return
         try:
             self.iot.describe_thing_group(thingGroupName=name)
         except ClientError as exc:
             if not is_not_found(exc):
                 raise
-            self._mutate(self.iot, "iot", "create_thing_group", thingGroupName=name)
-        # In a dry run the group "would exist" from here on, so it is planned only once.
-        self._groups_ready.add(name)
+            self._mutate(finding, self.iot, "iot", "create_thing_group", thingGroupName=name)
+        else:
+            self._effects.groups.add(name)
 
     def _quarantine_things(self, finding: AuditFinding, action: ActionDefinition) -> str:
         groups = list(action.params["thingGroupNames"])
@@ -314,21 +310,22 @@ class Mitigator:
         if not things:
             raise _Skip("no things are attached to the certificate")
         pairs = [(group, thing) for group in groups for thing in things]
-        fresh = [pair for pair in pairs if pair not in self._added_to_group]
+        fresh = [pair for pair in pairs if pair not in self._effects.members]
         if not fresh:  # another finding of the same certificate in this task did it
-            earlier = sorted({self._added_to_group[pair] for pair in pairs})
+            earlier = sorted({self._effects.members[pair] for pair in pairs})
             raise _DoneInThisRun(f"thing(s) {', '.join(things)} {'would be' if self.dry_run else 'were'} already "
                                  f"added to thing group(s) {', '.join(groups)} for finding(s) {', '.join(earlier)}")
         extra = {} if override is None else {"overrideDynamicGroups": override}
         for group, thing in fresh:
-            self._ensure_group(group)
-            self._mutate(self.iot, "iot", "add_thing_to_thing_group", thingGroupName=group, thingName=thing, **extra)
-            self._added_to_group[(group, thing)] = finding.finding_id
+            self._ensure_group(finding, group)
+            self._mutate(finding, self.iot, "iot", "add_thing_to_thing_group", thingGroupName=group, thingName=thing,
+                         **extra)
         return f"add {len(things)} thing(s) ({', '.join(things)}) to thing group(s) {', '.join(groups)}"
 
     def _publish(self, finding: AuditFinding, action: ActionDefinition) -> str:
         topic = action.params["topicArn"]
         self._mutate(
+            finding,
             self.sns,
             "sns",
             "publish",

@@ -226,3 +226,48 @@ def test_a_dry_run_plans_a_change_once_when_two_actions_make_it(account):
         assert executions[1].status is MitigationStatus.SKIPPED, executions[1].message
     assert planned[True] == ["update_certificate"]
     assert status_of(a["iot"], a["certs"][0]) == "INACTIVE"
+
+
+def test_a_certificate_another_finding_deactivated_is_not_redone_by_a_later_run(account):
+    """The second finding of a certificate is SKIPPED because the first one's action set it
+    INACTIVE; an operator who reactivates it afterwards has accepted it, so a later run must
+    not deactivate it again through the second finding."""
+    a = account
+    first = next(f for f in a["findings"] if f.certificate_id == a["certs"][0]["certificateId"])
+    second = first.model_copy(update={"finding_id": "second-finding", "check_name": "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"})
+    actions = config(a, (Action.UPDATE_DEVICE_CERTIFICATE,))
+    Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply([first, second], actions, TASK)
+    a["iot"].update_certificate(certificateId=first.certificate_id, newStatus="ACTIVE")  # accepted by an operator
+    called: list[str] = []
+    a["iot"].meta.events.register("before-call.*.*", lambda model, **_: called.append(model.name))
+    again = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply([first, second], actions, TASK)
+    assert [e.status for e in again] == [MitigationStatus.SKIPPED] * 2
+    assert all("already applied" in e.message for e in again), [e.message for e in again]
+    assert "UpdateCertificate" not in called and status_of(a["iot"], a["certs"][0]) == "ACTIVE"
+
+
+def test_a_dry_run_plans_exactly_the_calls_the_real_run_makes(account):
+    """Every way one change can be reached twice in a task at once (two findings of one
+    certificate, two action definitions of the same effect, two groups, a group created by an
+    earlier finding): the dry run's planned calls are the real run's made calls, in order, and
+    each execution is skipped in the dry run for the reason it is skipped in the real one."""
+    a = account
+    first = next(f for f in a["findings"] if f.certificate_id == a["certs"][0]["certificateId"])
+    second = first.model_copy(update={"finding_id": "second-finding", "check_name": "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"})
+    findings = [first, second, *(f for f in a["findings"] if f is not first)]
+    actions = [*config(a), *config(a, (Action.ADD_THINGS_TO_THING_GROUP,), group="quarantine-2")]
+    actions.append(dataclasses.replace(actions[0], name="deactivate-again", action_id="other-id"))
+    runs = {dry_run: Mitigator(a["iot"], a["sns"], a["store"], dry_run=dry_run).apply(findings, actions, TASK)
+            for dry_run in (True, False)}
+
+    def calls(executions):
+        return [(c.service, c.operation, c.parameters) for e in executions for c in e.calls]
+
+    assert calls(runs[True]) == calls(runs[False])
+    assert len(calls(runs[False])) == 2 + 2 + 3 + 3 + 3  # deactivations, groups, adds to each group, publishes
+    for dry, real in zip(runs[True], runs[False], strict=True):
+        assert (dry.finding_id, dry.action_name) == (real.finding_id, real.action_name)
+        if real.status is MitigationStatus.COMPLETED:
+            assert dry.message.startswith("dry run, nothing changed: would "), dry.message
+        else:
+            assert real.status is MitigationStatus.SKIPPED and dry.message.startswith("dry run: skipped: "), real.message
