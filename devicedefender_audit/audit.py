@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code
 from devicedefender_audit.aws.iot_certificates import attached_things
@@ -49,6 +49,9 @@ from devicedefender_audit.models import (
 from devicedefender_audit.store import Store
 from devicedefender_audit.store.base import InventoryRecord, StoredVerdict, TaskOwner
 from devicedefender_audit.suppressions import ActiveSuppressions
+
+if TYPE_CHECKING:  # imported only when a fleet check runs: it loads numpy
+    from devicedefender_audit.factoring.fleet_audit import FleetComparison
 
 #: In-scope certificates checked and committed together.
 CHECK_BATCH = 500
@@ -156,10 +159,6 @@ class Audit:
         #: Checks that ran, but compared their keys with only part of what they should: why.
         self.partial: dict[str, str] = {}
         self.left_scope = 0
-        #: The CA certificates this task listed (None: no CA check, or the listing failed).
-        self._ca: CaSync | None = None
-        #: The device keys the fleet comparison matched with a known entry or a CA key.
-        self._known_partners: list[tuple[str, int]] = []
         self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
 
     def run(self) -> AuditTask:
@@ -170,10 +169,9 @@ class Audit:
             # The CA factorable check compares CA keys with the device fleet: it needs the inventory.
             sync = self._sync() if self.device_checks or any(check.fleet for check in self.ca_checks) else None
             # Listed before the device keys are checked: the device fleet is compared with the CA keys too.
-            self._ca = self._sync_ca() if self.ca_checks else None
-            if sync is not None:
-                self._check(sync)
-            self._check_ca(self._ca)
+            ca = self._sync_ca() if self.ca_checks else None
+            partners = self._check(sync, ca) if sync is not None else []
+            self._check_ca(ca, partners)
             self._finish()
         except SyncAborted as exc:
             self._fail(exc.error_code, str(exc))
@@ -220,7 +218,9 @@ class Audit:
 
         return InventorySync(self.iot, self.store, self.workers, on_progress=progress, on_error=error).run()
 
-    def _check(self, sync: SyncResult) -> None:
+    def _check(self, sync: SyncResult, ca: CaSync | None) -> list[tuple[str, int]]:
+        """The device keys checked; returns the keys the fleet comparison matched with a known
+        entry or a CA key, the only device keys the CA comparison needs."""
         if sync.undescribed:
             # The CA keys are compared with the device keys that could be read, not with these.
             for check in self.ca_checks:
@@ -230,23 +230,24 @@ class Audit:
         total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES)
         for check in self.device_checks:
             self.task.audit_details[check.name].total_resources_count = total
-        fleet = self._fleet_scan(sync) if any(check.fleet for check in self.checks) else {}
-        if not self.device_checks:
-            return
-        self._phase("Checking keys", total)
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="things") as pool:
-            for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
-                self._check_batch(records, sync.undescribed, pool, fleet, self.device_checks)
+        comparison = self._fleet_scan(sync, ca) if any(check.fleet for check in self.checks) else None
+        if self.device_checks:
+            fleet = comparison.results if comparison else {}
+            self._phase("Checking keys", total)
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="things") as pool:
+                for records in self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH):
+                    self._check_batch(records, sync.undescribed, pool, fleet, self.device_checks)
+        return comparison.known_partners if comparison else []
 
     def _known(self) -> KnownValues | None:
         """The user's known moduli or primes (``run --known-moduli``), shared by the fleet checks."""
         return next((check.known for check in self.checks if check.known), None)
 
-    def _fleet_known(self) -> KnownValues | None:
+    def _fleet_known(self, ca: CaSync | None) -> KnownValues | None:
         """What the device fleet is compared with besides itself: the user's known moduli or
         primes, and the account's CA keys (a device key sharing a prime with a CA is broken too)."""
         known = self._known()
-        cas = [(f"CA certificate {cid}", modulus) for cid, modulus in _rsa_keys(self._ca.records)] if self._ca else []
+        cas = [(f"CA certificate {cid}", modulus) for cid, modulus in _rsa_keys(ca.records)] if ca else []
         return KnownValues.combined(known, cas)
 
     def _sync_ca(self) -> CaSync | None:
@@ -267,38 +268,37 @@ class Audit:
             self.task.audit_details[check.name].total_resources_count = len(ca.records) + len(unchecked)
         return ca
 
-    def _ca_fleet_scan(self, ca: CaSync) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
-        """The CA keys compared with each other and with the device keys that the device fleet
-        comparison (:meth:`_fleet_scan`, which takes the CA keys as known values) matched: only
-        those can share a prime with a CA key, so the fleet is not read a second time."""
+    def _ca_fleet_scan(self, ca: CaSync, partners: list[tuple[str, int]],
+                       ) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
+        """The CA keys compared with each other and with ``partners``, the device keys that the
+        device fleet comparison (:meth:`_fleet_scan`, which takes the CA keys as known values)
+        matched: only those can share a prime with a CA key, so the fleet is not read again."""
         from devicedefender_audit.factoring.ca_comparison import compare_ca_keys
 
         self._phase("Comparing CA keys with the fleet", None)
-        return compare_ca_keys(list(_rsa_keys(ca.records)), self._known_partners, self._known())
+        return compare_ca_keys(list(_rsa_keys(ca.records)), partners, self._known())
 
-    def _check_ca(self, ca: CaSync | None) -> None:
+    def _check_ca(self, ca: CaSync | None, partners: list[tuple[str, int]]) -> None:
         if ca is None:
             return
-        fleet = self._ca_fleet_scan(ca) if any(check.fleet for check in self.ca_checks) else {}
+        fleet = self._ca_fleet_scan(ca, partners) if any(check.fleet for check in self.ca_checks) else {}
         self._phase("Checking CA keys", len(ca.records))
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="things") as pool:
             for start in range(0, len(ca.records), CHECK_BATCH):
                 self._check_batch(ca.records[start : start + CHECK_BATCH], set(), pool, fleet, self.ca_checks)
 
-    def _fleet_scan(self, sync: SyncResult) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
-        """The in-scope RSA moduli compared with each other (batch GCD) and with a known list:
-        results and evidence of the keys with a finding (shared prime, or the same modulus in
-        another certificate). Incremental against the state the store kept from the last audit;
-        recomputed in full, and said so in the phase, when there is none it can trust."""
+    def _fleet_scan(self, sync: SyncResult, ca: CaSync | None) -> FleetComparison:
+        """The in-scope RSA moduli compared with each other (batch GCD), with a known list and
+        with the CA keys: results and evidence of the keys with a finding (shared prime, or the
+        same modulus in another certificate). Incremental against the state the store kept from
+        the last audit; recomputed in full, and said so in the phase, when there is none it can trust."""
         from devicedefender_audit.factoring.fleet_audit import compare_fleet
 
-        comparison = compare_fleet(
+        return compare_fleet(
             self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH),
-            self._fleet_known(), on_phase=lambda label: self._phase(label, None),
+            self._fleet_known(ca), on_phase=lambda label: self._phase(label, None),
             between_batches=self._raise_if_canceled,
         )
-        self._known_partners = comparison.known_partners
-        return comparison.results
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
                      fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]],
