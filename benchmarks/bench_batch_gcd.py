@@ -45,6 +45,7 @@ from pathlib import Path
 
 import gmpy2
 from gmpy2 import mpz
+from process_memory import peak_rss_mib, rss_mib
 
 from devicedefender_audit.aws.iot_certificates import ListedCertificate
 from devicedefender_audit.factoring.fleet_audit import FleetComparison, compare_fleet
@@ -103,17 +104,6 @@ def planted_keys(state: object) -> tuple[list[Key], dict[str, FleetFinding], dic
     return keys, expected, shared
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024
-
-
 def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -126,15 +116,15 @@ def run_size(size: int, workers: int, incremental: int) -> None:
     keys += [(f"f{i}", int(fillers.modulus())) for i in range(size - len(keys))]
     generated = time.perf_counter() - began
     print(f"\n== {size:,} RSA-2048 moduli, {workers} worker process(es); load before {load()}")
-    print(f"generated in {generated:.1f} s; RSS holding the fleet: {rss_mb():,.0f} MB")
+    print(f"generated in {generated:.1f} s; RSS holding the fleet: {rss_mib():,.0f} MB")
 
     began = time.perf_counter()
     fleet, findings = FleetState.build(keys, workers=workers)
     elapsed = time.perf_counter() - began
     verdict = "exactly the planted ones" if findings == expected else "MISMATCH against the planted keys"
     print(f"full batch GCD + findings: {elapsed:,.1f} s ({elapsed / 60:.2f} min); findings: {verdict}")
-    workers_peak = f"; largest worker {peak_mb(resource.RUSAGE_CHILDREN):,.0f} MB" if workers > 1 else ""
-    print(f"peak RSS: this process {peak_mb():,.0f} MB{workers_peak}")
+    workers_peak = f"; largest worker {peak_rss_mib(resource.RUSAGE_CHILDREN):,.0f} MB" if workers > 1 else ""
+    print(f"peak RSS: this process {peak_rss_mib():,.0f} MB{workers_peak}")
     if incremental:
         run_incremental(fleet, keys, fillers, shared, incremental, elapsed)
     print(f"load after {load()}")
@@ -232,7 +222,7 @@ def run_engine(size: int) -> None:
             mode = "incremental" if result.incremental else f"FULL ({result.rebuilt_because})"
             print(f"{what}: {mode} {incremental:,.2f} s (+{result.added:,} -{result.removed:,}) vs full "
                   f"{full:,.2f} s ({full / incremental:,.0f}x); {len(result.results)} keys with a finding, "
-                  f"{'same as full' if same else 'MISMATCH with full'}; peak RSS {peak_mb():,.0f} MB")  # fmt: skip
+                  f"{'same as full' if same else 'MISMATCH with full'}; peak RSS {peak_rss_mib():,.0f} MB")  # fmt: skip
             return result
 
         first_s, first = timed_comparison(store, full=False)

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Self
 
+from process_memory import rss_mib
+
 KEYS = (100_000, 1_000_000)
 
 
@@ -34,7 +36,7 @@ class RssPeak:
     ``/proc/self/statm`` (``ru_maxrss`` is the peak of the whole life, set while the state was made)."""
 
     def __enter__(self) -> Self:
-        self.start = self.peak = _rss_mb()
+        self.start = self.peak = rss_mib()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -42,21 +44,16 @@ class RssPeak:
 
     def _sample(self) -> None:
         while not self._done.wait(0.005):
-            self.peak = max(self.peak, _rss_mb())
+            self.peak = max(self.peak, rss_mib())
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
+        self.peak = max(self.peak, rss_mib())
 
     @property
     def growth(self) -> float:
         return self.peak - self.start
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 @contextmanager

@@ -56,6 +56,7 @@ from devicedefender_audit.store import open_store
 
 sys.path.insert(0, "benchmarks")  # the child runs in the repository root
 from bench_scan import lift_moto_describe_scan  # moto scans every certificate per describe: indexed
+from process_memory import rss_mib
 
 libc = ctypes.CDLL("libc.so.6")
 sqlite = ctypes.CDLL(_sqlite3.__file__)
@@ -66,11 +67,6 @@ class MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 libc.mallinfo2.restype = MallInfo2
-
-def rss_mib():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
 
 def sample(step):
     """RSS; malloc's live bytes (every arena, mmapped blocks too) and the free bytes it keeps;
