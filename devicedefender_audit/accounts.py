@@ -24,7 +24,8 @@ import boto3
 from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
 
-ROLE_ARN = re.compile(r"arn:(aws[a-z-]*):iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
+ACCOUNT_ID = re.compile(r"\d{12}")
+ROLE_ARN = re.compile(rf"arn:(aws[a-z-]*):iam::({ACCOUNT_ID.pattern}):role/[\w+=,.@/-]{{1,512}}")
 ROLE_NAME = re.compile(r"[\w+=,.@-]+(/[\w+=,.@-]+)*")
 
 
@@ -39,6 +40,12 @@ class AccountRegion:
     account_id: str
     region: str
     role_arn: str | None = None
+
+    def __post_init__(self) -> None:
+        # The id names the account's store partition; an item from outside (the fan-out's event)
+        # with anything else would be audited into a partition no other command finds.
+        if not ACCOUNT_ID.fullmatch(self.account_id):
+            raise ValueError(f"accountId must be a 12-digit AWS account id, not {self.account_id!r}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,8 +93,6 @@ def audit_account_region(event: dict[str, Any], context: Any) -> dict[str, Any]:
         item = AccountRegion(str(event["accountId"]), str(event["region"]), event.get("roleArn") or None)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not an account-region item ({{accountId, region, roleArn}}): {event!r}") from exc
-    if not re.fullmatch(r"\d{12}", item.account_id):
-        raise ValueError(f"accountId must be a 12-digit AWS account id, not {item.account_id!r}")
     try:
         role_owner = role_account(item.role_arn) if item.role_arn else item.account_id
     except AccountsError as exc:
