@@ -166,4 +166,7 @@ def plan(credentials: AccountCredentials, regions: Sequence[str], role_arn: str 
         raise AccountsError("no account to audit: organizations:ListAccounts listed no ACTIVE account"
                             + (f" ({len(skipped)} in another state)" if skipped else
                                " (is the caller the management or a delegated administrator account of an organization?)"))
-    return [AccountRegion(account, region, role) for account, role in accounts for region in regions], skipped
+    try:
+        return [AccountRegion(account, region, role) for account, role in accounts for region in regions], skipped
+    except ValueError as exc:  # an endpoint that answered with an id AWS never gives
+        raise AccountsError(f"cannot audit the accounts listed: {exc}") from exc

@@ -134,16 +134,19 @@ class Mitigator:
 
     ``store`` (optional) records executions and holds the claims that make actions idempotent
     across runs and concurrent tasks; without one (the registration gate) only the current-state
-    checks prevent repeats.
+    checks prevent repeats. ``effects`` is the task's record of what it changed: a task that
+    acts through several Mitigators (one per role) gives them all the same one, since a change
+    made under one role is in the account whichever role looks next.
     """
 
-    def __init__(self, iot: Any, sns: Any, store: Store | None, dry_run: bool) -> None:
+    def __init__(self, iot: Any, sns: Any, store: Store | None, dry_run: bool,
+                 effects: RunEffects | None = None) -> None:
         self.iot = iot
         self.sns = sns
         self.store = store
         self.dry_run = dry_run
         self._calls: list[PlannedCall] = []
-        self._effects = RunEffects()
+        self._effects = RunEffects() if effects is None else effects
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:

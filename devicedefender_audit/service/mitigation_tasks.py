@@ -30,6 +30,7 @@ from typing import Any
 
 from devicedefender_audit.check_names import RESOURCE_TYPE_OF
 from devicedefender_audit.mitigation import ACTIONS_FOR_RESOURCE, ActionDefinition, Mitigator
+from devicedefender_audit.mitigation_effects import RunEffects
 from devicedefender_audit.models import (
     AuditFinding,
     MitigationActionType,
@@ -126,7 +127,9 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
         holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
         raise InvalidRequest(f"clientRequestToken {client_request_token} was used for task {holder}")
     store = ctx.worker_store()
-    mitigators = {role: Mitigator(iot, sns, store, dry_run=dry_run) for role, (iot, sns) in clients.items()}
+    effects = RunEffects()  # one task, one record of its changes, whichever role made them
+    mitigators = {role: Mitigator(iot, sns, store, dry_run=dry_run, effects=effects)
+                  for role, (iot, sns) in clients.items()}
     if not ctx.background:
         _run(ctx, store, mitigators, task_id)
         return task_id
