@@ -257,18 +257,39 @@ def build_parser() -> argparse.ArgumentParser:
 # helpers ---------------------------------------------------------------------------------------
 
 
-def _open_store(args: argparse.Namespace) -> Store:
+def _open_store(args: argparse.Namespace, bind: bool = True) -> Store:
     """The store, opened and checked before any AWS call (a bad one is a StoreError: exit 2). A
-    ``dynamodb://`` store is reached with the command's own AWS options (region, profile, endpoint)."""
-    from devicedefender_audit.store import default_store_path, open_store
+    ``dynamodb://`` store is reached with the command's own AWS options (region, profile, endpoint).
 
-    location = args.store or default_store_path()
-    if not str(location).startswith("dynamodb:"):
-        return open_store(location)
+    With ``bind`` the store is one region's: the command's region (``--region``, else the AWS
+    configuration's) binds it on first use, and another region is refused. The demo keeps its
+    own store (``demo.sqlite3`` beside the default one) unless ``--store`` names one, so that
+    its audits are never taken for the account's (``mitigate`` acts on the latest audit).
+    """
     from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.store import default_store_path, demo_store_path, open_store
 
-    return open_store(location, AwsTarget(region=getattr(args, "region", None), profile=getattr(args, "profile", None),
-                                          endpoint_url=getattr(args, "endpoint_url", None)))
+    demo = args.command == "demo" or getattr(args, "demo", False)
+    location = args.store or (demo_store_path() if demo else default_store_path())
+    target = AwsTarget(region=getattr(args, "region", None), profile=getattr(args, "profile", None),
+                       endpoint_url=getattr(args, "endpoint_url", None))
+    region = None
+    if bind:
+        from devicedefender_audit.demo import DEMO_REGION
+
+        region = DEMO_REGION if demo else _region_or_none(target)
+    return open_store(location, target if str(location).startswith("dynamodb:") else None, region)
+
+
+def _region_or_none(target: AwsTarget) -> str | None:
+    """The command's region, or None where none is configured (a command that needs one says so
+    when it calls AWS) or the profile is missing (said by the command's first AWS call too)."""
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return target.region_name
+    except ProfileNotFound:
+        return target.region
 
 
 def _target(args: argparse.Namespace) -> AwsTarget:
@@ -395,7 +416,7 @@ def _run_many(args: argparse.Namespace) -> int:
     # DynamoDB partition shares is opened (created if missing); a SQLite path is only the
     # directory for the account-regions' own files, so its own file is not created.
     if str(location).startswith("dynamodb:"):
-        _open_store(args).close()
+        _open_store(args, bind=False).close()  # the table of every account-region's partition
     elif str(location) != ":memory:":
         from devicedefender_audit.store.sqlite import check_partition_directory
 
@@ -459,6 +480,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from devicedefender_audit.mitigation import ActionDefinition, Mitigator
     from devicedefender_audit.models import MitigationActionType
     from devicedefender_audit.report import executions_text
+    from devicedefender_audit.store import demo_store_path
 
     store = _open_store(args)
     try:
@@ -477,7 +499,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.format == "table":
-        print(f"\nSaved as audit {task.task_id}; see `python -m devicedefender_audit list-audits`.")
+        print(f"\nSaved as audit {task.task_id} in the demo's own store; see "
+              f"`python -m devicedefender_audit list-audits --store {args.store or demo_store_path()}`.")
     return EXIT_OK if task.task_status.value == "COMPLETED" else EXIT_FAILED
 
 

@@ -204,7 +204,8 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
     from devicedefender_audit.store import open_store
 
     target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
-    store = open_store(options.store, target)
+    region = target.region_name or "us-east-1"
+    store = open_store(options.store, target, region)  # bound to the region whose audits it answers for
 
     def detectors() -> list[Any]:
         from devicedefender_audit.detectors import default_detectors
@@ -212,7 +213,7 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
         return default_detectors(options.blocklists)
 
     return ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
-                          region=target.region_name or "us-east-1", clock=clock or utc_now,
+                          region=region, clock=clock or utc_now,
                           sns_client=lambda: target.client("sns"),
                           role_client=target.client if options.assume_roles else None)
 

@@ -67,8 +67,9 @@ def service_context(target: AwsTarget, store_path: Path, blocklists: Path | None
                 loaded.extend(default_detectors(blocklists))
             return loaded
 
-    return ServiceContext(store=open_store(store_path, target), iot_client=lambda: target.client("iot"),
-                          detectors=detectors, region=target.region_name or "us-east-1", background=True,
+    region = target.region_name or "us-east-1"
+    return ServiceContext(store=open_store(store_path, target, region), iot_client=lambda: target.client("iot"),
+                          detectors=detectors, region=region, background=True,
                           open_worker_store=lambda: open_store(store_path, target),
                           sns_client=lambda: target.client("sns"),
                           role_client=target.client if assume_roles else None)
@@ -90,9 +91,9 @@ def _target(args: argparse.Namespace) -> Iterator[AwsTarget]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; exit 2 when the address may not or cannot be served."""
     from devicedefender_audit.server import make_server
-    from devicedefender_audit.store import default_store_path
+    from devicedefender_audit.store import default_store_path, demo_store_path
 
-    store_path = args.store or default_store_path()
+    store_path = args.store or (demo_store_path() if args.demo else default_store_path())
     with _target(args) as target:
         ctx = service_context(target, store_path, args.blocklists, assume_roles=not args.own_credentials)
         try:

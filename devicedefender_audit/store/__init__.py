@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.store.s3_fleet_state import S3Location
 
-__all__ = ["Store", "StoreError", "default_store_path", "open_store", "partition_location"]
+__all__ = ["Store", "StoreError", "default_store_path", "demo_store_path", "open_store", "partition_location"]
 
 _ACCOUNT = re.compile(r"\d{12}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
@@ -22,12 +22,21 @@ _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 _FLEET_STATE = "fleet-state"
 
 
+def _data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "devicedefender-audit"
+
+
 def default_store_path() -> Path:
     """``$DDA_STORE``, else ``$XDG_DATA_HOME/devicedefender-audit/audits.sqlite3``."""
     if os.environ.get("DDA_STORE"):
         return Path(os.environ["DDA_STORE"])
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "devicedefender-audit" / "audits.sqlite3"
+    return _data_dir() / "audits.sqlite3"
+
+
+def demo_store_path() -> Path:
+    """Where the demo keeps its audits unless told otherwise: ``demo.sqlite3`` in the default
+    store's directory, never ``$DDA_STORE``, so they are never taken for the account's."""
+    return _data_dir() / "demo.sqlite3"
 
 
 def partition_location(location: Path | str, account_id: str, region: str) -> str:
@@ -53,6 +62,14 @@ def partition_location(location: Path | str, account_id: str, region: str) -> st
         return text
     path = Path(location)
     return str(path.with_name(f"{path.stem}.{account_id}.{region}{path.suffix}"))
+
+
+def _is_partition(location: str) -> bool:
+    """Whether ``location`` is one account-region's, as :func:`partition_location` names them."""
+    if location.startswith("dynamodb:"):
+        return _dynamodb_location(_dynamodb_options(location)[0])[1] is not None
+    parts = Path(location).name.split(".")
+    return len(parts) >= 4 and bool(_ACCOUNT.fullmatch(parts[-3])) and bool(_REGION.fullmatch(parts[-2]))
 
 
 def _dynamodb_options(location: str) -> tuple[str, S3Location | None]:
@@ -86,7 +103,7 @@ def _dynamodb_location(location: str) -> tuple[str, str | None]:
                      "share of it as dynamodb://TABLE/ACCOUNT_ID/REGION")
 
 
-def open_store(location: Path | str | None = None, target: AwsTarget | None = None) -> Store:
+def open_store(location: Path | str | None = None, target: AwsTarget | None = None, region: str | None = None) -> Store:
     """Open (and check) the store at ``location``, by default :func:`default_store_path`.
 
     ``dynamodb://TABLE`` is a DynamoDB table, reached with ``target``'s region, profile and
@@ -96,8 +113,25 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     factorable check's fleet state in S3 (:mod:`.s3_fleet_state`, with the same target), so
     that each audit compares only what changed; without it every audit compares the fleet in
     full. Anything else is a SQLite file, which keeps the state in a file beside it.
+
+    With ``region`` (the command's), the store is bound to that region on first use and refused
+    for any other (:mod:`.region_binding`); an account-region's partition
+    (:func:`partition_location`) is that region's by its name, whatever region reaches it.
     """
     location = location or default_store_path()
+    store = _open(location, target)
+    if region is not None and not _is_partition(str(location)):
+        from devicedefender_audit.store.region_binding import bind_region
+
+        try:
+            bind_region(store, region, str(location))
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+def _open(location: Path | str, target: AwsTarget | None) -> Store:
     if str(location).startswith("dynamodb:"):
         from devicedefender_audit.store.dynamodb import DynamoStore
 
