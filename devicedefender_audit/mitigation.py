@@ -333,7 +333,7 @@ class Mitigator:
             "sns",
             "publish",
             TopicArn=topic,
-            Subject=f"CRITICAL {finding.check_name}: {finding.reason_for_non_compliance_code}"[:100],
+            Subject=f"{finding.severity} {finding.check_name}: {finding.reason_for_non_compliance_code}"[:100],
             Message=json.dumps(finding.to_aws(), sort_keys=True),
         )
         return f"publish finding {finding.finding_id} to {topic}"

@@ -271,3 +271,16 @@ def test_a_dry_run_plans_exactly_the_calls_the_real_run_makes(account):
             assert dry.message.startswith("dry run, nothing changed: would "), dry.message
         else:
             assert real.status is MitigationStatus.SKIPPED and dry.message.startswith("dry run: skipped: "), real.message
+
+
+def test_the_sns_subject_carries_the_findings_own_severity(account):
+    """An INSECURE_PARAMETERS finding is HIGH: its notification's subject said CRITICAL."""
+    a = account
+    high = a["findings"][0].model_copy(update={"finding_id": "high", "severity": "HIGH",
+                                               "reason_for_non_compliance_code": "CERTIFICATE_KEY_INSECURE_PARAMETERS"})
+    [execution] = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply(
+        [high], config(a, (Action.PUBLISH_FINDING_TO_SNS,)), TASK)
+    assert execution.status is MitigationStatus.COMPLETED
+    [published] = execution.calls
+    assert published.parameters["Subject"].startswith("HIGH DEVICE_CERTIFICATE_KEY_QUALITY_CHECK: ")
+    assert json.loads(published.parameters["Message"])["severity"] == "HIGH"

@@ -27,7 +27,7 @@ from devicedefender_audit.models import (
     NonCompliantResource,
     ResourceIdentifier,
 )
-from devicedefender_audit.service import OPERATIONS, InvalidRequest
+from devicedefender_audit.service import OPERATIONS, InvalidRequest, TaskAlreadyExists
 from devicedefender_audit.service.context import ServiceContext
 from devicedefender_audit.service.mitigation_actions import definition_of, stored_action
 from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
@@ -139,6 +139,22 @@ def weak_account(iot, sns_queue, tmp_path):
            "drain": sns_queue["drain"]}
     ctx.store.close()
 
+
+def test_a_real_run_with_a_dry_runs_task_id_and_token_is_refused_not_replayed(weak_account):
+    """The README's `start-audit-mitigation-actions-task --task-id q1 --client-request-token q1
+    [--dry-run]`: run without --dry-run after the dry run, the same id and token were answered
+    as a retry of the dry run, and nothing changed while the command said it started."""
+    a, ctx = weak_account, weak_account["ctx"]
+    request = {"taskId": "q1", "target": {"auditTaskId": a["audit"]},
+               "auditCheckToActionsMapping": {CHECK_NAME: ["deactivate"]}, "clientRequestToken": "q1"}
+    OPERATIONS["StartAuditMitigationActionsTask"](ctx, dry_run=True, **request)
+    assert OPERATIONS["StartAuditMitigationActionsTask"](ctx, dry_run=True, **request) == {"taskId": "q1"}  # a retry
+    with pytest.raises(TaskAlreadyExists, match="a dry run with this clientRequestToken"):
+        call(ctx, "StartAuditMitigationActionsTask", **request)
+    with pytest.raises(TaskAlreadyExists, match="another target"):
+        OPERATIONS["StartAuditMitigationActionsTask"](ctx, dry_run=True, **{**request, "target": {
+            "findingIds": [ctx.store.get_record("mitigation_task", "q1")["findingIds"][0]]}})
+    assert statuses(a["iot"], a["certs"]) == ["ACTIVE", "ACTIVE"]
 
 def statuses(iot, certs) -> list[str]:
     return [iot.describe_certificate(certificateId=c["certificateId"])["certificateDescription"]["status"]

@@ -119,9 +119,16 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
     }
     if not ctx.store.insert_record(TASK_KIND, task_id, body):
         existing = ctx.store.get_record(TASK_KIND, task_id) or {}
-        if existing.get("clientRequestToken") == client_request_token:
-            return task_id  # a retry of the request that started it
-        raise TaskAlreadyExists(f"mitigation actions task {task_id} exists (started with another clientRequestToken)")
+        if existing.get("clientRequestToken") != client_request_token:
+            raise TaskAlreadyExists(f"mitigation actions task {task_id} exists (started with another clientRequestToken)")
+        request = ("dryRun", "target", "auditCheckToActionsMapping")
+        if any(existing.get(member) != body[member] for member in request):
+            # Not a retry: answering with the old task would make a real run after a dry run of
+            # the same id and token silently change nothing.
+            was = "a dry run" if existing.get("dryRun") else "a real run"
+            raise TaskAlreadyExists(f"mitigation actions task {task_id} exists ({was} with this clientRequestToken, "
+                                    "another target, mapping or dry-run setting): give a new task id and token")
+        return task_id  # a retry of the request that started it
     if not ctx.store.insert_record(TOKEN_KIND, client_request_token, {"taskId": task_id}):
         ctx.store.delete_record(TASK_KIND, task_id)
         holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
