@@ -202,3 +202,23 @@ def test_broken_ec_list_fails_ec_lookups_only(lists):
     with pytest.raises(BlocklistError, match="ec-p256"):
         detector.check(ec_key)
     assert any("ec-p256" in error for error in detector.load_errors)
+
+
+def test_an_audit_with_a_damaged_list_is_never_compliant(lists, iot):
+    """`run` goes on past a damaged list (ROCA and the other sizes still run), but the
+    certificates whose key needs it are unchecked, named with the reason, and the check is
+    not compliant: a flipped bit never turns a weak key into an all-clear."""
+    from conftest import issue_certificate, register, run_audit
+
+    from devicedefender_audit.detectors.roca import RocaDetector
+
+    flip_bit_of_entry(lists, 1024, modulus_of(WEAK_1024))
+    weak_1024 = register(iot, issue_certificate(load_private_key(WEAK_1024), "weak-1024"))["certificateId"]
+    weak_2048 = register(iot, issue_certificate(load_private_key(WEAK_2048), "weak-2048"))["certificateId"]
+    audited = run_audit(iot, [DebianWeakDetector(lists), RocaDetector()])
+    [error] = audited.errors
+    assert (error.certificate_id, error.error_code) == (weak_1024, "CHECK_FAILED")
+    assert "does not match the sha256" in error.message
+    assert [f.certificate_id for f in audited.findings] == [weak_2048]
+    details = audited.task.audit_details["DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"]
+    assert details.check_compliant is False and details.check_run_status != "COMPLETED_COMPLIANT"
