@@ -7,6 +7,8 @@ reaches into a response that does not exist.
 
 from __future__ import annotations
 
+import re
+
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -42,10 +44,21 @@ def aws_error_code(exc: BaseException) -> str:
 
 
 def aws_error_message(exc: BaseException) -> str:
+    """AWS's error message, or, when the endpoint answered with a web page instead of an AWS
+    error (an emulator's or proxy's 500), one line saying so instead of the page."""
     if isinstance(exc, ClientError):
         error = (exc.response or {}).get("Error") or {}
-        return str(error.get("Message") or exc)
+        message = str(error.get("Message") or exc)
+        if message.lstrip()[:1] == "<":
+            return _web_page(message, (exc.response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        return message
     return str(exc) or type(exc).__name__
+
+
+def _web_page(body: str, status: object) -> str:
+    title = re.search(r"<title>([^<]{1,200})</title>", body, re.IGNORECASE)
+    what = title.group(1).strip() if title else " ".join(body.split())[:100]
+    return f"HTTP {status or '?'} answered with a web page, not an AWS error: {what}"
 
 
 def is_throttling(exc: BaseException) -> bool:
