@@ -27,6 +27,19 @@ def _things_column(finding: AuditFinding) -> str:
     return finding.non_compliant_resource.additional_info.get("things") or "-"
 
 
+def _suppressed_note(count: int) -> str:
+    """`` (N suppressed)`` after the non-compliant count: suppressed findings are among the
+    non-compliant ones (as ``suppressedNonCompliantResourcesCount`` is), still listed and still
+    counted, so the table says how many of them someone chose to accept."""
+    return f" ({count} suppressed)" if count else ""
+
+
+def _severity_column(finding: AuditFinding) -> str:
+    """The severity, marked when an audit suppression covers the finding (``isSuppressed``):
+    without the mark a suppressed finding reads exactly like one nobody has looked at."""
+    return f"{finding.severity} (suppressed)" if finding.is_suppressed else finding.severity
+
+
 def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterable[ResourceError]) -> str:
     findings, errors = list(findings), list(errors)
     out = [f"Audit task {task.task_id}  {task.task_status.value}  started {task.task_start_time:%Y-%m-%d %H:%M:%S %Z}"]
@@ -34,7 +47,8 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
         out += [
             f"Check {name}: {d.check_run_status}",
             (f"  certificates in scope: {d.total_resources_count}   non-compliant: "
-            f"{d.non_compliant_resources_count}   failed: {d.failed_resources_count}   "
+            f"{d.non_compliant_resources_count}{_suppressed_note(d.suppressed_non_compliant_resources_count)}   "
+            f"failed: {d.failed_resources_count}   "
             f"not applicable: {d.not_applicable_resources_count}   not covered: {d.not_covered_resources_count}"),
         ]
         if d.message:
@@ -46,7 +60,7 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
     if findings:
         out += ["", "Findings:", table(
             ("SEVERITY", "CERTIFICATE", "THINGS", "REASON CODE", "REASON"),
-            [(f.severity, f.certificate_id, _things_column(f),
+            [(_severity_column(f), f.certificate_id, _things_column(f),
               f.reason_for_non_compliance_code, f.reason_for_non_compliance)
              for f in findings],
         )]
