@@ -95,8 +95,27 @@ def tasks_text(tasks: Sequence[AuditTask]) -> str:
 
 
 def executions_text(executions: Sequence[MitigationExecution]) -> str:
+    """One table per mitigation task, in the order given (``list-mitigations``: oldest task
+    first, as its JSON), each under a line naming the task and whether it was a dry run: a dry
+    run, the real run and a re-run act on the same findings, and their rows read alike."""
     if not executions:
         return "No mitigation actions to run."
+    by_task: dict[str, list[MitigationExecution]] = {}
+    for e in executions:
+        by_task.setdefault(e.task_id, []).append(e)
+    return "\n\n".join(f"{_task_heading(task_id, group)}\n{_executions_table(group)}"
+                        for task_id, group in by_task.items())
+
+
+def _task_heading(task_id: str, executions: Sequence[MitigationExecution]) -> str:
+    started = min(e.start_time for e in executions)
+    dry = sum(e.dry_run for e in executions)
+    kind = ("dry run: nothing changed" if dry == len(executions)
+            else "real run" if not dry else f"{dry} of {len(executions)} rows dry runs")
+    return f"Mitigation task {task_id}  {kind}  started {started:%Y-%m-%d %H:%M:%S %Z}"
+
+
+def _executions_table(executions: Sequence[MitigationExecution]) -> str:
     rows = []
     for e in executions:
         rows.append((e.finding_id[:12], e.action_name, e.status.value, e.message))

@@ -56,3 +56,34 @@ def test_without_suppressions_the_summary_line_is_unchanged(capsys, moto_server,
     assert code == 3
     assert "  certificates in scope: 1   non-compliant: 1   failed: 0" in out
     assert "suppressed" not in out
+
+
+def test_list_mitigations_groups_rows_under_each_task_saying_whether_it_was_a_dry_run(
+        capsys, moto_server, server_iot):
+    register(server_iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter")
+    assert main(["run", "--endpoint-url", moto_server, "--no-progress", "--checks", QUALITY]) == 3
+    capsys.readouterr()
+    runs = []
+    for dry_run in (["--dry-run"], [], []):  # a dry run, the real run, a re-run
+        code, out = run_cli(capsys, "mitigate", "--endpoint-url", moto_server, *dry_run,
+                            "--action", "UPDATE_DEVICE_CERTIFICATE")
+        assert code == 0
+        runs.append(out)
+    code, out = run_cli(capsys, "list-mitigations", "--format", "json")
+    task_ids = list(dict.fromkeys(e["taskId"] for e in json.loads(out)["actionsExecutions"]))
+    assert len(task_ids) == 3
+
+    code, out = run_cli(capsys, "list-mitigations")
+    assert code == 0
+    sections = out.strip().split("\n\n")
+    assert [section.splitlines()[0].split("  ")[:2] for section in sections] == [
+        [f"Mitigation task {task_ids[0]}", "dry run: nothing changed"],
+        [f"Mitigation task {task_ids[1]}", "real run"],
+        [f"Mitigation task {task_ids[2]}", "real run"],
+    ]
+    dry, real, rerun = (section.splitlines()[3:] for section in sections)
+    assert "would call iot.update_certificate" in "\n".join(dry) and "called" not in "\n".join(dry)
+    assert "COMPLETED" in real[0] and "  called iot.update_certificate" in "\n".join(real)
+    assert "UPDATE_DEVICE_CERTIFICATE" in rerun[0]
+    # mitigate prints its own task the same way
+    assert [run.splitlines()[0] for run in runs] == [section.splitlines()[0] for section in sections]
