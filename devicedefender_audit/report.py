@@ -79,14 +79,18 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
 
 def tasks_text(tasks: Sequence[AuditTask]) -> str:
     """One row per check of each task: a task runs several (device and CA certificates), and a
-    summary of the first alone would hide the others' findings."""
+    summary of the first alone would hide the others' findings. Each row says where the audit
+    ran: its region, and its account where the task records one (``run --regions/--role-arn/
+    --organization`` and the Lambda do); otherwise audits of different regions look alike."""
     if not tasks:
         return "No audits recorded."
+    accounts = any(t.account for t in tasks)
     return table(
-        ("TASK ID", "STARTED", "STATUS", "CHECK", "RESULT", "IN SCOPE", "NON-COMPLIANT", "FAILED"),
+        ("TASK ID", "STARTED", *(("ACCOUNT",) if accounts else ()), "REGION", "STATUS", "CHECK", "RESULT",
+         "IN SCOPE", "NON-COMPLIANT", "FAILED"),
         [
-            (t.task_id, f"{t.task_start_time:%Y-%m-%d %H:%M:%S}", t.task_status.value,
-             name, d.check_run_status, d.total_resources_count,
+            (t.task_id, f"{t.task_start_time:%Y-%m-%d %H:%M:%S}", *((t.account or "-",) if accounts else ()),
+             t.region or "-", t.task_status.value, name, d.check_run_status, d.total_resources_count,
              d.non_compliant_resources_count, d.failed_resources_count)
             for t in tasks
             for name, d in t.audit_details.items()

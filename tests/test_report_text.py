@@ -11,6 +11,8 @@ import pytest
 from conftest import DATA, REGION, register
 
 from devicedefender_audit.cli import main
+from devicedefender_audit.models import AuditTask
+from devicedefender_audit.report import tasks_text
 
 QUALITY = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"
 
@@ -87,3 +89,24 @@ def test_list_mitigations_groups_rows_under_each_task_saying_whether_it_was_a_dr
     assert "UPDATE_DEVICE_CERTIFICATE" in rerun[0]
     # mitigate prints its own task the same way
     assert [run.splitlines()[0] for run in runs] == [section.splitlines()[0] for section in sections]
+
+
+def test_list_audits_says_the_region_of_each_audit(capsys, moto_server, server_iot):
+    register(server_iot, (DATA / "roca" / "cert04.pem").read_text())
+    assert main(["run", "--endpoint-url", moto_server, "--no-progress", "--checks", QUALITY]) == 3
+    capsys.readouterr()
+    code, out = run_cli(capsys, "list-audits")
+    header, _, row = out.splitlines()
+    assert code == 0 and header.split()[:5] == ["TASK", "ID", "STARTED", "REGION", "STATUS"]
+    assert row.split()[3:6] == [REGION, "COMPLETED", QUALITY]
+    assert "ACCOUNT" not in header  # no task here records its account
+
+
+def test_the_account_column_appears_when_a_task_records_its_account():
+    fleet = AuditTask(task_id="t-fleet", account="111122223333", region="eu-west-1")
+    single = AuditTask(task_id="t-single", region="us-east-1")
+    older = AuditTask(task_id="t-old")  # recorded before tasks kept their region
+    lines = tasks_text([fleet, single, older]).splitlines()
+    assert lines[0].split()[:6] == ["TASK", "ID", "STARTED", "ACCOUNT", "REGION", "STATUS"]
+    assert [line.split()[0:1] + line.split()[3:5] for line in lines[2:]] == [
+        ["t-fleet", "111122223333", "eu-west-1"], ["t-single", "-", "us-east-1"], ["t-old", "-", "-"]]
