@@ -617,7 +617,7 @@ def cmd_list_mitigations(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from devicedefender_audit.detectors.base import Verdict
-    from devicedefender_audit.key_check import check_files
+    from devicedefender_audit.key_check import check_files, result_detail
     from devicedefender_audit.text_table import table
 
     checks = check_files(args.files, _detectors(args))
@@ -647,7 +647,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             for r in c.results:
                 cell = cells.get(id(r))
                 if cell is None:
-                    cell = cells[id(r)] = (f"{r.detector}: {r.verdict.value}", r.reason_code or r.detail)
+                    cell = cells[id(r)] = (f"{r.detector}: {r.verdict.value}", result_detail(r))
                 rows.append((c.path, key, cell[0], cell[1]))
         print(table(("FILE", "KEY", "RESULT", "DETAIL"), rows))
     if any(r.verdict is Verdict.VULNERABLE for c in checks for r in c.results):
