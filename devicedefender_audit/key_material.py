@@ -634,6 +634,37 @@ def _as_text(data: bytes | str) -> str:
     return data.decode("ascii", errors="replace") if isinstance(data, bytes) else data
 
 
+#: What :func:`parse_key_material` reads, said when an input holds none of it.
+_EXPECTED = "expected a certificate, key or CSR (PEM, DER or an OpenSSH public key)"
+
+#: A number written out as text, as a test vector or ``openssl rsa -modulus`` has it: hex (with
+#: or without ``0x`` or ``Modulus=``, or colon-separated bytes) or decimal.
+_BARE_NUMBER = re.compile(r"(?:modulus=)?(?:0x)?[0-9a-f][0-9a-f:\s]*", re.IGNORECASE)
+
+#: Control characters no text file holds (tab, newlines, vertical tab and form feed aside).
+_BINARY_CHARACTER = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def _unrecognised(data: bytes | str) -> str:
+    """Why an input holds no key, in one line: what it looks like, and what was expected. A bare
+    "no PEM block found" left a user with an empty file or a hex modulus guessing what was wrong."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            data = "\x00"
+    if not data:
+        return f"empty file; {_EXPECTED}"
+    if _BINARY_CHARACTER.search(data):
+        return "binary data that is not one whole DER certificate, key or CSR (truncated?), nor PEM or OpenSSH text"
+    text = data.strip()
+    if not text:
+        return f"blank file (whitespace only); {_EXPECTED}"
+    if _BARE_NUMBER.fullmatch(text):
+        return f"a bare number (such as an RSA modulus in hex), not a key file; {_EXPECTED}"
+    return f"text with no PEM block (-----BEGIN ...) nor OpenSSH key line; {_EXPECTED}"
+
+
 def parse_key_material(data: bytes | str) -> list[ParsedKey]:
     """Every key in one input (a file's content), or why part of it holds none, in input order.
 
@@ -650,7 +681,7 @@ def parse_key_material(data: bytes | str) -> list[ParsedKey]:
         return entries
     if isinstance(data, bytes) and _is_der_sequence(data):
         return [_entry("", _der_key, data, "DER input")]
-    raise KeyMaterialError("no PEM block found")
+    raise KeyMaterialError(_unrecognised(data))
 
 
 def public_keys_from_pem(text: str | bytes) -> list[PublicKeyInfo]:

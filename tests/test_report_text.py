@@ -124,3 +124,35 @@ def test_check_table_says_which_weak_key_not_only_the_reason_code(capsys):
         "roca: VULNERABLE          CVE-2017-15361: RSA-2049 modulus has the ROCA (Infineon RSALib) structure; "
         "its factors can be recovered")
     assert rows[(weak.name, "roca:")].endswith("roca: CLEAN")  # a clean result has nothing to add
+
+
+@pytest.mark.parametrize("content, seen", [
+    (b"", "empty file; "),
+    (b" \n\n\t", "blank file (whitespace only); "),
+    ((DATA / "good" / "mod04.txt").read_bytes(), "a bare number (such as an RSA modulus in hex), not a key file; "),
+    (b"Modulus=C0FFEE01\n", "a bare number"),
+    (b"30:82:01:0a:02\n 82:01:01\n", "a bare number"),
+    (b"12345678901234567890\n", "a bare number"),
+    (b"hello world\n", "text with no PEM block (-----BEGIN ...) nor OpenSSH key line; "),
+])
+def test_check_says_what_a_file_without_a_key_holds_and_what_was_expected(capsys, tmp_path, content, seen):
+    unusable = tmp_path / "unusable.pem"
+    unusable.write_bytes(content)
+    good = DATA / "good" / "cert01.pem"
+    code, out = run_cli(capsys, "check", str(unusable), str(good))
+    assert code == 4  # a per-file error: the other file is still checked, and nothing is vulnerable
+    [error] = [line for line in out.splitlines() if line.startswith(str(unusable))]
+    assert error.split(None, 3)[1:3] == ["-", "ERROR"]
+    message = error.split(None, 3)[3]
+    assert message.startswith(seen)
+    assert message.endswith("; expected a certificate, key or CSR (PEM, DER or an OpenSSH public key)")
+    assert sum(line.startswith(str(good)) for line in out.splitlines()) == 2  # roca and debian_weak
+
+
+def test_check_of_binary_that_is_not_der_says_so(capsys, tmp_path):
+    truncated = tmp_path / "cert.der"
+    truncated.write_bytes(bytes(range(256)))
+    code, out = run_cli(capsys, "check", "--format", "json", str(truncated))
+    assert code == 4
+    assert json.loads(out)[0]["error"] == (
+        "binary data that is not one whole DER certificate, key or CSR (truncated?), nor PEM or OpenSSH text")
