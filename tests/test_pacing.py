@@ -75,7 +75,20 @@ def test_bad_rate_options_are_refused(text):
 
 def test_rate_option_names_an_iot_operation_by_default():
     assert parse_rate("DescribeCertificate=50") == ("iot.DescribeCertificate", 50.0)
-    assert parse_rate("sns.Publish=300") == ("sns.Publish", 300.0)
+    assert parse_rate("iot.ListCertificates=20") == ("iot.ListCertificates", 20.0)
+
+
+@pytest.mark.parametrize("text", ["describecertificate=5", "IOT.DESCRIBECERTIFICATE=5", "describe-certificate=5",
+                                  "iot.describe-certificate=5"])
+def test_rate_option_matches_a_paced_operation_in_any_case(text):
+    assert parse_rate(text) == ("iot.DescribeCertificate", 5.0)
+
+
+@pytest.mark.parametrize("text", ["Foo=5", "DescribeCertificates=5", "sns.Publish=300", "iot.ListThings=3",
+                                  "sts.DescribeCertificate=5"])
+def test_rate_option_refuses_an_operation_that_is_not_paced(text):
+    with pytest.raises(ValueError, match="not an operation this tool paces; give one of ListCertificates, "):
+        parse_rate(text)
 
 
 def test_clients_of_one_target_share_buckets(aws):

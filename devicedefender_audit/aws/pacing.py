@@ -7,7 +7,7 @@ own operation's bucket, so a scan runs at the quota; adaptive retries stay on fo
 through (other clients sharing the account's quota).
 
 Defaults are AWS's documented default quotas (README, "Pacing"); ``--rate OPERATION=TPS``
-overrides one. Operations without a known quota are not paced.
+overrides one of them. Operations without a known quota are not paced.
 """
 
 from __future__ import annotations
@@ -99,8 +99,21 @@ class Pacer:
         client.meta.events.register_first(f"before-send.{service}", before_send)
 
 
+def _spelling(name: str) -> str:
+    """``name`` as :func:`parse_rate` compares it: case and the AWS CLI's hyphens ignored."""
+    return name.replace("-", "").lower()
+
+
+#: Every paced operation, by :func:`_spelling` of ``service.Operation`` and of ``Operation`` alone.
+_PACED = {_spelling(s): name for name in DEFAULT_RATES for s in (name, name.partition(".")[2])}
+
+
 def parse_rate(text: str) -> tuple[str, float]:
-    """``DescribeCertificate=5`` or ``iot.DescribeCertificate=5`` -> (``iot.DescribeCertificate``, 5.0)."""
+    """``DescribeCertificate=5`` -> (``iot.DescribeCertificate``, 5.0), for an operation the pacer
+    paces (:data:`DEFAULT_RATES`); any other name is a ValueError listing them, so a typo is not
+    silently ignored while the scan runs at the default rate. Names are matched without regard to
+    case, with or without ``iot.``, and in the AWS CLI's spelling (``describe-certificate``): no
+    two operations differ only in that, so each spelling means one."""
     name, sep, value = text.partition("=")
     try:
         rate = float(value)
@@ -108,5 +121,9 @@ def parse_rate(text: str) -> tuple[str, float]:
         rate = 0.0
     if not sep or not name.strip() or not rate > 0:
         raise ValueError(f"--rate wants OPERATION=REQUESTS_PER_SECOND with a positive rate, not {text!r}")
-    name = name.strip()
-    return (name if "." in name else f"iot.{name}"), rate
+    operation = _PACED.get(_spelling(name.strip()))
+    if operation is None:
+        names = ", ".join(paced.partition(".")[2] for paced in DEFAULT_RATES)
+        raise ValueError(f"{name.strip()!r} in {text!r} is not an operation this tool paces; give one of {names} "
+                         "(any case, or as the AWS CLI writes it: describe-certificate)")
+    return operation, rate
