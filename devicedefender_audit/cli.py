@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -64,6 +65,14 @@ def _key_bits(text: str) -> int:
     return value
 
 
+def region_name(text: str) -> str:
+    """A region as botocore accepts one (a host label, e.g. eu-west-1), checked when parsed: an
+    empty one bound the store to region '' and then failed in botocore with a traceback."""
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", text):
+        raise argparse.ArgumentTypeError(f"not an AWS region name (e.g. eu-west-1): {text!r}")
+    return text
+
+
 def _rate(text: str) -> tuple[str, float]:
     from devicedefender_audit.aws.pacing import parse_rate
 
@@ -75,7 +84,7 @@ def _rate(text: str) -> tuple[str, float]:
 
 def _aws_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("AWS (defaults: the standard AWS credential/region chain)")
-    group.add_argument("--region")
+    group.add_argument("--region", type=region_name)
     group.add_argument("--profile")
     group.add_argument("--endpoint-url", help="e.g. a moto server or LocalStack")
     group.add_argument("--max-attempts", type=_positive_int, default=10,
@@ -87,7 +96,8 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, default=None,
+    # A string, not a Path: a Path collapses dynamodb:// and s3:// to one slash, and '' to '.'.
+    parser.add_argument("--store", default=None,
                         help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE or "
                         "~/.local/share/devicedefender-audit/audits.sqlite3)")
 
@@ -95,7 +105,7 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
 def _store_aws_options(parser: argparse.ArgumentParser) -> None:
     """Where a ``dynamodb://`` store is, for commands that make no other AWS call."""
     group = parser.add_argument_group("AWS, for a --store dynamodb://TABLE (default: the standard AWS chain)")
-    group.add_argument("--region")
+    group.add_argument("--region", type=region_name)
     group.add_argument("--profile")
     group.add_argument("--endpoint-url")
 
@@ -270,7 +280,7 @@ def _open_store(args: argparse.Namespace, bind: bool = True) -> Store:
     from devicedefender_audit.store import default_store_path, demo_store_path, open_store
 
     demo = args.command == "demo" or getattr(args, "demo", False)
-    location = args.store or (demo_store_path() if demo else default_store_path())
+    location = args.store if args.store is not None else demo_store_path() if demo else default_store_path()
     target = AwsTarget(region=getattr(args, "region", None), profile=getattr(args, "profile", None),
                        endpoint_url=getattr(args, "endpoint_url", None))
     region = None
@@ -410,7 +420,7 @@ def _run_many(args: argparse.Namespace) -> int:
         raise _BadInput(str(exc)) from exc
     if regions == [None]:
         raise NoRegionError()
-    location = args.store or default_store_path()
+    location = args.store if args.store is not None else default_store_path()
     partition_location(location, "0" * 12, regions[0])  # not one account-region's already
     # A store location that cannot be used is refused before any AWS call. The table that every
     # DynamoDB partition shares is opened (created if missing); a SQLite path is only the
@@ -530,13 +540,16 @@ class _NoSuchAudit(Exception):
 
 
 def _resolve_task(store: Store, task_id: str | None) -> AuditTask:
-    """The named audit, or the latest one."""
-    resolved = task_id or store.latest_task_id()
-    task = store.get_task(resolved) if resolved else None
-    if task is None:
-        wanted = f"audit {task_id}" if task_id else "audit"
-        raise _NoSuchAudit(f"no {wanted} in {store.path}; run an audit first")
-    return task
+    """The named audit, or the latest one. A store without audits asks for one; a task id the
+    store does not hold is said to be unknown (a typo, or another store's or region's audit)."""
+    latest = store.latest_task_id()
+    task = store.get_task(task_id or latest) if task_id or latest else None
+    if task is not None:
+        return task
+    if latest is None:
+        raise _NoSuchAudit(f"no audit in {store.path}; run an audit first")
+    raise _NoSuchAudit(f"unknown audit task id {task_id!r}: {store.path} holds no such audit "
+                       "(list-audits shows the ones it holds)")
 
 
 def cmd_show_findings(args: argparse.Namespace) -> int:
@@ -738,14 +751,33 @@ def _explain(exc: Exception) -> tuple[int, str] | None:
 
     if isinstance(exc, StoreError):
         return EXIT_USAGE, str(exc)
-    if isinstance(exc, (_NoSuchAudit, _BadInput)):
+    from devicedefender_audit.cli_export import OutputError
+
+    if isinstance(exc, (_NoSuchAudit, _BadInput, OutputError)):
         return EXIT_USAGE, str(exc)
     if type(exc).__module__.startswith("botocore"):
-        from botocore.exceptions import NoCredentialsError, NoRegionError, PartialCredentialsError, ProfileNotFound
+        from botocore.exceptions import (
+            ClientError,
+            NoCredentialsError,
+            NoRegionError,
+            PartialCredentialsError,
+            ProfileNotFound,
+        )
+
+        from devicedefender_audit.aws.errors import aws_error_code, aws_error_message, is_connection_error
 
         if isinstance(exc, (NoRegionError, ProfileNotFound, NoCredentialsError, PartialCredentialsError)):
-            return EXIT_FAILED, (f"{exc}. Set the AWS region/credentials (or --region/--profile), "
+            # botocore ends some of its messages with a period ("You must specify a region."), not all.
+            return EXIT_FAILED, (f"{str(exc).rstrip('.')}. Set the AWS region/credentials (or --region/--profile), "
                                  "or try the embedded demo: python -m devicedefender_audit run --demo")
+        if is_connection_error(exc):
+            # Raised after botocore's retries by a call made outside an audit (an audit records its
+            # own connection errors): Security Hub, STS, a DynamoDB store, an organization's accounts.
+            return EXIT_FAILED, (f"no response from AWS: {str(exc).rstrip('.')}. Check the network, "
+                                 "--region and --endpoint-url")
+        if isinstance(exc, ClientError):
+            return EXIT_FAILED, (f"AWS refused {exc.operation_name}: {aws_error_code(exc)}: "
+                                 f"{aws_error_message(exc)}")
     from devicedefender_audit.debian_weak.blocklist_file import BlocklistError
 
     if isinstance(exc, (BlocklistError, FileNotFoundError)):

@@ -122,7 +122,8 @@ def _operation_parser(command: str) -> argparse.ArgumentParser:
 def _local_options(parser: argparse.ArgumentParser) -> None:
     """Where the operations run: this tool's options, beside the model's."""
     local = parser.add_argument_group("where (this tool's options)")
-    local.add_argument("--store", type=Path, default=None, help="SQLite audit store (default $DDA_STORE)")
+    local.add_argument("--store", default=None,  # a string: a Path collapses dynamodb:// and '' to '.'
+                       help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE)")
     local.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
     local.add_argument("--region")
     local.add_argument("--profile")

@@ -30,7 +30,8 @@ def add_export_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int
     export.add_argument("task_id", nargs="?", help="default: the latest audit")
     export.add_argument("--format", choices=FORMATS, default=None,
                         help="default json; asff with --to-securityhub")
-    export.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output")
+    export.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output "
+                        "(its directory must exist)")
     export.add_argument("--to-securityhub", action="store_true",
                         help="import the ASFF findings into AWS Security Hub (BatchImportFindings)")
     export.add_argument("--account-id", help="ASFF account when it cannot be told from the findings "
@@ -65,6 +66,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to_securityhub and fmt != "asff":
         print("error: --to-securityhub sends ASFF; leave out --format or use --format asff", file=sys.stderr)
         return cli.EXIT_USAGE
+    if args.output is not None:
+        check_output(args.output)
     store = cli._open_store(args)
     try:
         task = cli._resolve_task(store, args.task_id)
@@ -98,13 +101,35 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         document = audit_document(task, findings, errors)
     text = document if isinstance(document, str) else json.dumps(document, indent=2)
-    if args.output:
-        args.output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    if args.output is not None:
+        write_output(args.output, text if text.endswith("\n") else text + "\n")
     elif not args.to_securityhub:
         print(text, end="" if text.endswith("\n") else "\n")
     if target is None:
         return cli.EXIT_OK
     return _send_to_securityhub(target, document["Findings"])
+
+
+class OutputError(Exception):
+    """An ``--output`` path that cannot be written (exit 2, as any bad argument)."""
+
+
+def check_output(path: Path) -> None:
+    """Refuse an ``--output`` that cannot be a file before anything is read or sent, so that
+    ``--to-securityhub --output DIR`` does not import the findings and then fail. Whether the
+    file can really be written is only known when it is (:func:`write_output`)."""
+    if path.is_dir():
+        raise OutputError(f"--output {path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise OutputError(f"--output {path}: {path.parent} {what}")
+
+
+def write_output(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"--output {path} cannot be written: {exc.strerror or exc}") from exc
 
 
 def _send_to_securityhub(target: AwsTarget, findings: list[dict[str, Any]]) -> int:

@@ -19,18 +19,31 @@ if TYPE_CHECKING:
     from devicedefender_audit.service import ServiceContext
 
 
+def _port(text: str) -> int:
+    """A TCP port, checked when parsed: a socket refuses one past 65535 with an OverflowError."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number in 0..65535 (0 picks a free one), not {text!r}")
+    return value
+
+
 def add_serve_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Declare ``serve`` on the CLI's subparsers; return its handler by command name."""
+    from devicedefender_audit.cli import region_name
+
     serve = sub.add_parser("serve", help="serve the Device Defender audit API over rest-json (boto3, AWS CLI)")
     serve.add_argument("--endpoint-url", help="AWS IoT endpoint that the audits read and that every other iot "
                        "operation is forwarded to (default: AWS IoT in --region)")
-    serve.add_argument("--region", help="default: the standard AWS chain")
+    serve.add_argument("--region", type=region_name, help="default: the standard AWS chain")
     serve.add_argument("--profile", help="credentials the server runs with, verifies requests against and "
                        "forwards with")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="default 8080; 0 picks a free port")
-    serve.add_argument("--store", type=Path, default=None,
-                       help="SQLite audit store (default $DDA_STORE or ~/.local/share/devicedefender-audit/"
+    serve.add_argument("--port", type=_port, default=8080, help="default 8080; 0 picks a free port")
+    serve.add_argument("--store", default=None,  # a string: a Path collapses dynamodb:// and '' to '.'
+                       help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE or ~/.local/share/devicedefender-audit/"
                        "audits.sqlite3)")
     serve.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
     serve.add_argument("--demo", action="store_true",
@@ -48,7 +61,7 @@ def add_serve_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]
     return {"serve": cmd_serve}
 
 
-def service_context(target: AwsTarget, store_path: Path, blocklists: Path | None,
+def service_context(target: AwsTarget, store_path: Path | str, blocklists: Path | None,
                     assume_roles: bool = True) -> ServiceContext:
     """The context the server's operations share: audits run in the background (as the API's
     do), each in a thread with its own store connection; detectors are loaded once, when the
@@ -93,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from devicedefender_audit.server import make_server
     from devicedefender_audit.store import default_store_path, demo_store_path
 
-    store_path = args.store or (demo_store_path() if args.demo else default_store_path())
+    store_path = args.store if args.store is not None else demo_store_path() if args.demo else default_store_path()
     with _target(args) as target:
         ctx = service_context(target, store_path, args.blocklists, assume_roles=not args.own_credentials)
         try:

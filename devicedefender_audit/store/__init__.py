@@ -14,9 +14,13 @@ if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.store.s3_fleet_state import S3Location
 
-__all__ = ["Store", "StoreError", "default_store_path", "demo_store_path", "open_store", "partition_location"]
+__all__ = ["Store", "StoreError", "check_location", "default_store_path", "demo_store_path", "open_store",
+           "partition_location"]
 
 _ACCOUNT = re.compile(r"\d{12}")
+#: A URL's ``scheme:/`` or ``scheme://`` (``pathlib.Path`` collapses the second slash); two letters
+#: at least, so a Windows drive (``C:/``) is still a path.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 #: The DynamoDB store's option naming where its fleet state is kept (store/s3_fleet_state.py).
 _FLEET_STATE = "fleet-state"
@@ -26,10 +30,12 @@ def _data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "devicedefender-audit"
 
 
-def default_store_path() -> Path:
-    """``$DDA_STORE``, else ``$XDG_DATA_HOME/devicedefender-audit/audits.sqlite3``."""
-    if os.environ.get("DDA_STORE"):
-        return Path(os.environ["DDA_STORE"])
+def default_store_path() -> Path | str:
+    """``$DDA_STORE``, else ``$XDG_DATA_HOME/devicedefender-audit/audits.sqlite3``. A URL
+    (``dynamodb://TABLE``) is kept as written: a Path would collapse its ``//``."""
+    location = os.environ.get("DDA_STORE")
+    if location:
+        return location if _SCHEME.match(location) else Path(location)
     return _data_dir() / "audits.sqlite3"
 
 
@@ -37,6 +43,20 @@ def demo_store_path() -> Path:
     """Where the demo keeps its audits unless told otherwise: ``demo.sqlite3`` in the default
     store's directory, never ``$DDA_STORE``, so they are never taken for the account's."""
     return _data_dir() / "demo.sqlite3"
+
+
+def check_location(location: Path | str) -> None:
+    """Refuse a location that is neither a SQLite file nor ``dynamodb://``, before anything is
+    opened: an empty one would be the current directory, and another URL (``s3://bucket``) a
+    relative path, a SQLite file created in ``./s3:/bucket`` while the user meant a bucket."""
+    text = str(location)
+    if not text.strip():
+        raise StoreError("the store location is empty: give a SQLite file path or dynamodb://TABLE "
+                         "(--store or $DDA_STORE)")
+    scheme = _SCHEME.match(text)
+    if scheme and scheme.group(1) != "dynamodb":
+        raise StoreError(f"store {text}: {scheme.group(1)}:// is not a store; a store is a SQLite file path, "
+                         "dynamodb://TABLE or dynamodb://TABLE?fleet-state=s3://BUCKET/PREFIX")
 
 
 def partition_location(location: Path | str, account_id: str, region: str) -> str:
@@ -51,6 +71,7 @@ def partition_location(location: Path | str, account_id: str, region: str) -> st
     """
     if not _ACCOUNT.fullmatch(account_id) or not _REGION.fullmatch(region):
         raise StoreError(f"no store partition for account {account_id!r} and region {region!r}")
+    check_location(location)
     text = str(location)
     if text.startswith("dynamodb:"):
         base, fleet_state = _dynamodb_options(text)
@@ -118,7 +139,8 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     for any other (:mod:`.region_binding`); an account-region's partition
     (:func:`partition_location`) is that region's by its name, whatever region reaches it.
     """
-    location = location or default_store_path()
+    location = default_store_path() if location is None else location
+    check_location(location)
     store = _open(location, target)
     if region is not None and not _is_partition(str(location)):
         from devicedefender_audit.store.region_binding import bind_region

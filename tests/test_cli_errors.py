@@ -1,0 +1,211 @@
+"""A first-time user's mistakes and an unreachable AWS: each is one ``error:`` line and an exit
+code, never a traceback, and never silently ignored."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from devicedefender_audit import cli, cli_api, cli_export
+from devicedefender_audit.aws.pacing import DEFAULT_RATES
+from devicedefender_audit.cli import main
+
+DEAD = "http://127.0.0.1:9"  # nothing listens: every connection is refused at once
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def usage_error(capsys, argv: list[str]) -> str:
+    """argparse's own usage error (exit 2) for ``argv``; its message line."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def patch(monkeypatch, command: str, handler) -> None:
+    """Run ``handler`` for ``command``: where main finds it (build_parser adds the export, API and
+    serve commands to cli.COMMANDS afresh from their modules)."""
+    modules = {"export": (cli_export, "cmd_export"), "run-due": (cli_api, "run_due_command")}
+    module, name = modules.get(command) or ((cli_api, "run_api_command") if command in cli_api.API_COMMANDS
+                                            else (None, None))
+    if module is None:
+        monkeypatch.setitem(cli.COMMANDS, command, handler)
+    else:
+        monkeypatch.setattr(module, name, handler)
+
+
+@pytest.fixture
+def failed_audit(capsys, aws_env) -> None:
+    """One (FAILED) audit in the test's store: its certificates could not be listed."""
+    assert main(["run", "--endpoint-url", DEAD, "--no-progress", "--max-attempts", "1"]) == 1
+    capsys.readouterr()
+
+
+# 1. AWS unreachable -----------------------------------------------------------------------------
+
+
+def test_export_to_security_hub_without_aws_is_one_error_line(capsys, failed_audit):
+    code = main(["export", "--to-securityhub", "--region", "us-east-1", "--endpoint-url", DEAD,
+                 "--max-attempts", "1"])
+    line = one_error_line(capsys)
+    assert code == 1
+    assert "Could not connect to the endpoint URL" in line and "--endpoint-url" in line and ".." not in line
+
+
+@pytest.mark.parametrize("error", [
+    EndpointConnectionError(endpoint_url="https://securityhub.eu-west-1.amazonaws.com/"),
+    ConnectTimeoutError(endpoint_url="https://sts.eu-west-1.amazonaws.com/"),
+    ReadTimeoutError(endpoint_url="https://dynamodb.eu-west-1.amazonaws.com/"),
+    ConnectionClosedError(endpoint_url="https://iot.eu-west-1.amazonaws.com/"),
+], ids=type)
+@pytest.mark.parametrize("command", ["run", "mitigate", "export", "run-due", "list-audit-tasks"])
+def test_every_aws_command_turns_connection_errors_into_one_line(capsys, monkeypatch, aws_env, error, command):
+    """Whatever command's call raises it, after botocore's retries: main's one mapping."""
+    def raises(args):
+        raise error
+
+    patch(monkeypatch, command, raises)
+    argv = [command, "--action", "UPDATE_DEVICE_CERTIFICATE"] if command == "mitigate" else [command]
+    assert main(argv) == 1
+    line = one_error_line(capsys)
+    assert line.startswith("error: no response from AWS: ") and "amazonaws.com" in line
+
+
+def test_an_aws_refusal_outside_an_audit_is_one_error_line(capsys, monkeypatch, aws_env):
+    def raises(args):
+        raise ClientError({"Error": {"Code": "InvalidClientTokenId", "Message": "The security token is invalid."}},
+                          "GetCallerIdentity")
+
+    patch(monkeypatch, "export", raises)
+    assert main(["export"]) == 1
+    assert one_error_line(capsys) == ("error: AWS refused GetCallerIdentity: InvalidClientTokenId: "
+                                      "The security token is invalid.")
+
+
+# 2. export --output ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_output", [
+    lambda tmp: tmp,  # a directory
+    lambda tmp: tmp / "missing" / "x.csv",  # its directory does not exist
+    lambda tmp: (tmp / "file", (tmp / "file").write_text("x"))[0] / "x.csv",  # its "directory" is a file
+], ids=["directory", "no-directory", "file-as-directory"])
+def test_unusable_export_output_is_a_usage_error(capsys, aws_env, tmp_path, make_output):
+    code = main(["export", "--format", "csv", "--output", str(make_output(tmp_path))])
+    line = one_error_line(capsys)
+    assert code == 2 and line.startswith("error: --output ")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_export_output_that_fails_when_written_is_a_usage_error(capsys, failed_audit):
+    code = main(["export", "--format", "json", "--output", "/dev/full"])
+    line = one_error_line(capsys)
+    assert code == 2 and "cannot be written" in line
+
+
+# 3. serve --port ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_serve_port_is_checked_when_parsed(capsys, port):
+    assert "0..65535" in usage_error(capsys, ["serve", "--port", port])
+
+
+# 4. run --rate --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", ["Foo=5", "DescribeCertificates=100", "iot.ListThings=3", "sns.Publish=300"])
+def test_a_rate_for_an_operation_that_is_not_paced_is_a_usage_error(capsys, rate):
+    line = usage_error(capsys, ["run", "--rate", rate])
+    assert "not an operation this tool paces" in line
+    assert all(name.partition(".")[2] in line for name in DEFAULT_RATES)
+
+
+def test_rate_names_are_matched_regardless_of_case():
+    args = cli.build_parser().parse_args(["run", "--rate", "describecertificate=100", "--rate",
+                                          "iot.list-certificates=20"])
+    assert args.rates == [("iot.DescribeCertificate", 100.0), ("iot.ListCertificates", 20.0)]
+
+
+# 5. --store locations -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["list-audits"], ["show-findings"], ["export"],
+                                     ["list-audit-tasks", "--start-time", "0", "--end-time", "1"]])
+@pytest.mark.parametrize("location", ["s3://foo", "https://example.com/audits.sqlite3"])
+def test_a_url_store_other_than_dynamodb_is_refused(capsys, monkeypatch, aws_env, tmp_path, command, location):
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--store", location]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: store {location}: ") and "dynamodb://TABLE" in line
+    assert not list(tmp_path.iterdir())  # no ./s3:/foo SQLite file
+
+
+def test_a_url_store_in_dda_store_is_refused(capsys, monkeypatch, aws_env, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DDA_STORE", "s3://bucket/audits")
+    assert main(["list-audits"]) == 2
+    assert one_error_line(capsys).startswith("error: store s3://bucket/audits: ")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_empty_store_location_is_said_to_be_empty(capsys, aws_env):
+    assert main(["list-audits", "--store", ""]) == 2
+    line = one_error_line(capsys)
+    assert "location is empty" in line and "directory" not in line
+
+
+def test_a_bad_dynamodb_location_is_echoed_as_given(capsys, aws_env):
+    assert main(["list-audits", "--store", "dynamodb://bad table"]) == 2
+    assert one_error_line(capsys).startswith("error: store dynamodb://bad table: ")
+
+
+def test_an_empty_region_is_a_usage_error(capsys, aws_env):
+    assert "not an AWS region name" in usage_error(capsys, ["run", "--region", ""])
+
+
+# 6. no region ---------------------------------------------------------------------------------
+
+
+def test_no_region_message_has_no_double_period(capsys, monkeypatch, tmp_path):
+    for var in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("DDA_STORE", str(tmp_path / "s.sqlite3"))
+    assert main(["run", "--no-progress"]) == 1
+    line = one_error_line(capsys)
+    assert "specify a region" in line and ".." not in line
+
+
+# 7. show-findings TASK_ID ---------------------------------------------------------------------
+
+
+def test_an_unknown_task_id_is_said_to_be_unknown(capsys, failed_audit):
+    for argv in (["show-findings", "nonexistent-task-id"], ["export", "nonexistent-task-id"],
+                 ["list-mitigations", "nonexistent-task-id"]):
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert "unknown audit task id 'nonexistent-task-id'" in line and "run an audit first" not in line
+
+
+def test_a_store_without_audits_asks_for_one(capsys, aws_env):
+    for argv in (["show-findings"], ["show-findings", "nonexistent-task-id"]):
+        assert main(argv) == 2
+        assert "run an audit first" in one_error_line(capsys)
