@@ -2,8 +2,9 @@
 
 Exit codes, so a scheduled audit can gate a pipeline (README, "Statuses and exit codes"):
 0 every in-scope certificate was checked and is compliant; 1 the audit could not run or did not
-finish (listing failed, connection lost); 2 bad usage or environment (arguments, store);
-3 non-compliant certificates found; 4 no finding, but some certificates could not be checked or
+finish (no region or credentials, a missing profile, AWS unreachable or refusing a call, listing
+failed, connection lost); 2 bad usage (arguments, an unusable file or store location, a store that
+cannot be used, an unknown task id); 3 non-compliant certificates found; 4 no finding, but some certificates could not be checked or
 are not covered; 130 / 143 canceled by SIGINT / SIGTERM (the task is recorded ``CANCELED``);
 141 the output pipe was closed.
 
@@ -725,10 +726,21 @@ def cmd_blocklist(args: argparse.Namespace) -> int:
         if detector.load_errors:
             return EXIT_FAILED
     elif command == "import":
+        if not args.file.is_file():
+            raise _BadInput(f"{args.file} is {'a directory' if args.file.is_dir() else 'not a file'}; "
+                            "give an openssl-vulnkey blacklist.RSA-NNNN file")
         added = vulnkey_format.import_vulnkey_list(directory, args.bits, args.file)
         print(f"added {added} fingerprint(s) to RSA-{args.bits}")
     elif command == "export":
-        count = vulnkey_format.export_vulnkey_list(directory, args.bits, args.out)
+        from devicedefender_audit.cli_export import OutputError, check_output
+
+        check_output(args.out, "output file")
+        try:
+            count = vulnkey_format.export_vulnkey_list(directory, args.bits, args.out)
+        except OSError as exc:
+            if exc.filename not in (None, str(args.out)):
+                raise
+            raise OutputError(f"output file {args.out} cannot be written: {exc.strerror or exc}") from exc
         print(f"wrote {count} fingerprint(s) to {args.out}")
     return EXIT_OK
 

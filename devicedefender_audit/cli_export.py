@@ -114,15 +114,16 @@ class OutputError(Exception):
     """An ``--output`` path that cannot be written (exit 2, as any bad argument)."""
 
 
-def check_output(path: Path) -> None:
+def check_output(path: Path, option: str = "--output") -> None:
     """Refuse an ``--output`` that cannot be a file before anything is read or sent, so that
     ``--to-securityhub --output DIR`` does not import the findings and then fail. Whether the
-    file can really be written is only known when it is (:func:`write_output`)."""
+    file can really be written is only known when it is (:func:`write_output`). ``option``
+    names the argument in the message."""
     if path.is_dir():
-        raise OutputError(f"--output {path} is a directory; give a file path")
+        raise OutputError(f"{option} {path} is a directory; give a file path")
     if not path.parent.is_dir():
         what = "is not a directory" if path.parent.exists() else "does not exist"
-        raise OutputError(f"--output {path}: {path.parent} {what}")
+        raise OutputError(f"{option} {path}: {path.parent} {what}")
 
 
 def write_output(path: Path, text: str) -> None:

@@ -118,6 +118,20 @@ def test_export_output_that_fails_when_written_is_a_usage_error(capsys, failed_a
     assert code == 2 and "cannot be written" in line
 
 
+@pytest.mark.parametrize("argv", [
+    lambda tmp: ["blocklist", "export", str(tmp), "--bits", "1024"],
+    lambda tmp: ["blocklist", "export", str(tmp / "missing" / "list"), "--bits", "1024"],
+    lambda tmp: ["blocklist", "import", str(tmp), "--bits", "1024"],
+    lambda tmp: ["blocklist", "import", str(tmp / "missing"), "--bits", "1024"],
+], ids=["export-to-directory", "export-to-no-directory", "import-directory", "import-missing"])
+def test_unusable_blocklist_file_arguments_are_usage_errors(capsys, tmp_path, argv):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    code = main([*argv(tmp_path), "--blocklists", str(lists)])
+    one_error_line(capsys)
+    assert code == 2
+
+
 # 3. serve --port ------------------------------------------------------------------------------
 
 
