@@ -293,13 +293,14 @@ def _open_store(args: argparse.Namespace, bind: bool = True) -> Store:
 
 
 def _region_or_none(target: AwsTarget) -> str | None:
-    """The command's region, or None where none is configured (a command that needs one says so
-    when it calls AWS) or the profile is missing (said by the command's first AWS call too)."""
-    from botocore.exceptions import ProfileNotFound
+    """The command's region, or None where none is configured, also as an empty one (a command
+    that needs one says so when it calls AWS), or the profile is missing (said by the command's
+    first AWS call too)."""
+    from botocore.exceptions import NoRegionError, ProfileNotFound
 
     try:
         return target.region_name
-    except ProfileNotFound:
+    except (ProfileNotFound, NoRegionError):
         return target.region
 
 

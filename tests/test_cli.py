@@ -215,3 +215,17 @@ def test_run_reports_every_check_and_can_run_one(capsys, moto_server, server_iot
     assert "Check DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK" in out and "KEY_QUALITY_CHECK" not in out
     code, out = run_cli(capsys, "list-audits")
     assert code == 0
+
+
+def test_an_empty_region_is_a_missing_region_not_a_traceback(capsys, monkeypatch, tmp_path):
+    """AWS_DEFAULT_REGION= made botocore build https://iot..amazonaws.com (ValueError traceback)."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("DDA_STORE", str(tmp_path / "s.sqlite3"))
+    assert main(["run", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: You must specify a region") and "Traceback" not in err
+    assert main(["list-audits"]) == 0  # needs no region

@@ -32,7 +32,7 @@ from botocore.credentials import (
     Credentials,
     DeferredRefreshableCredentials,
 )
-from botocore.exceptions import ClientError, NoCredentialsError
+from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 
 from devicedefender_audit.aws.pacing import DEFAULT_RATES, Pacer
 
@@ -110,7 +110,10 @@ class AwsTarget:
 
     def session(self) -> boto3.session.Session:
         if self._session is None:
-            self._session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+            session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+            if session.region_name == "":  # AWS_DEFAULT_REGION= : botocore would build https://iot..amazonaws.com
+                raise NoRegionError()
+            self._session = session
         return self._session
 
     @property
