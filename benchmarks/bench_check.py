@@ -1,9 +1,13 @@
 """``check`` against badkeys, as whole processes, plus our per-key costs.
 
-Times ``python -m devicedefender_audit check`` (ROCA and Debian CVE-2008-0166) and
-``badkeys -c roca`` (badkeys' ROCA check only: its Debian check needs a blocklist download) over
-10,000 RSA-2048 public-key PEM files and over one file, then prints our per-key lookup, ROCA
-and list-verification costs and badkeys' ROCA cost in the same process.
+Times ``python -m devicedefender_audit check --checks DEVICE_CERTIFICATE_KEY_QUALITY_CHECK``
+(ROCA and Debian CVE-2008-0166) and ``badkeys -c roca`` (badkeys' ROCA check only: its Debian
+check needs a blocklist download) over 10,000 RSA-2048 public-key PEM files and over one file;
+then ``check`` as it runs by default, with the factorable check's per-key tests too (close
+primes, small factors or a prime modulus, insecure parameters), against ``badkeys -c
+roca,fermat,smallfactors,rsainvalid`` (its nearest set; it has no prime-modulus test, our one
+modexp a key) over ``--all-checks-keys`` files and one; then our per-key lookup, ROCA and
+list-verification costs and badkeys' ROCA cost in the same process.
 
 Run: ``.venv/bin/pip install -e '.[bench]' && .venv/bin/python benchmarks/bench_check.py``.
 Keys are written once to ``--workdir`` and reused; our modules are compiled to bytecode first, as
@@ -69,15 +73,21 @@ def write_keys(directory: Path, count: int, seed: int = 2048) -> list[Path]:
 OURS_OK, BADKEYS_OK = (0, 3), (0, 4)
 
 
-def ours(files: Sequence[Path]) -> list[str]:
-    return [sys.executable, "-m", "devicedefender_audit", "check", *map(str, files)]
+#: ``check``'s options and badkeys' checks of each comparison: the two CVEs against badkeys'
+#: ROCA check, and everything ``check`` runs by default against badkeys' nearest set.
+QUALITY = (["--checks", "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"], "roca")
+EVERY = ([], "roca,fermat,smallfactors,rsainvalid")
 
 
-def badkeys(files: Sequence[Path]) -> list[str]:
+def ours(files: Sequence[Path], options: list[str]) -> list[str]:
+    return [sys.executable, "-m", "devicedefender_audit", "check", *map(str, files), *options]
+
+
+def badkeys(files: Sequence[Path], checks: str) -> list[str]:
     executable = shutil.which("badkeys", path=str(Path(sys.executable).parent)) or shutil.which("badkeys")
     if executable is None:
         raise SystemExit("badkeys is not installed: pip install -e '.[bench]'")
-    return [executable, "-c", "roca", *map(str, files)]
+    return [executable, "-c", checks, *map(str, files)]
 
 
 def run(argv: list[str], ok: tuple[int, ...], capture: bool) -> str:
@@ -100,7 +110,8 @@ def timed(argv: list[str], ok: tuple[int, ...]) -> tuple[float, float]:
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def compare_processes(files: Sequence[Path], runs: int) -> None:
+def compare_processes(files: Sequence[Path], runs: int, checks: tuple[list[str], str]) -> None:
+    options, theirs_checks = checks
     cases = {
         f"{len(files)} files": files,
         "1 file": files[:1],
@@ -108,14 +119,16 @@ def compare_processes(files: Sequence[Path], runs: int) -> None:
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _ in range(runs):
         for label, chosen in cases.items():
-            for tool, argv, ok in (("ours", ours(chosen), OURS_OK), ("badkeys", badkeys(chosen), BADKEYS_OK)):
+            for tool, argv, ok in (("ours", ours(chosen, options), OURS_OK),
+                                   ("badkeys", badkeys(chosen, theirs_checks), BADKEYS_OK)):
                 times.setdefault((label, tool), []).append(timed(argv, ok))
+    print(f"check {' '.join(options) or '(default: every check)'} vs badkeys -c {theirs_checks}:")
     for label in cases:
         for measure, index in (("wall", 0), ("CPU", 1)):
             mine = [t[index] for t in times[(label, "ours")]]
             theirs = [t[index] for t in times[(label, "badkeys")]]
             print(f"{label:>12} {measure:>4}: check {min(mine):7.3f} s (median {statistics.median(mine):.3f}), "
-                  f"badkeys -c roca {min(theirs):7.3f} s (median {statistics.median(theirs):.3f}); "
+                  f"badkeys {min(theirs):7.3f} s (median {statistics.median(theirs):.3f}); "
                   f"badkeys/ours {min(theirs) / min(mine):5.2f}x (medians {statistics.median(theirs) / statistics.median(mine):5.2f}x)")
 
 
@@ -179,6 +192,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5, help="interleaved runs of each process")
+    parser.add_argument("--all-checks-keys", type=int, default=1_000,
+                        help="files for the every-check comparison (ours costs ~2 ms an RSA key there)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/dda-bench-check"))
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
@@ -186,10 +201,11 @@ def main() -> None:
     files = write_keys(args.workdir, args.keys)
     compile_bytecode()
     print(f"{len(files)} PEM files in {args.workdir} ({time.perf_counter() - began:.1f} s to prepare)")
-    flagged_ours = run(ours(files), OURS_OK, capture=True).count("roca: VULNERABLE")
-    flagged_badkeys = run(badkeys(files), BADKEYS_OK, capture=True).count("roca vulnerability")
+    flagged_ours = run(ours(files, QUALITY[0]), OURS_OK, capture=True).count("roca: VULNERABLE")
+    flagged_badkeys = run(badkeys(files, QUALITY[1]), BADKEYS_OK, capture=True).count("roca vulnerability")
     print(f"flagged as ROCA: check {flagged_ours}, badkeys {flagged_badkeys} (expected 1)")
-    compare_processes(files, args.runs)
+    compare_processes(files, args.runs, QUALITY)
+    compare_processes(files[-args.all_checks_keys:], args.runs, EVERY)
     per_key_figures()
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 

@@ -23,7 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devicedefender_audit.check_names import AUDIT_CHECKS
+from devicedefender_audit.check_names import (
+    AUDIT_CHECKS,
+    DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK,
+    DEVICE_CERTIFICATE_KEY_QUALITY_CHECK,
+)
 from devicedefender_audit.exit_codes import (
     EXIT_FAILED,
     EXIT_INCOMPLETE,
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
 EC_CURVES = ("p256", "p384", "p521")
 MITIGATION_ACTIONS = ("UPDATE_DEVICE_CERTIFICATE", "UPDATE_CA_CERTIFICATE", "ADD_THINGS_TO_THING_GROUP",
                       "PUBLISH_FINDING_TO_SNS")
+#: The checks ``check`` runs on a key file: the device checks' per-key parts (a CA's key is checked alike).
+CHECK_COMMAND_CHECKS = (DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK)
 
 
 def _positive_int(text: str) -> int:
@@ -158,6 +164,10 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     check.add_argument("files", nargs="+")
     check.add_argument("--format", choices=("table", "json", "sarif"), default="table",
                        help="sarif: SARIF 2.1.0 for code scanning in CI")
+    check.add_argument("--checks", nargs="+", choices=CHECK_COMMAND_CHECKS, default=list(CHECK_COMMAND_CHECKS),
+                       help="checks run on each key (default: both). The factorable check's per-key tests "
+                       "(close primes, small factors, insecure parameters) cost ~2 ms an RSA key; its "
+                       "comparison across the fleet needs run")
     _blocklists(check)
 
 
@@ -630,12 +640,24 @@ def cmd_list_mitigations(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_detectors(names: Sequence[str], args: argparse.Namespace) -> list[Any]:
+    """The detectors of the checks ``names`` that look at one key: the key-quality check's (the
+    blocklists and ROCA), and the factorable check's per-key tests (its comparison across the
+    fleet needs an inventory, so ``run``)."""
+    detectors = _detectors(args) if DEVICE_CERTIFICATE_KEY_QUALITY_CHECK in names else []
+    if DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK in names:
+        from devicedefender_audit.factoring import per_key_detectors
+
+        detectors += per_key_detectors()
+    return detectors
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from devicedefender_audit.detectors.base import Verdict
     from devicedefender_audit.key_check import check_files, result_detail
     from devicedefender_audit.text_table import table
 
-    checks = check_files(args.files, _detectors(args))
+    checks = check_files(args.files, _check_detectors(args.checks, args))
     if args.format == "sarif":
         from devicedefender_audit.exports.sarif import checks_sarif
 

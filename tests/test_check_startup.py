@@ -13,11 +13,14 @@ from conftest import DATA, REPO
 
 from devicedefender_audit import cli
 
+QUALITY = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"
+
 
 @pytest.mark.parametrize("argv", [
     ["check", "a.pem"],
     ["check", "a.pem", "b.der", "--format", "sarif", "--blocklists", "/tmp/lists"],
     ["check", "--format=json", "-", "c.pub"],
+    ["check", "a.pem", "--checks", QUALITY],
 ])
 def test_check_parser_parses_as_the_full_parser(argv):
     assert cli._check_parser().parse_args(argv) == cli.build_parser().parse_args(argv)
@@ -34,13 +37,15 @@ def test_check_parser_fails_and_helps_as_the_full_parser(argv, capsys):
 
 
 def test_check_of_rsa_public_keys_imports_no_other_command_nor_cryptography():
-    """Nor gmpy2 (its import reads package metadata: 10-20 ms), numpy, dataclasses (with
+    """The key-quality check alone (the two CVEs, as badkeys is compared with) imports no other
+    command, nor gmpy2 (its import reads package metadata: 10-20 ms), numpy, dataclasses (with
     inspect behind it) or shutil: the ROCA test works on ints, the key records are NamedTuples
-    and the check parser's formatter asks the terminal's width itself."""
+    and the check parser's formatter asks the terminal's width itself. (The factorable check's
+    per-key tests, run by default, use gmpy2.)"""
     probe = ("import sys; from devicedefender_audit.cli import main; code = main(['check', *sys.argv[1:]]); "
              "print(code, sorted(m for m in sys.modules if m.startswith(('cryptography', 'pydantic', "
              "'devicedefender_audit.cli_', 'gmpy2', 'numpy', 'dataclasses', 'shutil'))))")
-    files = [str(DATA / "good" / "pubkey01.pem"), str(DATA / "roca" / "pubkey03.pem")]
+    files = [str(DATA / "good" / "pubkey01.pem"), str(DATA / "roca" / "pubkey03.pem"), "--checks", QUALITY]
     out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "3 []"  # the ROCA key found, nothing else imported
@@ -52,7 +57,7 @@ def test_check_of_an_ec_key_imports_no_key_generator():
     probe = ("import sys; from devicedefender_audit.cli import main; code = main(['check', *sys.argv[1:]]); "
              "print(code, sorted(m for m in sys.modules if m.startswith(('gmpy2', 'numpy', "
              "'devicedefender_audit.debian_weak.ec_keygen', 'devicedefender_audit.debian_weak.bn_prime'))))")
-    files = [str(DATA / "debian-ec" / "ecp256-ssl-le64-pid1-rnd.key")]
+    files = [str(DATA / "debian-ec" / "ecp256-ssl-le64-pid1-rnd.key"), "--checks", QUALITY]
     out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "3 []"  # the weak key found, no generator imported

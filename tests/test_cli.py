@@ -229,3 +229,43 @@ def test_an_empty_region_is_a_missing_region_not_a_traceback(capsys, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("error: You must specify a region") and "Traceback" not in err
     assert main(["list-audits"]) == 0  # needs no region
+
+
+def test_check_runs_the_factorable_checks_per_key_tests_as_the_audit_does(capsys, tmp_path, iot):
+    """A certificate whose primes are close, one with a small factor and an RSA-1024 one:
+    `check` said CLEAN (exit 0) for keys the audit reports; now both agree, and
+    `--checks DEVICE_CERTIFICATE_KEY_QUALITY_CHECK` is the two CVEs alone."""
+    import random
+
+    import gmpy2
+    from conftest import register, run_audit
+    from test_factorable_audit import key, prime
+
+    from devicedefender_audit.checks import make_checks
+    from devicedefender_audit.demo import issue_certificate
+    from devicedefender_audit.detectors import default_detectors
+
+    rng = random.Random(7)
+    p = prime(rng)
+    close = issue_certificate(key(p, int(gmpy2.next_prime(p + 1000))), "close")
+    small = issue_certificate(key(65521, prime(rng, 2032)), "small")  # the largest prime below 2**16
+    paths = []
+    for name, pem in (("close.pem", close), ("small.pem", small)):
+        (tmp_path / name).write_text(pem)
+        paths.append(str(tmp_path / name))
+    paths.append(str(DATA / "debian" / "rsa1024-ssl-le32-pid1-rnd.key"))
+    code, out = run_cli(capsys, "check", "--format", "json", *paths)
+    flagged = {(c["file"].rsplit("/", 1)[-1], r["reasonCode"]) for c in json.loads(out) for r in c["results"]
+               if r["verdict"] == "VULNERABLE"}
+    assert code == 3
+    assert flagged == {("close.pem", "CERTIFICATE_KEY_FERMAT_FACTORABLE"), ("small.pem", "CERTIFICATE_KEY_SMALL_FACTOR"),
+                       ("rsa1024-ssl-le32-pid1-rnd.key", "CERTIFICATE_KEY_VULNERABILITY_CVE-2008-0166"),
+                       ("rsa1024-ssl-le32-pid1-rnd.key", "CERTIFICATE_KEY_INSECURE_PARAMETERS")}
+    for pem in (close, small):
+        register(iot, pem)
+    audited = run_audit(iot, [], checks=make_checks(["DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"], default_detectors()))
+    assert sorted(f.reason_for_non_compliance_code for f in audited.findings) == [
+        "CERTIFICATE_KEY_FERMAT_FACTORABLE", "CERTIFICATE_KEY_SMALL_FACTOR"]
+
+    code, out = run_cli(capsys, "check", paths[0], paths[1], "--checks", "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK")
+    assert code == 0 and "fermat" not in out and "roca: CLEAN" in out
