@@ -516,7 +516,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                            ActionDefinition.for_type(MitigationActionType.UPDATE_CA_CERTIFICATE),
                            ActionDefinition.for_type(MitigationActionType.ADD_THINGS_TO_THING_GROUP,
                                                      thing_group=QUARANTINE_GROUP)]
-                print("\nMitigation dry run (nothing is changed):")
+                print()  # the table's heading says it is a dry run that changed nothing
                 print(executions_text(mitigator.apply(findings, actions, task_id=f"demo-{task.task_id}")))
     finally:
         store.close()
