@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import REGION
 
 from devicedefender_audit.cli import main
@@ -66,3 +67,19 @@ def test_the_demo_keeps_its_own_store(capsys, aws_env, tmp_path, monkeypatch):
     store = open_store(demo)
     assert len(store.list_tasks()) == 1
     store.close()
+
+
+
+def test_a_store_from_before_the_binding_is_its_latest_audits_region(iot, tmp_path):
+    """A store written by a release without the binding holds us-east-1's audits: its first
+    command for eu-west-1 must be refused too, not bind it to eu-west-1."""
+    from devicedefender_audit.audit import Audit
+    from devicedefender_audit.store.base import StoreError
+
+    location = tmp_path / "audits.sqlite3"
+    store = open_store(location)  # as before: no region, no binding
+    Audit(iot, store, [], region=REGION).run()
+    store.close()
+    with pytest.raises(StoreError, match=f"holds the audits of region {REGION}, not eu-west-1"):
+        open_store(location, region="eu-west-1")
+    open_store(location, region=REGION).close()

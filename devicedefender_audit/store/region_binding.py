@@ -18,10 +18,17 @@ BINDING_KIND, BINDING_KEY = "store_binding", "region"
 
 def bind_region(store: Store, region: str, location: str) -> None:
     """Bind ``store`` to ``region`` on first use (create-if-absent: two first commands agree on
-    one), or raise :class:`StoreError` when it holds another region's audits."""
-    if store.insert_record(BINDING_KIND, BINDING_KEY, {"region": region}):
-        return
-    bound = (store.get_record(BINDING_KIND, BINDING_KEY) or {}).get("region")
+    one), or raise :class:`StoreError` when it holds another region's audits.
+
+    A store from a release without the binding is bound to the region of its latest audit, so
+    its first command in another region is refused like any later one.
+    """
+    binding = store.get_record(BINDING_KIND, BINDING_KEY)
+    if binding is None:
+        latest = next((task.region for task in store.list_tasks(limit=1) if task.region), None)
+        store.insert_record(BINDING_KIND, BINDING_KEY, {"region": latest or region})
+        binding = store.get_record(BINDING_KIND, BINDING_KEY) or {}
+    bound = binding.get("region")
     if bound != region:
         raise StoreError(f"store {location} holds the audits of region {bound}, not {region}: give each region a "
                          f"store of its own (--store or $DDA_STORE, e.g. audits.{region}.sqlite3), or audit "
