@@ -34,7 +34,7 @@ from botocore.exceptions import ClientError, NoCredentialsError
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, is_not_found
 from devicedefender_audit.check_names import CA_CERTIFICATE, DEVICE_CERTIFICATE
-from devicedefender_audit.mitigation_claims import abandoned, new_claim, retake
+from devicedefender_audit.mitigation_claims import CLAIM_STALE_AFTER_S, abandoned, new_claim, retake
 from devicedefender_audit.mitigation_effects import RunEffects
 from devicedefender_audit.models import (
     AuditFinding,
@@ -123,6 +123,12 @@ class _Skip(Exception):
     """An action that has nothing to do for this finding."""
 
 
+class _ClaimLost(_Skip):
+    """Another task retook this task's claim (it took this one for gone: silent for
+    :data:`~devicedefender_audit.mitigation_claims.CLAIM_STALE_AFTER_S`): the change is now
+    that task's to make, so this one stops before its next mutating call."""
+
+
 class _DoneInThisRun(_Skip):
     """An action whose effect an earlier finding's action of this run already made (or would
     make, in a dry run): the claim of this finding is recorded as applied too, so a later run
@@ -147,6 +153,8 @@ class Mitigator:
         self.dry_run = dry_run
         self._calls: list[PlannedCall] = []
         self._effects = RunEffects() if effects is None else effects
+        #: (claim, claim id) this execution holds in the store, checked before each mutating call.
+        self._holding: tuple[str, str] | None = None
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
@@ -171,8 +179,9 @@ class Mitigator:
         try:
             if action.action_type not in ACTIONS_FOR_RESOURCE[finding.resource_type]:
                 raise _Skip(f"{action.action_type.value} does not act on a {finding.resource_type} finding")
-            self._claim(claim, task_id, action)
+            held = self._claim(claim, task_id, action)
             claimed = not self.dry_run and self.store is not None
+            self._holding = (claim, held) if held else None
             handler = {
                 MitigationActionType.UPDATE_DEVICE_CERTIFICATE: self._deactivate_certificate,
                 MitigationActionType.UPDATE_CA_CERTIFICATE: self._deactivate_ca_certificate,
@@ -188,6 +197,8 @@ class Mitigator:
         except _Skip as skip:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
+            if isinstance(skip, _ClaimLost):
+                claimed = False  # the claim is the other task's now: not ours to release
             if isinstance(skip, _DoneInThisRun):
                 self._made(claim, action, task_id, claimed)
                 claimed = False
@@ -198,6 +209,7 @@ class Mitigator:
             execution.error_code = aws_error_code(exc)
             execution.message = str(exc)
         finally:
+            self._holding = None
             if claimed and self.store is not None:
                 self.store.delete_record(CLAIM_KIND, claim)  # not applied: a later run tries again
         execution.calls = self._calls
@@ -206,10 +218,11 @@ class Mitigator:
             self.store.record_execution(execution)
         return execution
 
-    def _claim(self, key: str, task_id: str, action: ActionDefinition) -> None:
-        """Take (finding, action digest) for this task, atomically; :class:`_Skip` when this run
-        already made that change, or another run holds it, unless that run is gone
-        (:mod:`~devicedefender_audit.mitigation_claims`). A dry run only looks."""
+    def _claim(self, key: str, task_id: str, action: ActionDefinition) -> str | None:
+        """Take (finding, action digest) for this task, atomically, and return the claim's id;
+        :class:`_Skip` when this run already made that change, or another run holds it, unless
+        that run is gone (:mod:`~devicedefender_audit.mitigation_claims`). A dry run only looks
+        (None)."""
         made_by = self._effects.applied.get(key)
         if made_by is not None:
             raise _Skip(f"action {made_by} {'would already make' if self.dry_run else 'already made'} "
@@ -218,15 +231,27 @@ class Mitigator:
             return
         body = new_claim(task_id, action.name)
         if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
-            return
+            return body["claimId"]
         holder = self.store.get_record(CLAIM_KIND, key)
         if holder is None:  # nobody applied it (a real run sees this only if the claim was just released)
-            return
+            return None
         if holder.get("state") == "APPLIED":
             raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
-        if abandoned(holder) and (self.dry_run or retake(self.store, CLAIM_KIND, key, holder, body)):
-            return  # its owner is gone: this task applies it (a dry run: would apply it)
+        if abandoned(holder) and self.dry_run:
+            return None  # its owner is gone: this task would apply it
+        if abandoned(holder) and retake(self.store, CLAIM_KIND, key, holder, body):
+            return body["claimId"]  # its owner is gone: this task applies it
         raise _Skip(f"being applied by task {holder.get('taskId')}")
+
+    def _check_still_held(self) -> None:
+        """:class:`_ClaimLost` when another task retook the claim this execution holds."""
+        if self._holding is None or self.store is None:
+            return
+        key, claim_id = self._holding
+        holder = self.store.get_record(CLAIM_KIND, key) or {}
+        if holder.get("claimId") != claim_id:
+            raise _ClaimLost(f"task {holder.get('taskId')} retook the claim (this task was silent for over "
+                             f"{CLAIM_STALE_AFTER_S // 60} minutes) and applies the change instead")
 
     def _made(self, claim: str, action: ActionDefinition, task_id: str, claimed: bool) -> None:
         """The change ``claim`` names is in place (a dry run: would be): a later action of the
@@ -239,6 +264,8 @@ class Mitigator:
     def _mutate(self, finding: AuditFinding, client: Any, service: str, operation: str, /, **params: Any) -> Any:
         """The single gate for calls that change AWS state; records the call's effect for
         ``finding`` once it is made (a dry run: planned)."""
+        if not self.dry_run:
+            self._check_still_held()
         self._calls.append(PlannedCall(service=service, operation=operation, parameters=params))
         response = None if self.dry_run else getattr(client, operation)(**params)
         self._effects.record_call(operation, params, finding.finding_id)

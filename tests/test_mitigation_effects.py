@@ -355,3 +355,32 @@ def test_a_failed_ca_listing_leaves_the_device_fleet_comparison_whole(iot):
             details[CA_CERTIFICATE_KEY_FACTORABLE_CHECK].error_code) == ("FAILED", "AccessDeniedException")
     assert details[FACTORABLE].check_run_status == "COMPLETED_NON_COMPLIANT"
     assert audited.task.task_status.value == "COMPLETED"
+
+
+# --- a claim retaken while its owner still works -----------------------------------------
+
+
+def test_a_task_whose_claim_was_retaken_stops_before_its_next_change(account):
+    """A task silent for over 15 minutes is taken for gone and its claim retaken; when it wakes
+    it must not make the change too (the new holder makes it) nor release the new holder's
+    claim. Simulated: the claim is retaken while the task reads the certificate's status."""
+    from devicedefender_audit.mitigation import CLAIM_KIND
+    from devicedefender_audit.mitigation_claims import new_claim
+
+    a = account
+    finding = _first(a)
+    [deactivate] = config(a, (Action.UPDATE_DEVICE_CERTIFICATE,))
+    key = f"{finding.finding_id}/{deactivate.digest}"
+    called: list[str] = []
+
+    def retaken_meanwhile(model, **_):
+        called.append(model.name)
+        if model.name == "DescribeCertificate":
+            a["store"].put_record(CLAIM_KIND, key, new_claim("other-task", "deactivate"))
+
+    a["iot"].meta.events.register("before-call.*.*", retaken_meanwhile)
+    [execution] = Mitigator(a["iot"], a["sns"], a["store"], dry_run=False).apply([finding], [deactivate], TASK)
+    assert execution.status is MitigationStatus.SKIPPED
+    assert "task other-task retook the claim" in execution.message
+    assert "UpdateCertificate" not in called and status_of(a["iot"], a["certs"][0]) == "ACTIVE"
+    assert a["store"].get_record(CLAIM_KIND, key)["taskId"] == "other-task"
