@@ -161,3 +161,27 @@ def run_audit(iot, detectors, store: Store | None = None, workers: int = 8, chec
     store = store or open_store(":memory:")
     task = Audit(iot, store, detectors, workers=workers, checks=checks).run()
     return Audited(task, list(store.findings(task.task_id)), list(store.errors(task.task_id)), store)
+
+
+@pytest.fixture
+def server_iot(moto_server):
+    """An IoT client of the moto server the CLI under test talks to (``--endpoint-url``)."""
+    return boto3.client("iot", region_name=REGION, endpoint_url=moto_server)
+
+
+@pytest.fixture
+def account(iot, tmp_path, sns_queue):
+    """For the mitigation tests: two ROCA certificates on things (meter-1 and meter-1b share the
+    first, meter-2 has the second), audited and stored; an SNS topic drained by SQS."""
+    from devicedefender_audit.detectors.roca import RocaDetector
+
+    certs = [
+        register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter-1"),
+        register(iot, (DATA / "roca" / "cert05.pem").read_text(), thing="meter-2"),
+    ]
+    iot.create_thing(thingName="meter-1b")
+    iot.attach_thing_principal(thingName="meter-1b", principal=certs[0]["certificateArn"])
+    store = open_store(tmp_path / "audits.sqlite3")
+    result = run_audit(iot, [RocaDetector()], store)
+    yield {"iot": iot, **sns_queue, "store": store, "findings": result.findings, "certs": certs}
+    store.close()

@@ -53,11 +53,6 @@ def ca_status(iot, certificate_id: str) -> str:
 # the command line ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server_iot(moto_server):
-    return boto3.client("iot", region_name=REGION, endpoint_url=moto_server)
-
-
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     captured = capsys.readouterr()

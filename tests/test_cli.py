@@ -6,19 +6,13 @@ import json
 import subprocess
 import sys
 
-import boto3
 import pytest
-from conftest import DATA, REGION, REPO, issue_certificate, register
+from conftest import DATA, REPO, issue_certificate, register
 
 from devicedefender_audit.cli import main
 
 ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
 DEBIAN = "CERTIFICATE_KEY_VULNERABILITY_CVE-2008-0166"
-
-
-@pytest.fixture
-def server_iot(moto_server):
-    return boto3.client("iot", region_name=REGION, endpoint_url=moto_server)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:

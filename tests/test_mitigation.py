@@ -13,26 +13,10 @@ from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.mitigation import ActionDefinition, Mitigator
 from devicedefender_audit.models import MitigationActionType as Action
 from devicedefender_audit.models import MitigationExecution, MitigationStatus
-from devicedefender_audit.store import open_store
 
 GROUP = "quarantine"
 ALL = (Action.UPDATE_DEVICE_CERTIFICATE, Action.ADD_THINGS_TO_THING_GROUP, Action.PUBLISH_FINDING_TO_SNS)
 TASK = "task-1"
-
-
-@pytest.fixture
-def account(iot, tmp_path, sns_queue):
-    """Two ROCA certificates on things, audited and stored; an SNS topic drained by SQS."""
-    certs = [
-        register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter-1"),
-        register(iot, (DATA / "roca" / "cert05.pem").read_text(), thing="meter-2"),
-    ]
-    iot.create_thing(thingName="meter-1b")
-    iot.attach_thing_principal(thingName="meter-1b", principal=certs[0]["certificateArn"])
-    store = open_store(tmp_path / "audits.sqlite3")
-    result = run_audit(iot, [RocaDetector()], store)
-    yield {"iot": iot, **sns_queue, "store": store, "findings": result.findings, "certs": certs}
-    store.close()
 
 
 def config(a, actions=ALL, group=GROUP, topic=None) -> list[ActionDefinition]:

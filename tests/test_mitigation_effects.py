@@ -7,13 +7,11 @@ from __future__ import annotations
 import dataclasses
 
 import boto3
-import pytest
 from botocore.exceptions import ClientError
 from conftest import DATA, REGION, register, run_audit
 from conftest import issue_certificate as issue
 from test_mitigation import TASK, config, group_members, status_of
 
-from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.mitigation import ActionDefinition, Mitigator
 from devicedefender_audit.models import MitigationActionType as Action
 from devicedefender_audit.models import MitigationStatus
@@ -25,21 +23,6 @@ QUALITY = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"
 FACTORABLE = "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"
 ROLE_A = "arn:aws:iam::123456789012:role/mitigation-a"
 ROLE_B = "arn:aws:iam::123456789012:role/mitigation-b"
-
-
-@pytest.fixture
-def account(iot, tmp_path, sns_queue):
-    """As test_mitigation's: two ROCA certificates on things (meter-1 and meter-1b share the first)."""
-    certs = [
-        register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter-1"),
-        register(iot, (DATA / "roca" / "cert05.pem").read_text(), thing="meter-2"),
-    ]
-    iot.create_thing(thingName="meter-1b")
-    iot.attach_thing_principal(thingName="meter-1b", principal=certs[0]["certificateArn"])
-    store = open_store(tmp_path / "audits.sqlite3")
-    result = run_audit(iot, [RocaDetector()], store)
-    yield {"iot": iot, **sns_queue, "store": store, "findings": result.findings, "certs": certs}
-    store.close()
 
 
 def _first(a):

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 from conftest import DATA, REGION, register
+from test_cli import run_cli
 
 from devicedefender_audit.cli import main
 from devicedefender_audit.models import AuditTask
 from devicedefender_audit.report import tasks_text
 
 QUALITY = "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"
-
-
-@pytest.fixture
-def server_iot(moto_server):
-    return boto3.client("iot", region_name=REGION, endpoint_url=moto_server)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    return code, capsys.readouterr().out
 
 
 def finding_lines(out: str) -> list[str]:
