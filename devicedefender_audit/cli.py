@@ -80,6 +80,29 @@ def region_name(text: str) -> str:
     return text
 
 
+def endpoint_url(text: str) -> str:
+    """An http(s) URL with a host, checked when parsed: botocore raised ValueError (a traceback)
+    for anything else, at the first client it made."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL with a host (e.g. http://localhost:4566): {text!r}")
+    return text
+
+
+def _check_command_checks(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CHECK_COMMAND_CHECKS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: not one of {', '.join(CHECK_COMMAND_CHECKS)}")
+    return names
+
+
 def _rate(text: str) -> tuple[str, float]:
     from devicedefender_audit.aws.pacing import parse_rate
 
@@ -93,7 +116,7 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("AWS (defaults: the standard AWS credential/region chain)")
     group.add_argument("--region", type=region_name)
     group.add_argument("--profile")
-    group.add_argument("--endpoint-url", help="e.g. a moto server or LocalStack")
+    group.add_argument("--endpoint-url", type=endpoint_url, help="e.g. a moto server or LocalStack")
     group.add_argument("--max-attempts", type=_positive_int, default=10,
                        help="attempts per call, retried in botocore's adaptive mode (default 10)")
     group.add_argument("--rate", dest="rates", type=_rate, action="append", default=[],
@@ -114,7 +137,7 @@ def _store_aws_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("AWS, for a --store dynamodb://TABLE (default: the standard AWS chain)")
     group.add_argument("--region", type=region_name)
     group.add_argument("--profile")
-    group.add_argument("--endpoint-url")
+    group.add_argument("--endpoint-url", type=endpoint_url)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -164,10 +187,11 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     check.add_argument("files", nargs="+")
     check.add_argument("--format", choices=("table", "json", "sarif"), default="table",
                        help="sarif: SARIF 2.1.0 for code scanning in CI")
-    check.add_argument("--checks", nargs="+", choices=CHECK_COMMAND_CHECKS, default=list(CHECK_COMMAND_CHECKS),
-                       help="checks run on each key (default: both). The factorable check's per-key tests "
-                       "(close primes, small factors, insecure parameters) cost ~2 ms an RSA key; its "
-                       "comparison across the fleet needs run")
+    # One value per --checks (repeatable, or comma-separated), so that it may come before the files.
+    check.add_argument("--checks", type=_check_command_checks, action="extend", default=None, metavar="CHECK[,CHECK]",
+                       help=f"checks run on each key: {', '.join(CHECK_COMMAND_CHECKS)} (default: both). The "
+                       "factorable check's per-key tests (close primes, small factors, insecure parameters) cost "
+                       "~2 ms an RSA key; its comparison across the fleet needs run")
     _blocklists(check)
 
 
@@ -278,14 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
 # helpers ---------------------------------------------------------------------------------------
 
 
-def _open_store(args: argparse.Namespace, bind: bool = True) -> Store:
+#: How a command's region meets the store's (:func:`_open_store`).
+ACTS_IN_REGION, READS_LOCALLY, ANY_REGION = "acts", "reads", "any"
+
+
+def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
     """The store, opened and checked before any AWS call (a bad one is a StoreError: exit 2). A
     ``dynamodb://`` store is reached with the command's own AWS options (region, profile, endpoint).
 
-    With ``bind`` the store is one region's: the command's region (``--region``, else the AWS
-    configuration's) binds it on first use, and another region is refused. The demo keeps its
-    own store (``demo.sqlite3`` beside the default one) unless ``--store`` names one, so that
-    its audits are never taken for the account's (``mitigate`` acts on the latest audit).
+    A store is one region's. A command that acts on AWS in its region (``ACTS_IN_REGION``:
+    ``--region``, else the AWS configuration's) is refused on another region's store and binds
+    one not bound yet; one that only reads the store (``READS_LOCALLY``) is compared only with a
+    ``--region`` given on its command line; ``ANY_REGION`` (the table that every account-region
+    of ``run --regions`` has a partition in) is not compared. The demo keeps its own store
+    (``demo.sqlite3`` beside the default one) unless ``--store`` names one, so that its audits
+    are never taken for the account's (``mitigate`` acts on the latest audit).
     """
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.store import default_store_path, demo_store_path, open_store
@@ -295,11 +326,16 @@ def _open_store(args: argparse.Namespace, bind: bool = True) -> Store:
     target = AwsTarget(region=getattr(args, "region", None), profile=getattr(args, "profile", None),
                        endpoint_url=getattr(args, "endpoint_url", None))
     region = None
-    if bind:
+    if demo:
         from devicedefender_audit.demo import DEMO_REGION
 
-        region = DEMO_REGION if demo else _region_or_none(target)
-    return open_store(location, target if str(location).startswith("dynamodb:") else None, region)
+        region = DEMO_REGION
+    elif scope == ACTS_IN_REGION:
+        region = _region_or_none(target)
+    elif scope == READS_LOCALLY:
+        region = getattr(args, "region", None)
+    return open_store(location, target if str(location).startswith("dynamodb:") else None, region,
+                      bind=scope == ACTS_IN_REGION)
 
 
 def _region_or_none(target: AwsTarget) -> str | None:
@@ -438,7 +474,7 @@ def _run_many(args: argparse.Namespace) -> int:
     # DynamoDB partition shares is opened (created if missing); a SQLite path is only the
     # directory for the account-regions' own files, so its own file is not created.
     if str(location).startswith("dynamodb:"):
-        _open_store(args, bind=False).close()  # the table of every account-region's partition
+        _open_store(args, ANY_REGION).close()  # the table of every account-region's partition
     elif str(location) != ":memory:":
         from devicedefender_audit.store.sqlite import check_partition_directory
 
@@ -530,7 +566,7 @@ def cmd_list_audits(args: argparse.Namespace) -> int:
     from devicedefender_audit.audit import recover_interrupted
     from devicedefender_audit.report import tasks_text
 
-    store = _open_store(args)
+    store = _open_store(args, READS_LOCALLY)
     try:
         recover_interrupted(store)
         tasks = store.list_tasks()
@@ -565,7 +601,7 @@ def _resolve_task(store: Store, task_id: str | None) -> AuditTask:
 
 
 def cmd_show_findings(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = _open_store(args, READS_LOCALLY)
     try:
         task = _resolve_task(store, args.task_id)
         _print_audit(store, task, args.format)
@@ -631,7 +667,7 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
 def cmd_list_mitigations(args: argparse.Namespace) -> int:
     from devicedefender_audit.service.mitigation_tasks import executions_for_audit
 
-    store = _open_store(args)
+    store = _open_store(args, READS_LOCALLY)
     try:
         executions = executions_for_audit(store, _resolve_task(store, args.task_id).task_id)
     finally:
@@ -657,7 +693,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from devicedefender_audit.key_check import check_files, result_detail
     from devicedefender_audit.text_table import table
 
-    checks = check_files(args.files, _check_detectors(args.checks, args))
+    checks = check_files(args.files, _check_detectors(args.checks or CHECK_COMMAND_CHECKS, args))
     if args.format == "sarif":
         from devicedefender_audit.exports.sarif import checks_sarif
 
@@ -689,7 +725,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(table(("FILE", "KEY", "RESULT", "DETAIL"), rows))
     if any(r.verdict is Verdict.VULNERABLE for c in checks for r in c.results):
         return EXIT_NON_COMPLIANT
-    return EXIT_INCOMPLETE if any(c.error for c in checks) else EXIT_OK
+    # A key no detector data covers (e.g. RSA-8192, DSA) is not clean, as in run's RESOURCES_NOT_COVERED.
+    unchecked = any(c.error for c in checks) or any(r.verdict is Verdict.NOT_COVERED for c in checks for r in c.results)
+    return EXIT_INCOMPLETE if unchecked else EXIT_OK
 
 
 def cmd_blocklist(args: argparse.Namespace) -> int:

@@ -121,13 +121,16 @@ def _operation_parser(command: str) -> argparse.ArgumentParser:
 
 def _local_options(parser: argparse.ArgumentParser) -> None:
     """Where the operations run: this tool's options, beside the model's."""
+    from devicedefender_audit.cli import endpoint_url, region_name
+
     local = parser.add_argument_group("where (this tool's options)")
     local.add_argument("--store", default=None,  # a string: a Path collapses dynamodb:// and '' to '.'
                        help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE)")
     local.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
-    local.add_argument("--region")
+    local.add_argument("--region", type=region_name)
     local.add_argument("--profile")
-    local.add_argument("--endpoint-url", help="AWS IoT endpoint the audits read (e.g. a moto server)")
+    local.add_argument("--endpoint-url", type=endpoint_url,
+                       help="AWS IoT endpoint the audits read (e.g. a moto server)")
     local.add_argument("--output", choices=("json",), default="json")
     local.add_argument("--assume-roles", action="store_true",
                        help="act as Device Defender does, with the configured roles (the audit configuration's "
@@ -202,21 +205,39 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.service import ServiceContext
     from devicedefender_audit.service.context import utc_now
-    from devicedefender_audit.store import open_store
+    from devicedefender_audit.store import open_store, partition_region
 
+    # ``target`` reaches the store (a DynamoDB table in the stack's region); ``aws`` is where the
+    # audits act: an account-region's partition is its region's, whatever region reaches it.
     target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
-    region = target.region_name or "us-east-1"
-    store = open_store(options.store, target, region)  # bound to the region whose audits it answers for
+    named = partition_region(options.store) if options.store else None
+    aws = AwsTarget(region=named, profile=options.profile, endpoint_url=options.endpoint_url) if named else target
+    command_region = _configured_region(target)
+    # A store is one region's (store/region_binding.py); a partition is compared only with a
+    # --region given on the command line, as the configured one may be the table's.
+    store = open_store(options.store, target, options.region if named else command_region)
+    region = named or command_region or "us-east-1"  # the fallback names ARNs only
 
     def detectors() -> list[Any]:
         from devicedefender_audit.detectors import default_detectors
 
         return default_detectors(options.blocklists)
 
-    return ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
+    return ServiceContext(store=store, iot_client=lambda: aws.client("iot"), detectors=detectors,
                           region=region, clock=clock or utc_now,
-                          sns_client=lambda: target.client("sns"),
-                          role_client=target.client if options.assume_roles else None)
+                          sns_client=lambda: aws.client("sns"),
+                          role_client=aws.client if options.assume_roles else None)
+
+
+def _configured_region(target: Any) -> str | None:
+    """The command's region (``--region``, else the AWS configuration's), or None for none or an
+    empty one (the command says so when it calls AWS)."""
+    from botocore.exceptions import NoRegionError, ProfileNotFound
+
+    try:
+        return target.region_name
+    except (NoRegionError, ProfileNotFound):
+        return target.region
 
 
 def run_due_command(args: argparse.Namespace) -> int:

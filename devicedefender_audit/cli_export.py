@@ -68,7 +68,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return cli.EXIT_USAGE
     if args.output is not None:
         check_output(args.output)
-    store = cli._open_store(args)
+    # Sent to Security Hub, findings go to the region's hub: the store must be that region's.
+    store = cli._open_store(args, cli.ACTS_IN_REGION if args.to_securityhub else cli.READS_LOCALLY)
     try:
         task = cli._resolve_task(store, args.task_id)
         findings = list(store.findings(task.task_id))

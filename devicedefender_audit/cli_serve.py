@@ -32,10 +32,10 @@ def _port(text: str) -> int:
 
 def add_serve_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Declare ``serve`` on the CLI's subparsers; return its handler by command name."""
-    from devicedefender_audit.cli import region_name
+    from devicedefender_audit.cli import endpoint_url, region_name
 
     serve = sub.add_parser("serve", help="serve the Device Defender audit API over rest-json (boto3, AWS CLI)")
-    serve.add_argument("--endpoint-url", help="AWS IoT endpoint that the audits read and that every other iot "
+    serve.add_argument("--endpoint-url", type=endpoint_url, help="AWS IoT endpoint that the audits read and that every other iot "
                        "operation is forwarded to (default: AWS IoT in --region)")
     serve.add_argument("--region", type=region_name, help="default: the standard AWS chain")
     serve.add_argument("--profile", help="credentials the server runs with, verifies requests against and "
@@ -80,9 +80,10 @@ def service_context(target: AwsTarget, store_path: Path | str, blocklists: Path 
                 loaded.extend(default_detectors(blocklists))
             return loaded
 
-    region = target.region_name or "us-east-1"
-    return ServiceContext(store=open_store(store_path, target, region), iot_client=lambda: target.client("iot"),
-                          detectors=detectors, region=region, background=True,
+    configured = target.region_name
+    # The store is bound to the region the server acts in; the fallback names ARNs only.
+    return ServiceContext(store=open_store(store_path, target, configured), iot_client=lambda: target.client("iot"),
+                          detectors=detectors, region=configured or "us-east-1", background=True,
                           open_worker_store=lambda: open_store(store_path, target),
                           sns_client=lambda: target.client("sns"),
                           role_client=target.client if assume_roles else None)

@@ -42,16 +42,21 @@ def test_the_first_region_binds_and_a_second_command_agrees(aws, tmp_path):
 
 
 def test_an_account_regions_partition_is_that_regions_by_its_name(aws, tmp_path):
-    """run --regions' partitions carry their region in their name, and a DynamoDB partition is
-    reached with the table's region, not its own: no binding is recorded or compared."""
+    """run --regions' partitions carry their region in their name: no binding is recorded. A
+    SQLite partition is refused for another region; a DynamoDB partition is reached with the
+    table's region, not its own, so that one is not compared."""
     from devicedefender_audit.store import partition_location
+    from devicedefender_audit.store.base import StoreError
 
-    for base in (str(tmp_path / "audits.sqlite3"), "dynamodb://dda-table"):
-        where = partition_location(base, "123456789012", "eu-west-1")
-        for region in (REGION, "eu-west-1"):
-            store = open_store(where, region=region)
-            assert store.get_record(BINDING_KIND, BINDING_KEY) is None
-            store.close()
+    sqlite_partition = partition_location(str(tmp_path / "audits.sqlite3"), "123456789012", "eu-west-1")
+    dynamodb_partition = partition_location("dynamodb://dda-table", "123456789012", "eu-west-1")
+    for where, region in ((sqlite_partition, "eu-west-1"), (dynamodb_partition, "eu-west-1"),
+                          (dynamodb_partition, REGION)):
+        store = open_store(where, region=region)
+        assert store.get_record(BINDING_KIND, BINDING_KEY) is None
+        store.close()
+    with pytest.raises(StoreError, match=f"holds the audits of region eu-west-1, not {REGION}"):
+        open_store(sqlite_partition, region=REGION)
 
 
 def test_the_demo_keeps_its_own_store(capsys, aws_env, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from devicedefender_audit.store.s3_fleet_state import S3Location
 
 __all__ = ["Store", "StoreError", "check_location", "default_store_path", "demo_store_path", "open_store",
-           "partition_location"]
+           "partition_location", "partition_region"]
 
 _ACCOUNT = re.compile(r"\d{12}")
 #: A URL's ``scheme:/`` or ``scheme://`` (``pathlib.Path`` collapses the second slash); two letters
@@ -85,12 +85,17 @@ def partition_location(location: Path | str, account_id: str, region: str) -> st
     return str(path.with_name(f"{path.stem}.{account_id}.{region}{path.suffix}"))
 
 
-def _is_partition(location: str) -> bool:
-    """Whether ``location`` is one account-region's, as :func:`partition_location` names them."""
-    if location.startswith("dynamodb:"):
-        return _dynamodb_location(_dynamodb_options(location)[0])[1] is not None
-    parts = Path(location).name.split(".")
-    return len(parts) >= 4 and bool(_ACCOUNT.fullmatch(parts[-3])) and bool(_REGION.fullmatch(parts[-2]))
+def partition_region(location: Path | str) -> str | None:
+    """The region of an account-region's partition, as :func:`partition_location` names them;
+    None for any other store."""
+    text = str(location)
+    if text.startswith("dynamodb:"):
+        partition = _dynamodb_location(_dynamodb_options(text)[0])[1]
+        return partition.split("/")[1] if partition else None
+    parts = Path(text).name.split(".")
+    if len(parts) >= 4 and _ACCOUNT.fullmatch(parts[-3]) and _REGION.fullmatch(parts[-2]):
+        return parts[-2]
+    return None
 
 
 def _dynamodb_options(location: str) -> tuple[str, S3Location | None]:
@@ -124,7 +129,8 @@ def _dynamodb_location(location: str) -> tuple[str, str | None]:
                      "share of it as dynamodb://TABLE/ACCOUNT_ID/REGION")
 
 
-def open_store(location: Path | str | None = None, target: AwsTarget | None = None, region: str | None = None) -> Store:
+def open_store(location: Path | str | None = None, target: AwsTarget | None = None, region: str | None = None,
+               bind: bool = True) -> Store:
     """Open (and check) the store at ``location``, by default :func:`default_store_path`.
 
     ``dynamodb://TABLE`` is a DynamoDB table, reached with ``target``'s region, profile and
@@ -135,18 +141,18 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     that each audit compares only what changed; without it every audit compares the fleet in
     full. Anything else is a SQLite file, which keeps the state in a file beside it.
 
-    With ``region`` (the command's), the store is bound to that region on first use and refused
-    for any other (:mod:`.region_binding`); an account-region's partition
-    (:func:`partition_location`) is that region's by its name, whatever region reaches it.
+    With ``region`` (the command's), a store of another region is refused, and with ``bind`` a
+    store not bound yet is bound to it (:mod:`.region_binding`); an account-region's partition
+    (:func:`partition_location`) is the region its name gives.
     """
     location = default_store_path() if location is None else location
     check_location(location)
     store = _open(location, target)
-    if region is not None and not _is_partition(str(location)):
-        from devicedefender_audit.store.region_binding import bind_region
+    if region is not None:
+        from devicedefender_audit.store.region_binding import check_region
 
         try:
-            bind_region(store, region, str(location))
+            check_region(store, region, str(location), bind, partition_region(location))
         except BaseException:
             store.close()
             raise

@@ -1,14 +1,20 @@
-"""A store holds one region's audits: the first command that names a region binds it.
+"""A store holds one region's audits: the first command that acts on AWS in a region binds it.
 
 Inventories, fleet state, schedules, suppressions and the audit configuration are all one
 region's (AWS IoT keeps each region's certificates apart), so two regions in one store would mix
 them: a schedule created for eu-west-1 would audit us-east-1, and ``mitigate`` would act on the
-other region's latest audit. A command with another region is refused with one clear error
-that says how to keep regions apart; ``run --regions`` does that by itself, one partition per
+other region's latest audit. A command for another region is refused with one clear error that
+says how to keep regions apart; ``run --regions`` does that by itself, one partition per
 account-region, which carries its region in its name.
+
+Only a region botocore knows binds a store, so a mistyped ``--region`` (whose command fails
+anyway) cannot bind it for good. A damaged binding record is taken as none: the store is bound
+again, to the region of its latest audit where it has one.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 from devicedefender_audit.store.base import Store, StoreError
 
@@ -16,20 +22,58 @@ from devicedefender_audit.store.base import Store, StoreError
 BINDING_KIND, BINDING_KEY = "store_binding", "region"
 
 
-def bind_region(store: Store, region: str, location: str) -> None:
-    """Bind ``store`` to ``region`` on first use (create-if-absent: two first commands agree on
-    one), or raise :class:`StoreError` when it holds another region's audits.
+def check_region(store: Store, region: str, location: str, bind: bool, named: str | None) -> None:
+    """Raise :class:`StoreError` when ``store`` holds another region's audits than ``region``.
 
-    A store from a release without the binding is bound to the region of its latest audit, so
-    its first command in another region is refused like any later one.
+    ``named`` is the region a partition's location names (a SQLite partition is compared with
+    it; a DynamoDB partition is reached with the table's region, so nothing is compared). With
+    ``bind``, a store not bound yet is bound: to the region of its latest audit (a store from
+    before the binding), else to ``region``, in either case only a region botocore knows (a
+    mistyped one's audit failed, and binds nothing).
     """
-    binding = store.get_record(BINDING_KIND, BINDING_KEY)
-    if binding is None:
+    if named is not None:
+        if not location.startswith("dynamodb:") and named != region:
+            raise _other_region(location, named, region)
+        return
+    bound = _bound_region(store)
+    if bound is None:
         latest = next((task.region for task in store.list_tasks(limit=1) if task.region), None)
-        store.insert_record(BINDING_KIND, BINDING_KEY, {"region": latest or region})
-        binding = store.get_record(BINDING_KIND, BINDING_KEY) or {}
-    bound = binding.get("region")
-    if bound != region:
-        raise StoreError(f"store {location} holds the audits of region {bound}, not {region}: give each region a "
-                         f"store of its own (--store or $DDA_STORE, e.g. audits.{region}.sqlite3), or audit "
-                         "several regions with run --regions, which keeps one per region")
+        earlier = latest if latest is not None and _known_region(latest) else None
+        if bind and (earlier is not None or _known_region(region)):
+            store.insert_record(BINDING_KIND, BINDING_KEY, {"region": earlier or region})
+            bound = _bound_region(store)
+        else:
+            bound = earlier
+    if bound is not None and bound != region:
+        raise _other_region(location, bound, region)
+
+
+def _bound_region(store: Store) -> str | None:
+    """The bound region; None when there is none or the record is damaged (it is then replaced)."""
+    try:
+        record = store.get_record(BINDING_KIND, BINDING_KEY)
+    except ValueError:  # not JSON: a torn write or a hand edit
+        record = "damaged"
+    if record is None:
+        return None
+    region = record.get("region") if isinstance(record, dict) else None
+    if isinstance(region, str) and region:
+        return region
+    store.delete_record(BINDING_KIND, BINDING_KEY)
+    return None
+
+
+@cache
+def _known_region(region: str) -> bool:
+    """Whether botocore's endpoint data lists ``region`` for AWS IoT, in any partition."""
+    import boto3
+
+    session = boto3.session.Session()
+    return any(region in session.get_available_regions("iot", partition_name=partition)
+               for partition in session.get_available_partitions())
+
+
+def _other_region(location: str, bound: str, region: str) -> StoreError:
+    return StoreError(f"store {location} holds the audits of region {bound}, not {region}: give each region a "
+                      f"store of its own (--store or $DDA_STORE, e.g. audits.{region}.sqlite3), or audit "
+                      "several regions with run --regions, which keeps one per region")
