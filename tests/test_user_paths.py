@@ -287,3 +287,32 @@ def test_a_retry_after_the_task_ended_with_keys_in_another_order_is_a_retry(weak
     assert start(ctx, dry_run=True, target=again, **request) == {"taskId": "r1"}
     with pytest.raises(TaskAlreadyExists):
         start(ctx, target=again, **request)
+
+
+def test_check_tests_a_repeated_key_once():
+    """A file repeating one key (a bundle, or hostile input: the factorable tests cost ~0.4 s
+    for a 16384-bit modulus) is tested once per key; every copy is reported with its results."""
+    from conftest import DATA
+
+    from devicedefender_audit.detectors.base import DetectorResult, Verdict
+    from devicedefender_audit.key_check import check_files
+
+    calls = []
+
+    class Counting:
+        name, reason_code, version = "counting", "X", "1"
+
+        def check(self, key):
+            calls.append(key.modulus)
+            return DetectorResult(self.name, Verdict.CLEAN)
+
+    pem = (DATA / "good" / "cert01.pem").read_text()
+    other = (DATA / "roca" / "cert04.pem").read_text()
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as bundle:
+        bundle.write(pem * 3 + other)
+        bundle.flush()
+        checks = check_files([bundle.name, bundle.name], [Counting()])
+    assert len(checks) == 8 and all(c.results[0].verdict is Verdict.CLEAN for c in checks)
+    assert len(calls) == 2  # cert01's key and cert04's, once each
