@@ -67,7 +67,8 @@ def test_defaults_are_the_documented_quotas():
     assert DEFAULT_RATES["iot.AddThingToThingGroup"] == 100.0
 
 
-@pytest.mark.parametrize("text", ["DescribeCertificate", "=5", "DescribeCertificate=0", "X=-1", "X=fast"])
+@pytest.mark.parametrize("text", ["DescribeCertificate", "=5", "DescribeCertificate=0", "X=-1", "X=fast",
+                                  "DescribeCertificate=1e-300", "DescribeCertificate=inf", "DescribeCertificate=nan"])
 def test_bad_rate_options_are_refused(text):
     with pytest.raises(ValueError, match="OPERATION=REQUESTS_PER_SECOND"):
         parse_rate(text)

@@ -12,6 +12,7 @@ overrides one of them. Operations without a known quota are not paced.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -108,6 +109,10 @@ def _spelling(name: str) -> str:
 _PACED = {_spelling(s): name for name in DEFAULT_RATES for s in (name, name.partition(".")[2])}
 
 
+#: The slowest pace ``--rate`` takes: one call a minute (a tinier one overflowed the pacer's sleep).
+MIN_RATE = 1 / 60
+
+
 def parse_rate(text: str) -> tuple[str, float]:
     """``DescribeCertificate=5`` -> (``iot.DescribeCertificate``, 5.0), for an operation the pacer
     paces (:data:`DEFAULT_RATES`); any other name is a ValueError listing them, so a typo is not
@@ -119,8 +124,9 @@ def parse_rate(text: str) -> tuple[str, float]:
         rate = float(value)
     except ValueError:
         rate = 0.0
-    if not sep or not name.strip() or not rate > 0:
-        raise ValueError(f"--rate wants OPERATION=REQUESTS_PER_SECOND with a positive rate, not {text!r}")
+    if not sep or not name.strip() or not MIN_RATE <= rate < math.inf:
+        raise ValueError(f"--rate wants OPERATION=REQUESTS_PER_SECOND with a rate of at least {MIN_RATE} "
+                         f"(one call a minute) and finite, not {text!r}")
     operation = _PACED.get(_spelling(name.strip()))
     if operation is None:
         names = ", ".join(paced.partition(".")[2] for paced in DEFAULT_RATES)
