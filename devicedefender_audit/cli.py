@@ -331,14 +331,14 @@ def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
 
         region = DEMO_REGION
     elif scope == ACTS_IN_REGION:
-        region = _region_or_none(target)
+        region = configured_region(target)
     elif scope == READS_LOCALLY:
         region = getattr(args, "region", None)
     return open_store(location, target if str(location).startswith("dynamodb:") else None, region,
                       bind=scope == ACTS_IN_REGION)
 
 
-def _region_or_none(target: AwsTarget) -> str | None:
+def configured_region(target: AwsTarget) -> str | None:
     """The command's region, or None where none is configured, also as an empty one (a command
     that needs one says so when it calls AWS), or the profile is missing (said by the command's
     first AWS call too)."""
@@ -351,10 +351,14 @@ def _region_or_none(target: AwsTarget) -> str | None:
 
 
 def _target(args: argparse.Namespace) -> AwsTarget:
+    """Where the command acts: in the region of an account-region's partition when the store is
+    one (a DynamoDB partition is reached with --region, the table's), else in the command's."""
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.aws.pacing import DEFAULT_RATES
+    from devicedefender_audit.store import default_store_path, partition_region
 
-    return AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url,
+    named = partition_region(args.store if args.store is not None else default_store_path())
+    return AwsTarget(region=named or args.region, profile=args.profile, endpoint_url=args.endpoint_url,
                      max_attempts=args.max_attempts, rates={**DEFAULT_RATES, **dict(args.rates)})
 
 
@@ -516,6 +520,9 @@ def _run_many(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.regions is not None or args.role_arn or args.organization:
         return _run_many(args)
+    if not args.demo:
+        target = _target(args)
+        target.require_credentials()  # before the store is bound to a region this run cannot audit
     store = _open_store(args)
     try:
         if args.demo:
@@ -524,8 +531,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             with demo_account() as target:
                 task = _run_audit(target, store, args, progress=not args.no_progress)
         else:
-            target = _target(args)
-            target.require_credentials()
             task = _run_audit(target, store, args, progress=not args.no_progress)
         _print_audit(store, task, args.format)
     finally:

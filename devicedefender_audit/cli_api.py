@@ -174,7 +174,7 @@ def run_api_command(args: argparse.Namespace) -> int:
     request = {name: getattr(options, name) for name in model_members if getattr(options, name) is not None}
     flag = EXTENSION_FLAGS.get(operation_name)
     extensions = {flag[1]: True} if flag and getattr(options, flag[1]) else {}
-    ctx = _context(options)
+    ctx = _context(options, read_only=operation_name.startswith(("Describe", "List")))
     store = ctx.store
     try:
         def call(**params: Any) -> dict:
@@ -200,22 +200,26 @@ def _members(operation_name: str) -> Sequence[str]:
 
 
 
-def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None = None) -> Any:
+def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None = None,
+             read_only: bool = False) -> Any:
     """The service context for one command: the store, paced AWS clients, detectors on demand."""
     from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.cli import configured_region
     from devicedefender_audit.service import ServiceContext
     from devicedefender_audit.service.context import utc_now
-    from devicedefender_audit.store import open_store, partition_region
+    from devicedefender_audit.store import default_store_path, open_store, partition_region
 
     # ``target`` reaches the store (a DynamoDB table in the stack's region); ``aws`` is where the
     # audits act: an account-region's partition is its region's, whatever region reaches it.
     target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
-    named = partition_region(options.store) if options.store else None
+    named = partition_region(options.store if options.store is not None else default_store_path())
     aws = AwsTarget(region=named, profile=options.profile, endpoint_url=options.endpoint_url) if named else target
-    command_region = _configured_region(target)
-    # A store is one region's (store/region_binding.py); a partition is compared only with a
-    # --region given on the command line, as the configured one may be the table's.
-    store = open_store(options.store, target, options.region if named else command_region)
+    command_region = configured_region(target)
+    # A store is one region's (store/region_binding.py). A partition, and any store for a
+    # read-only operation, is compared only with a --region given on the command line (the
+    # configured one may be the table's); only an operation that writes binds a store.
+    compare = options.region if named or read_only else command_region
+    store = open_store(options.store, target, compare, bind=not read_only)
     region = named or command_region or "us-east-1"  # the fallback names ARNs only
 
     def detectors() -> list[Any]:
@@ -228,16 +232,6 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
                           sns_client=lambda: aws.client("sns"),
                           role_client=aws.client if options.assume_roles else None)
 
-
-def _configured_region(target: Any) -> str | None:
-    """The command's region (``--region``, else the AWS configuration's), or None for none or an
-    empty one (the command says so when it calls AWS)."""
-    from botocore.exceptions import NoRegionError, ProfileNotFound
-
-    try:
-        return target.region_name
-    except (NoRegionError, ProfileNotFound):
-        return target.region
 
 
 def run_due_command(args: argparse.Namespace) -> int:

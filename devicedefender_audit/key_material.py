@@ -308,8 +308,13 @@ def _ssh_public_key(line: bytes) -> tuple[object, str]:
     from cryptography.hazmat.primitives import serialization
 
     if line.lstrip().startswith(b"ssh-dss "):
-        # load_ssh_public_identity refuses DSA (there are no DSA certificates); the key loader reads it.
-        return serialization.load_ssh_public_key(line), "ssh public key"
+        # load_ssh_public_identity refuses DSA (there are no DSA certificates); the key loader reads
+        # it, warning that SSH DSA is deprecated: reading one to report it is what we want.
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # CryptographyDeprecationWarning is one
+            return serialization.load_ssh_public_key(line), "ssh public key"
     identity = serialization.load_ssh_public_identity(line)
     if isinstance(identity, serialization.SSHCertificate):
         return identity.public_key(), "ssh certificate"

@@ -180,7 +180,7 @@ class Mitigator:
             if action.action_type not in ACTIONS_FOR_RESOURCE[finding.resource_type]:
                 raise _Skip(f"{action.action_type.value} does not act on a {finding.resource_type} finding")
             held = self._claim(claim, task_id, action)
-            claimed = not self.dry_run and self.store is not None
+            claimed = held is not None
             self._holding = (claim, held) if held else None
             handler = {
                 MitigationActionType.UPDATE_DEVICE_CERTIFICATE: self._deactivate_certificate,
@@ -233,8 +233,12 @@ class Mitigator:
         if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
             return body["claimId"]
         holder = self.store.get_record(CLAIM_KIND, key)
-        if holder is None:  # nobody applied it (a real run sees this only if the claim was just released)
-            return None
+        if holder is None:  # released since the insert failed: a real run takes it now, or leaves it
+            if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
+                return body["claimId"]
+            if self.dry_run:
+                return None
+            raise _Skip("another task took the claim meanwhile")
         if holder.get("state") == "APPLIED":
             raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
         if abandoned(holder) and self.dry_run:
@@ -248,9 +252,10 @@ class Mitigator:
         if self._holding is None or self.store is None:
             return
         key, claim_id = self._holding
-        holder = self.store.get_record(CLAIM_KIND, key) or {}
-        if holder.get("claimId") != claim_id:
-            raise _ClaimLost(f"task {holder.get('taskId')} retook the claim (this task was silent for over "
+        holder = self.store.get_record(CLAIM_KIND, key)
+        if holder is None or holder.get("claimId") != claim_id:
+            by = f"task {holder.get('taskId')}" if holder else "another task"
+            raise _ClaimLost(f"{by} retook the claim (this task was silent for over "
                              f"{CLAIM_STALE_AFTER_S // 60} minutes) and applies the change instead")
 
     def _made(self, claim: str, action: ActionDefinition, task_id: str, claimed: bool) -> None:

@@ -88,3 +88,57 @@ def test_a_store_from_before_the_binding_is_its_latest_audits_region(iot, tmp_pa
     with pytest.raises(StoreError, match=f"holds the audits of region {REGION}, not eu-west-1"):
         open_store(location, region="eu-west-1")
     open_store(location, region=REGION).close()
+
+
+def test_run_on_a_dynamodb_partition_audits_the_partitions_region(capsys, aws, tmp_path, monkeypatch):
+    """`run --store dynamodb://T/ACCOUNT/eu-west-1 --region us-east-1` (the table's region)
+    audits eu-west-1's fleet, as the Lambda does; also with the partition in $DDA_STORE."""
+    import boto3
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from devicedefender_audit.aws.clients import AwsTarget
+    from devicedefender_audit.demo import issue_certificate
+
+    for name in ("eu-1", "eu-2"):
+        boto3.client("iot", region_name="eu-west-1").register_certificate_without_ca(
+            certificatePem=issue_certificate(rsa.generate_private_key(public_exponent=65537, key_size=2048), name),
+            status="ACTIVE")
+    partition = "dynamodb://dda-regions/123456789012/eu-west-1"
+    assert main(["run", "--store", partition, "--region", REGION, "--no-progress", "--format", "json",
+                 "--checks", CHECK]) == 0
+    monkeypatch.setenv("DDA_STORE", partition)
+    assert main(["run", "--region", REGION, "--no-progress", "--format", "json", "--checks", CHECK]) == 0
+    capsys.readouterr()
+    store = open_store(partition, AwsTarget(region=REGION))
+    tasks = store.list_tasks()
+    store.close()
+    assert [(t.region, t.audit_details[CHECK].total_resources_count) for t in tasks] == [("eu-west-1", 2)] * 2
+
+
+def test_a_run_without_credentials_binds_nothing(capsys, monkeypatch, tmp_path):
+    """No credentials: the run fails before the store is bound, so the user's next run in the
+    region they meant is not refused."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = tmp_path / "audits.sqlite3"
+    assert main(["run", "--store", str(store), "--region", REGION, "--no-progress"]) == 1
+    capsys.readouterr()
+    assert not store.exists() or open_store(store).get_record(BINDING_KIND, BINDING_KEY) is None
+
+
+def test_the_api_reads_another_regions_store_as_list_audits_does(capsys, aws, tmp_path):
+    """Describe/List operations compare only with a --region on their command line and bind
+    nothing, as the CLI's read commands do; an operation that writes is refused."""
+    store = str(tmp_path / "audits.sqlite3")
+    open_store(store, region="eu-west-1").close()
+    window = ["--start-time", "2024-01-01T00:00:00Z", "--end-time", "2030-01-01T00:00:00Z"]
+    assert main(["list-audit-tasks", "--store", store, *window]) == 0  # configured: us-east-1
+    assert main(["list-audit-tasks", "--store", store, "--region", REGION, *window]) == 2
+    assert main(["create-scheduled-audit", "--store", store, "--scheduled-audit-name", "d", "--frequency", "DAILY",
+                 "--target-check-names", CHECK]) == 2
+    fresh = str(tmp_path / "fresh.sqlite3")
+    assert main(["list-scheduled-audits", "--store", fresh, "--region", "ap-south-1"]) == 0
+    assert open_store(fresh).get_record(BINDING_KIND, BINDING_KEY) is None

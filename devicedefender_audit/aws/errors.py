@@ -49,7 +49,7 @@ def aws_error_message(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         error = (exc.response or {}).get("Error") or {}
         message = str(error.get("Message") or exc)
-        if message.lstrip()[:1] == "<":
+        if message.lstrip()[:14].lower().startswith(("<!doctype html", "<html")):
             return _web_page(message, (exc.response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode"))
         return message
     return str(exc) or type(exc).__name__
