@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,12 +95,25 @@ def endpoint_url(text: str) -> str:
     return text
 
 
-def _check_command_checks(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CHECK_COMMAND_CHECKS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: not one of {', '.join(CHECK_COMMAND_CHECKS)}")
+def _check_names(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argument type for check names: one, or several separated by commas, each of ``allowed``."""
+    def names(text: str) -> list[str]:
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in allowed]
+        if not chosen or unknown:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: not one of {', '.join(allowed)}")
+        return chosen
+
     return names
+
+
+class _ExtendFlat(argparse.Action):
+    """Extends the list with every name of every value (each value a list of names)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        lists = values if isinstance(values, list) and values and isinstance(values[0], list) else [values]
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *(n for group in lists for n in group)])
 
 
 def _rate(text: str) -> tuple[str, float]:
@@ -188,7 +201,8 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--format", choices=("table", "json", "sarif"), default="table",
                        help="sarif: SARIF 2.1.0 for code scanning in CI")
     # One value per --checks (repeatable, or comma-separated), so that it may come before the files.
-    check.add_argument("--checks", type=_check_command_checks, action="extend", default=None, metavar="CHECK[,CHECK]",
+    check.add_argument("--checks", type=_check_names(CHECK_COMMAND_CHECKS), action=_ExtendFlat, default=None,
+                       metavar="CHECK[,CHECK]",
                        help=f"checks run on each key: {', '.join(CHECK_COMMAND_CHECKS)} (default: both). The "
                        "factorable check's per-key tests (close primes, small factors, insecure parameters) cost "
                        "~2 ms an RSA key; its comparison across the fleet needs run")
@@ -217,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--demo", action="store_true",
                      help="audit an embedded moto account seeded with a demo fleet (no AWS needed)")
     run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--checks", nargs="+", choices=AUDIT_CHECKS, default=None,
+    run.add_argument("--checks", nargs="+", type=_check_names(AUDIT_CHECKS), action=_ExtendFlat, default=None,
+                     metavar="CHECK[,CHECK]",
                      help="audit checks to run (default: all)")
     run.add_argument("--known-moduli", type=Path, default=None, metavar="FILE",
                      help="known moduli or primes (decimal, 0x-hex or Modulus=HEX per line) the fleet is "

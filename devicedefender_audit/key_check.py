@@ -126,10 +126,8 @@ def _check_file(path: str, detectors: Sequence[Detector], seen: dict[tuple, Sequ
             checks.append(FileCheck(path, error=f"{where}{entry.error}", location=entry.location))
         else:
             key = entry.key
-            identity = (key.algorithm, key.bits, key.modulus, key.exponent, key.point, key.spki if key.modulus is None
-                        and key.point is None else b"")
-            results = seen.get(identity)
+            results = seen.get(key.identity)
             if results is None:
-                results = seen[identity] = check_key(key, detectors)
+                results = seen[key.identity] = check_key(key, detectors)
             checks.append(FileCheck(path, key, results, location=entry.location))
     return checks

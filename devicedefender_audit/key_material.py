@@ -106,6 +106,13 @@ class PublicKeyInfo(NamedTuple):
     def is_rsa(self) -> bool:
         return self.algorithm == "RSA"
 
+    @property
+    def identity(self) -> tuple:
+        """What makes two keys the same key, wherever they were read from: the algorithm (an EC
+        key's names its curve) with the modulus and exponent, the point, or else the SPKI."""
+        other = self.spki if self.modulus is None and self.point is None else b""
+        return (self.algorithm, self.bits, self.modulus, self.exponent, self.point, other)
+
 
 def _spki(key: object) -> bytes:
     from cryptography.hazmat.primitives import serialization

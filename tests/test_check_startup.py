@@ -61,3 +61,19 @@ def test_check_of_an_ec_key_imports_no_key_generator():
     out = subprocess.run([sys.executable, "-c", probe, *files], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "3 []"  # the weak key found, no generator imported
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--checks", QUALITY, "CA_CERTIFICATE_KEY_QUALITY_CHECK"],
+    ["run", "--checks", f"{QUALITY},CA_CERTIFICATE_KEY_QUALITY_CHECK"],
+    ["run", "--checks", QUALITY, "--checks", "CA_CERTIFICATE_KEY_QUALITY_CHECK"],
+])
+def test_run_takes_check_names_spaced_or_comma_separated(argv):
+    """`run --checks` and `check --checks` both take comma-separated names; run's also spaced."""
+    assert cli.build_parser().parse_args(argv).checks == [QUALITY, "CA_CERTIFICATE_KEY_QUALITY_CHECK"]
+
+
+def test_check_takes_comma_separated_checks_before_the_files():
+    args = cli._check_parser().parse_args(["check", "--checks", f"{QUALITY},{QUALITY.replace('QUALITY', 'FACTORABLE')}",
+                                           "a.pem"])
+    assert (args.checks, args.files) == ([QUALITY, "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"], ["a.pem"])
