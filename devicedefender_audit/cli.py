@@ -328,13 +328,14 @@ def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
     A store is one region's. A command that acts on AWS in its region (``ACTS_IN_REGION``:
     ``--region``, else the AWS configuration's) is refused on another region's store and binds
     one not bound yet; one that only reads the store (``READS_LOCALLY``) is compared only with a
-    ``--region`` given on its command line; ``ANY_REGION`` (the table that every account-region
-    of ``run --regions`` has a partition in) is not compared. The demo keeps its own store
+    ``--region`` given on its command line, as is an account-region's partition (which is its
+    region's by name: commands act there, :func:`_target`); ``ANY_REGION`` (the table that every
+    account-region of ``run --regions`` has a partition in) is not compared. The demo keeps its own store
     (``demo.sqlite3`` beside the default one) unless ``--store`` names one, so that its audits
     are never taken for the account's (``mitigate`` acts on the latest audit).
     """
     from devicedefender_audit.aws.clients import AwsTarget
-    from devicedefender_audit.store import default_store_path, demo_store_path, open_store
+    from devicedefender_audit.store import default_store_path, demo_store_path, open_store, partition_region
 
     demo = args.command == "demo" or getattr(args, "demo", False)
     location = args.store if args.store is not None else demo_store_path() if demo else default_store_path()
@@ -345,9 +346,9 @@ def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
         from devicedefender_audit.demo import DEMO_REGION
 
         region = DEMO_REGION
-    elif scope == ACTS_IN_REGION:
+    elif scope == ACTS_IN_REGION and partition_region(location) is None:
         region = configured_region(target)
-    elif scope == READS_LOCALLY:
+    elif scope != ANY_REGION:  # reads, and a partition (the command acts in its region: _target)
         region = getattr(args, "region", None)
     return open_store(location, target if str(location).startswith("dynamodb:") else None, region,
                       bind=scope == ACTS_IN_REGION)

@@ -142,3 +142,24 @@ def test_the_api_reads_another_regions_store_as_list_audits_does(capsys, aws, tm
     fresh = str(tmp_path / "fresh.sqlite3")
     assert main(["list-scheduled-audits", "--store", fresh, "--region", "ap-south-1"]) == 0
     assert open_store(fresh).get_record(BINDING_KIND, BINDING_KEY) is None
+
+
+def test_a_sqlite_partition_is_audited_in_its_region_unless_another_is_named(capsys, aws, tmp_path):
+    """`run --store audits.<account>.eu-west-1.sqlite3` with us-east-1 configured audits
+    eu-west-1 (the partition's region, as for a DynamoDB one); an explicit other --region is
+    refused (exit 2)."""
+    import boto3
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from devicedefender_audit.demo import issue_certificate
+
+    boto3.client("iot", region_name="eu-west-1").register_certificate_without_ca(
+        certificatePem=issue_certificate(rsa.generate_private_key(public_exponent=65537, key_size=2048), "eu"),
+        status="ACTIVE")
+    partition = str(tmp_path / "audits.123456789012.eu-west-1.sqlite3")
+    assert main(["run", "--store", partition, "--no-progress", "--checks", CHECK]) == 0  # configured: us-east-1
+    assert main(["run", "--store", partition, "--region", REGION, "--no-progress", "--checks", CHECK]) == 2
+    capsys.readouterr()
+    store = open_store(partition)
+    assert [(t.region, t.audit_details[CHECK].total_resources_count) for t in store.list_tasks()] == [("eu-west-1", 1)]
+    store.close()
