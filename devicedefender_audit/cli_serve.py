@@ -69,7 +69,7 @@ def service_context(target: AwsTarget, store_path: Path | str, blocklists: Path 
     action act as their configured role, as Device Defender does."""
     from devicedefender_audit.detectors import default_detectors
     from devicedefender_audit.service import ServiceContext
-    from devicedefender_audit.store import open_store
+    from devicedefender_audit.store import StoreError, open_store, partition_region
 
     loaded: list[Any] = []
     lock = threading.Lock()
@@ -81,6 +81,10 @@ def service_context(target: AwsTarget, store_path: Path | str, blocklists: Path 
             return loaded
 
     configured = target.region_name
+    named = partition_region(store_path)
+    if named is not None and named != configured:
+        # One target reaches both the store and AWS IoT here: a partition is served in its region.
+        raise StoreError(f"store {store_path} is region {named}'s partition; serve it with --region {named}")
     # The store is bound to the region the server acts in; the fallback names ARNs only.
     return ServiceContext(store=open_store(store_path, target, configured), iot_client=lambda: target.client("iot"),
                           detectors=detectors, region=configured or "us-east-1", background=True,

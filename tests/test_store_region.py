@@ -163,3 +163,9 @@ def test_a_sqlite_partition_is_audited_in_its_region_unless_another_is_named(cap
     store = open_store(partition)
     assert [(t.region, t.audit_details[CHECK].total_resources_count) for t in store.list_tasks()] == [("eu-west-1", 1)]
     store.close()
+
+
+def test_serve_serves_a_partition_in_its_region_only(capsys, aws_env, tmp_path):
+    partition = str(tmp_path / "audits.123456789012.eu-west-1.sqlite3")
+    assert main(["serve", "--store", partition, "--region", REGION, "--port", "0"]) == 2
+    assert "serve it with --region eu-west-1" in capsys.readouterr().err
