@@ -327,3 +327,19 @@ def test_two_retakers_of_one_abandoned_claim_apply_it_once(tmp_path, sns_queue):
 
     assert sorted(json.loads(body)["findingId"] for body in sns_queue["drain"]()) == sorted(finding_ids)
     assert sorted(outcomes) == ["COMPLETED"] * 6 + ["SKIPPED"] * 6
+
+
+def test_a_retry_after_the_task_ended_with_keys_in_another_order_is_a_retry(weak_account):
+    """Guard: the replay compares target and mapping as values, so a retry after the dry run
+    has ended, whose JSON has the target's members in another order (a re-serialised body), is
+    still the same request; the real run under the dry run's id and token is still refused."""
+    a, ctx = weak_account, weak_account["ctx"]
+    reason = {CHECK_NAME: ["CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"]}
+    start = OPERATIONS["StartAuditMitigationActionsTask"]
+    request = {"taskId": "r1", "clientRequestToken": "r1", "auditCheckToActionsMapping": {CHECK_NAME: ["deactivate"]}}
+    start(ctx, dry_run=True, target={"auditTaskId": a["audit"], "auditCheckToReasonCodeFilter": reason}, **request)
+    assert OPERATIONS["DescribeAuditMitigationActionsTask"](ctx, taskId="r1")["taskStatus"] != "IN_PROGRESS"
+    again = json.loads(json.dumps({"auditCheckToReasonCodeFilter": reason, "auditTaskId": a["audit"]}))
+    assert start(ctx, dry_run=True, target=again, **request) == {"taskId": "r1"}
+    with pytest.raises(TaskAlreadyExists):
+        start(ctx, target=again, **request)

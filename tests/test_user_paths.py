@@ -12,7 +12,6 @@ import boto3
 import pytest
 from conftest import REGION, register
 from cryptography.hazmat.primitives.asymmetric import rsa
-from test_mitigation_tasks import weak_account  # noqa: F401 - a fixture
 
 from devicedefender_audit.cli import main
 from devicedefender_audit.demo import issue_certificate
@@ -261,29 +260,6 @@ def test_a_malformed_endpoint_url_is_one_error_line(capsys, aws_env, argv):
         pytest.fail(f"traceback: {exc}")
     err = capsys.readouterr().err
     assert code == 2 and "notaurl" in err
-
-
-# mitigation task replay ---------------------------------------------------------------------------
-
-
-def test_a_retry_after_the_task_ended_with_keys_in_another_order_is_a_retry(weak_account):  # noqa: F811
-    """Guard: the replay compares target and mapping as values, so a retry after the dry run
-    has ended, whose JSON has the target's members in another order (a re-serialised body), is
-    still the same request; the real run under the dry run's id and token is still refused."""
-    from test_mitigation_tasks import CHECK_NAME
-
-    from devicedefender_audit.service import OPERATIONS, TaskAlreadyExists
-
-    a, ctx = weak_account, weak_account["ctx"]
-    reason = {CHECK_NAME: ["CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"]}
-    start = OPERATIONS["StartAuditMitigationActionsTask"]
-    request = {"taskId": "r1", "clientRequestToken": "r1", "auditCheckToActionsMapping": {CHECK_NAME: ["deactivate"]}}
-    start(ctx, dry_run=True, target={"auditTaskId": a["audit"], "auditCheckToReasonCodeFilter": reason}, **request)
-    assert OPERATIONS["DescribeAuditMitigationActionsTask"](ctx, taskId="r1")["taskStatus"] != "IN_PROGRESS"
-    again = json.loads(json.dumps({"auditCheckToReasonCodeFilter": reason, "auditTaskId": a["audit"]}))
-    assert start(ctx, dry_run=True, target=again, **request) == {"taskId": "r1"}
-    with pytest.raises(TaskAlreadyExists):
-        start(ctx, target=again, **request)
 
 
 def test_check_tests_a_repeated_key_once(tmp_path):
