@@ -822,7 +822,7 @@ def cmd_blocklist(args: argparse.Namespace) -> int:
         except OSError as exc:
             if exc.filename not in (None, str(args.out)):
                 raise
-            raise OutputError(f"output file {args.out} cannot be written: {exc.strerror or exc}") from exc
+            raise OutputError(f"output file {args.out} cannot be written: {exc.strerror or exc}", exc) from exc
         print(f"wrote {count} fingerprint(s) to {args.out}")
     return EXIT_OK
 
@@ -847,7 +847,9 @@ def _explain(exc: Exception) -> tuple[int, str] | None:
         return EXIT_USAGE, str(exc)
     from devicedefender_audit.cli_export import OutputError
 
-    if isinstance(exc, (_NoSuchAudit, _BadInput, OutputError)):
+    if isinstance(exc, OutputError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, (_NoSuchAudit, _BadInput)):
         return EXIT_USAGE, str(exc)
     if type(exc).__module__.startswith("botocore"):
         from botocore.exceptions import (

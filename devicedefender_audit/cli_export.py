@@ -8,6 +8,7 @@ the command runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -112,7 +113,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 class OutputError(Exception):
-    """An ``--output`` path that cannot be written (exit 2, as any bad argument)."""
+    """An ``--output`` path that cannot be written: exit 2, as any bad argument, unless the
+    file system failed while writing (full, over quota, I/O error): exit 1, nothing to fix in
+    the command."""
+
+    def __init__(self, message: str, cause: OSError | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = 1 if cause is not None and cause.errno in _WRITE_FAILURES else 2
+
+
+#: errno values of a write that failed for the file system's sake, not the path's.
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
 def check_output(path: Path, option: str = "--output") -> None:
@@ -131,7 +142,7 @@ def write_output(path: Path, text: str) -> None:
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise OutputError(f"--output {path} cannot be written: {exc.strerror or exc}") from exc
+        raise OutputError(f"--output {path} cannot be written: {exc.strerror or exc}", exc) from exc
 
 
 def _send_to_securityhub(target: AwsTarget, findings: list[dict[str, Any]]) -> int:

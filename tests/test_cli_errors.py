@@ -112,10 +112,11 @@ def test_unusable_export_output_is_a_usage_error(capsys, aws_env, tmp_path, make
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
-def test_export_output_that_fails_when_written_is_a_usage_error(capsys, failed_audit):
+def test_export_output_on_a_full_disk_is_one_error_not_a_usage_error(capsys, failed_audit):
+    """/dev/full answers every write with ENOSPC: the command was right, the disk was not (exit 1)."""
     code = main(["export", "--format", "json", "--output", "/dev/full"])
     line = one_error_line(capsys)
-    assert code == 2 and "cannot be written" in line
+    assert code == 1 and "cannot be written: No space left on device" in line
 
 
 @pytest.mark.parametrize("argv", [
