@@ -63,6 +63,13 @@ def iot_regions(session: boto3.session.Session) -> list[str]:
     return session.get_available_regions("iot", partition_name=partition)
 
 
+def iot_region_partitions(session: boto3.session.Session) -> dict[str, str]:
+    """Every region where AWS IoT has an endpoint, in any partition, with its partition (botocore's
+    data; no network call)."""
+    return {region: partition for partition in session.get_available_partitions()
+            for region in session.get_available_regions("iot", partition_name=partition)}
+
+
 def parse_regions(text: str, session: boto3.session.Session) -> list[str]:
     """``all`` or a comma-separated list, checked against botocore's endpoint data."""
     if text.strip() == "all":
@@ -70,8 +77,7 @@ def parse_regions(text: str, session: boto3.session.Session) -> list[str]:
     names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     if not names:
         raise AccountsError("--regions wants a comma-separated list of regions, or all")
-    partition_of = {region: partition for partition in session.get_available_partitions()
-                    for region in session.get_available_regions("iot", partition_name=partition)}
+    partition_of = iot_region_partitions(session)
     unknown = [name for name in names if name not in partition_of]
     if unknown:
         raise AccountsError(f"--regions: AWS IoT has no endpoint in {', '.join(unknown)} "

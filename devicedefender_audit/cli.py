@@ -335,10 +335,10 @@ def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
     are never taken for the account's (``mitigate`` acts on the latest audit).
     """
     from devicedefender_audit.aws.clients import AwsTarget
-    from devicedefender_audit.store import default_store_path, demo_store_path, open_store, partition_region
+    from devicedefender_audit.store import open_store, partition_region, resolve_location
 
     demo = args.command == "demo" or getattr(args, "demo", False)
-    location = args.store if args.store is not None else demo_store_path() if demo else default_store_path()
+    location = resolve_location(args.store, demo)
     target = AwsTarget(region=getattr(args, "region", None), profile=getattr(args, "profile", None),
                        endpoint_url=getattr(args, "endpoint_url", None))
     region = None
@@ -371,9 +371,9 @@ def _target(args: argparse.Namespace) -> AwsTarget:
     one (a DynamoDB partition is reached with --region, the table's), else in the command's."""
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.aws.pacing import DEFAULT_RATES
-    from devicedefender_audit.store import default_store_path, partition_region
+    from devicedefender_audit.store import partition_region, resolve_location
 
-    named = partition_region(args.store if args.store is not None else default_store_path())
+    named = partition_region(resolve_location(args.store))
     return AwsTarget(region=named or args.region, profile=args.profile, endpoint_url=args.endpoint_url,
                      max_attempts=args.max_attempts, rates={**DEFAULT_RATES, **dict(args.rates)})
 
@@ -472,7 +472,7 @@ def _run_many(args: argparse.Namespace) -> int:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.aws.pacing import DEFAULT_RATES
     from devicedefender_audit.fleet_run import AccountRegionResult, FleetRun
-    from devicedefender_audit.store import default_store_path, open_store, partition_location
+    from devicedefender_audit.store import open_store, partition_location, resolve_location
 
     if args.demo:
         raise _BadInput("--demo audits the embedded demo account only; leave out --regions, --role-arn, --organization")
@@ -488,7 +488,7 @@ def _run_many(args: argparse.Namespace) -> int:
         raise _BadInput(str(exc)) from exc
     if regions == [None]:
         raise NoRegionError()
-    location = args.store if args.store is not None else default_store_path()
+    location = resolve_location(args.store)
     partition_location(location, "0" * 12, regions[0])  # not one account-region's already
     # A store location that cannot be used is refused before any AWS call. The table that every
     # DynamoDB partition shares is opened (created if missing); a SQLite path is only the
@@ -559,7 +559,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from devicedefender_audit.mitigation import ActionDefinition, Mitigator
     from devicedefender_audit.models import MitigationActionType
     from devicedefender_audit.report import executions_text
-    from devicedefender_audit.store import demo_store_path
+    from devicedefender_audit.store import resolve_location
 
     store = _open_store(args)
     try:
@@ -579,7 +579,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         store.close()
     if args.format == "table":
         print(f"\nSaved as audit {task.task_id} in the demo's own store; see "
-              f"`python -m devicedefender_audit list-audits --store {args.store or demo_store_path()}`.")
+              f"`python -m devicedefender_audit list-audits --store {resolve_location(args.store, demo=True)}`.")
     return EXIT_OK if task.task_status.value == "COMPLETED" else EXIT_FAILED
 
 

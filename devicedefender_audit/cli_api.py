@@ -207,12 +207,12 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
     from devicedefender_audit.cli import configured_region
     from devicedefender_audit.service import ServiceContext
     from devicedefender_audit.service.context import utc_now
-    from devicedefender_audit.store import default_store_path, open_store, partition_region
+    from devicedefender_audit.store import open_store, partition_region, resolve_location
 
     # ``target`` reaches the store (a DynamoDB table in the stack's region); ``aws`` is where the
     # audits act: an account-region's partition is its region's, whatever region reaches it.
     target = AwsTarget(region=options.region, profile=options.profile, endpoint_url=options.endpoint_url)
-    named = partition_region(options.store if options.store is not None else default_store_path())
+    named = partition_region(resolve_location(options.store))
     aws = AwsTarget(region=named, profile=options.profile, endpoint_url=options.endpoint_url) if named else target
     command_region = configured_region(target)
     # A store is one region's (store/region_binding.py). A partition, and any store for a

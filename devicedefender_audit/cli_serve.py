@@ -109,9 +109,9 @@ def _target(args: argparse.Namespace) -> Iterator[AwsTarget]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; exit 2 when the address may not or cannot be served."""
     from devicedefender_audit.server import make_server
-    from devicedefender_audit.store import default_store_path, demo_store_path
+    from devicedefender_audit.store import resolve_location
 
-    store_path = args.store if args.store is not None else demo_store_path() if args.demo else default_store_path()
+    store_path = resolve_location(args.store, args.demo)
     with _target(args) as target:
         ctx = service_context(target, store_path, args.blocklists, assume_roles=not args.own_credentials)
         try:

@@ -175,12 +175,10 @@ class Mitigator:
         )
         self._calls = []
         claim = f"{finding.finding_id}/{action.digest}"
-        claimed = False
         try:
             if action.action_type not in ACTIONS_FOR_RESOURCE[finding.resource_type]:
                 raise _Skip(f"{action.action_type.value} does not act on a {finding.resource_type} finding")
             held = self._claim(claim, task_id, action)
-            claimed = held is not None
             self._holding = (claim, held) if held else None
             handler = {
                 MitigationActionType.UPDATE_DEVICE_CERTIFICATE: self._deactivate_certificate,
@@ -189,8 +187,7 @@ class Mitigator:
                 MitigationActionType.PUBLISH_FINDING_TO_SNS: self._publish,
             }[action.action_type]
             execution.message = handler(finding, action)
-            self._made(claim, action, task_id, claimed)
-            claimed = False
+            self._made(claim, action, task_id)
             if self.dry_run:
                 execution.status = MitigationStatus.SKIPPED
                 execution.message = f"dry run, nothing changed: would {execution.message}"
@@ -198,10 +195,9 @@ class Mitigator:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
             if isinstance(skip, _ClaimLost):
-                claimed = False  # the claim is the other task's now: not ours to release
+                self._holding = None  # the claim is the other task's now: not ours to release
             if isinstance(skip, _DoneInThisRun):
-                self._made(claim, action, task_id, claimed)
-                claimed = False
+                self._made(claim, action, task_id)
         except NoCredentialsError:
             raise  # one clear error for the whole run, not a FAILED record per finding
         except AWS_ERRORS as exc:
@@ -209,9 +205,9 @@ class Mitigator:
             execution.error_code = aws_error_code(exc)
             execution.message = str(exc)
         finally:
-            self._holding = None
-            if claimed and self.store is not None:
+            if self._holding is not None and self.store is not None:
                 self.store.delete_record(CLAIM_KIND, claim)  # not applied: a later run tries again
+            self._holding = None
         execution.calls = self._calls
         execution.end_time = utcnow()
         if self.store:
@@ -258,13 +254,14 @@ class Mitigator:
             raise _ClaimLost(f"{by} retook the claim (this task was silent for over "
                              f"{CLAIM_STALE_AFTER_S // 60} minutes) and applies the change instead")
 
-    def _made(self, claim: str, action: ActionDefinition, task_id: str, claimed: bool) -> None:
+    def _made(self, claim: str, action: ActionDefinition, task_id: str) -> None:
         """The change ``claim`` names is in place (a dry run: would be): a later action of the
         same effect in this run skips it, and, when this run holds the claim, so do later runs."""
         self._effects.applied[claim] = action.name
-        if claimed and self.store is not None:
+        if self._holding is not None and self.store is not None:
             self.store.put_record(CLAIM_KIND, claim, {"taskId": task_id, "actionName": action.name,
                                                       "state": "APPLIED"})
+            self._holding = None  # applied: nothing left to release
 
     def _mutate(self, finding: AuditFinding, client: Any, service: str, operation: str, /, **params: Any) -> Any:
         """The single gate for calls that change AWS state; records the call's effect for

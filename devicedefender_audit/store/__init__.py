@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from devicedefender_audit.store.s3_fleet_state import S3Location
 
 __all__ = ["Store", "StoreError", "check_location", "default_store_path", "demo_store_path", "open_store",
-           "partition_location", "partition_region"]
+           "partition_location", "partition_region", "resolve_location"]
 
 _ACCOUNT = re.compile(r"\d{12}")
 #: A URL's ``scheme:/`` or ``scheme://`` (``pathlib.Path`` collapses the second slash); two letters
@@ -43,6 +43,14 @@ def demo_store_path() -> Path:
     """Where the demo keeps its audits unless told otherwise: ``demo.sqlite3`` in the default
     store's directory, never ``$DDA_STORE``, so they are never taken for the account's."""
     return _data_dir() / "demo.sqlite3"
+
+
+def resolve_location(given: str | None, demo: bool = False) -> Path | str:
+    """The store a command uses: ``--store`` as given, else the demo's own store for the demo,
+    else :func:`default_store_path`."""
+    if given is not None:
+        return given
+    return demo_store_path() if demo else default_store_path()
 
 
 def check_location(location: Path | str) -> None:

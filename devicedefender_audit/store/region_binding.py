@@ -68,9 +68,9 @@ def _known_region(region: str) -> bool:
     """Whether botocore's endpoint data lists ``region`` for AWS IoT, in any partition."""
     import boto3
 
-    session = boto3.session.Session()
-    return any(region in session.get_available_regions("iot", partition_name=partition)
-               for partition in session.get_available_partitions())
+    from devicedefender_audit.accounts import iot_region_partitions
+
+    return region in iot_region_partitions(boto3.session.Session())
 
 
 def _other_region(location: str, bound: str, region: str) -> StoreError:
