@@ -19,7 +19,7 @@ from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.models import CHECK_NAME
 from devicedefender_audit.service import InvalidRequest, ResourceAlreadyExists, ServiceContext, scheduled
 from devicedefender_audit.service.scheduled import Scheduler, latest_slot, run_due
-from devicedefender_audit.store import open_store
+from devicedefender_audit.store import StoreError, open_store
 
 UTC = timezone.utc
 CREATED = datetime(2024, 1, 10, 15, 0, tzinfo=UTC)  # a Wednesday
@@ -113,6 +113,7 @@ def scheduler(ctx):
     worker = replace(ctx, open_worker_store=lambda: open_store(ctx.store.path))
     running = Scheduler(worker, interval=3600)  # the test moves the clock and checks at once
     running.start()
+    running.check_now()  # its first check is done: none runs late against a clock the test moved
     yield running
     running.stop()
     assert not running.running
@@ -149,3 +150,26 @@ def test_a_failing_schedule_is_reported_and_the_scheduler_goes_on(ctx, scheduler
     call(ctx, "UpdateAccountAuditConfiguration", auditCheckConfigurations={CHECK_NAME: {"enabled": True}})
     ctx.clock.now += timedelta(days=1)
     assert len(scheduler.check_now()["startedTasks"]) == 1
+
+
+def test_a_store_that_cannot_open_for_a_moment_does_not_end_the_scheduler(ctx, caplog):
+    """The scheduler's own connection is opened in its thread; a failure there (a busy or
+    unreachable store) is logged and tried again at the next check, not the end of the thread."""
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="daily", frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    failures = [StoreError("store is locked")]
+
+    def open_worker_store():
+        if failures:
+            raise failures.pop()
+        return open_store(ctx.store.path)
+
+    running = Scheduler(replace(ctx, open_worker_store=open_worker_store), interval=3600)
+    with caplog.at_level(logging.ERROR, logger="devicedefender_audit.service.scheduled"):
+        running.start()
+        try:
+            assert running.check_now() == {"startedTasks": [], "failedSchedules": []}
+            ctx.clock.now = CREATED + timedelta(days=1)
+            assert running.running and "could not open the store" in caplog.text
+            assert len(running.check_now()["startedTasks"]) == 1
+        finally:
+            running.stop()

@@ -32,6 +32,7 @@ from devicedefender_audit.service.context import ServiceContext, drop_none, page
 from devicedefender_audit.service.errors import InvalidRequest, ResourceAlreadyExists, ResourceNotFound, ServiceError
 from devicedefender_audit.service.shapes import check_request, enum_values
 from devicedefender_audit.service.tasks import SCHEDULED, start_audit
+from devicedefender_audit.store import Store
 
 RUN_KIND = "scheduled_audit_run"
 log = logging.getLogger(__name__)
@@ -181,6 +182,11 @@ def run_due(ctx: ServiceContext) -> dict:
     return {"startedTasks": started, "failedSchedules": failed}
 
 
+def _nothing_started() -> dict:
+    """What a check that could not read the store started (the failure itself is logged)."""
+    return {"startedTasks": [], "failedSchedules": []}
+
+
 class Scheduler:
     """:func:`run_due` in a background thread, for ``serve``: at start, then every ``interval``
     seconds, or at once after :meth:`check_now`. It works through its own store connection
@@ -195,7 +201,6 @@ class Scheduler:
         self.ctx = ctx
         self.interval = interval
         self._stop = threading.Event()
-        self._poke = threading.Event()
         self._done = threading.Condition()
         self._requested = self._checked = 0
         self._last: dict = {}
@@ -210,7 +215,8 @@ class Scheduler:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop checking and wait for the thread (audits it started go on: ``ctx.wait``)."""
         self._stop.set()
-        self._poke.set()
+        with self._done:
+            self._done.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -223,7 +229,7 @@ class Scheduler:
         with self._done:
             self._requested += 1
             wanted = self._requested
-            self._poke.set()
+            self._done.notify_all()
             if not self._done.wait_for(lambda: self._checked >= wanted or not self.running, timeout):
                 raise TimeoutError(f"the scheduler did not check within {timeout} s")
             if self._checked < wanted:
@@ -231,23 +237,37 @@ class Scheduler:
             return self._last
 
     def _loop(self) -> None:
-        assert self.ctx.open_worker_store is not None
-        store = self.ctx.open_worker_store()
-        ctx = replace(self.ctx, store=store)  # shares the thread list, so ctx.wait covers these audits
+        store: Store | None = None
         try:
             while not self._stop.is_set():
-                self._poke.clear()
+                if store is None:
+                    store = self._open_store()
                 with self._done:
                     serving = self._requested
-                result = self._check(ctx)
+                result = _nothing_started() if store is None else self._check(replace(self.ctx, store=store))
                 with self._done:
                     self._checked, self._last = serving, result
                     self._done.notify_all()
-                self._poke.wait(self.interval)
+                    # Until the interval is up or a request came that this check did not serve.
+                    self._done.wait_for(lambda: self._requested > self._checked or self._stop.is_set(),
+                                        self.interval)
         finally:
-            store.close()
+            if store is not None:
+                store.close()
             with self._done:
                 self._done.notify_all()
+
+    def _open_store(self) -> Store | None:
+        """The thread's own store connection; None (logged, tried again at the next check) where it
+        cannot be opened now: a store that is busy or unreachable for a moment must not end the
+        scheduler for the life of the server. (The context it makes shares the thread list, so
+        ``ctx.wait`` covers the audits it starts.)"""
+        assert self.ctx.open_worker_store is not None
+        try:
+            return self.ctx.open_worker_store()
+        except Exception:
+            log.exception("scheduled audits: could not open the store; trying again at the next check")
+            return None
 
     @staticmethod
     def _check(ctx: ServiceContext) -> dict:
@@ -255,7 +275,7 @@ class Scheduler:
             result = run_due(ctx)
         except Exception:  # the store failed under us: report it and try again next interval
             log.exception("scheduled audits: could not check what is due")
-            return {"startedTasks": [], "failedSchedules": []}
+            return _nothing_started()
         for started in result["startedTasks"]:
             log.info("scheduled audit %s (slot %s) started as task %s", started["scheduledAuditName"],
                      started["slot"].isoformat(), started["taskId"])
