@@ -5,7 +5,9 @@ Every required top-level attribute is set (``SchemaVersion``, ``Id``, ``ProductA
 ``Title``, ``Description``, ``Resources``). ``ProductArn`` is the importing account's default
 product for custom findings. ``Id`` is stable per account, region, certificate and flaw -- not per
 audit task -- so a scheduled audit that finds the same weak key again updates one Security Hub
-finding (its ``UpdatedAt``) instead of adding a duplicate every day.
+finding (its ``UpdatedAt``) instead of adding a duplicate every day. A finding suppressed in the
+audit is created with ``Workflow.Status`` ``SUPPRESSED`` (Security Hub takes a provider's workflow
+status only when it creates a finding).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ SCHEMA_VERSION = "2018-10-08"
 PRODUCT = "devicedefender-audit"
 #: ASFF length limits (AwsSecurityFinding in the Security Hub API reference).
 MAX_TITLE, MAX_DESCRIPTION, MAX_RECOMMENDATION = 256, 1024, 512
+#: ``Resources[].Details.Other`` values must have fewer than 1,024 characters.
+MAX_OTHER_VALUE = 1023
 RECOMMENDATION = (
     "Deactivate the certificate (UpdateCertificate to INACTIVE) or quarantine its things, have the "
     "device generate a new key pair with a sound random number generator, and register a new "
@@ -75,6 +79,22 @@ def asff_timestamp(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _other_value(value: str) -> str:
+    """``value`` within :data:`MAX_OTHER_VALUE`: a certificate shared by many things lists them
+    all, and one value over the limit makes Security Hub reject the whole finding. A
+    comma-separated list keeps whole names and says how many were left out."""
+    if len(value) <= MAX_OTHER_VALUE:
+        return value
+    names = value.split(",")
+    kept: list[str] = []
+    for name in names:
+        suffix = f" (+{len(names) - len(kept) - 1} more)"
+        if len(",".join([*kept, name])) + len(suffix) > MAX_OTHER_VALUE:
+            break
+        kept.append(name)
+    return ",".join(kept) + f" (+{len(names) - len(kept)} more)" if kept else value[:MAX_OTHER_VALUE]
+
+
 def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
     """One ``AwsSecurityFinding`` for one audit finding."""
     parts = certificate_arn_parts(finding.certificate_arn)
@@ -84,7 +104,8 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
     cve = _CVE.search(code)
     ca = finding.resource_type == "CA_CERTIFICATE"
     details = {"caCertificateId" if ca else "deviceCertificateId": finding.certificate_id,
-               **exported_info(finding.non_compliant_resource.additional_info)}
+               **{key: _other_value(value)
+                  for key, value in exported_info(finding.non_compliant_resource.additional_info).items()}}
     document: dict[str, Any] = {
         "SchemaVersion": SCHEMA_VERSION,
         "Id": f"{PRODUCT}/{account}/{region}/{finding.check_name}/{finding.certificate_id}/{code}",
@@ -115,6 +136,8 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
         }],
         "RecordState": "ACTIVE",
     }
+    if finding.is_suppressed:
+        document["Workflow"] = {"Status": "SUPPRESSED"}
     if cve:
         document["Vulnerabilities"] = [{"Id": cve.group(),
                                         "ReferenceUrls": [f"https://nvd.nist.gov/vuln/detail/{cve.group()}"]}]
