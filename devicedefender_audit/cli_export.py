@@ -60,6 +60,16 @@ def _asff_context(args: argparse.Namespace, task: AuditTask, findings: list[Audi
     return AsffContext(account_id=account, region=region, partition=parts.partition if parts else "aws")
 
 
+def _other_accounts(findings: list[AuditFinding], account: str) -> list[str]:
+    """The accounts of ``findings`` other than ``account``: with the default product ARN,
+    ``BatchImportFindings`` takes a finding only when its ``AwsAccountId`` is the caller's, so
+    a member account's findings sent with the administrator's credentials are all rejected."""
+    from devicedefender_audit.exports.asff import certificate_arn_parts
+
+    return sorted({parts.account for parts in (certificate_arn_parts(f.certificate_arn) for f in findings)
+                   if parts and parts.account != account})
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from devicedefender_audit import cli
 
@@ -88,6 +98,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         context = _asff_context(args, task, findings, target)
         if isinstance(context, str):
             print(f"error: {context}", file=sys.stderr)
+            return cli.EXIT_USAGE
+        if target is not None and (foreign := _other_accounts(findings, context.account_id)):
+            print(f"error: Security Hub takes findings only from the account they are about, and these are of "
+                  f"account {', '.join(foreign)}, not {context.account_id}: export with that account's "
+                  "credentials (--profile, or a role in it)", file=sys.stderr)
             return cli.EXIT_USAGE
         document = {"Findings": asff_findings(findings, context)}
     elif fmt == "sarif":
