@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.exports.asff import AsffContext
-    from devicedefender_audit.models import AuditFinding, AuditTask
+    from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
 
 FORMATS = ("asff", "sarif", "csv", "json")
 
@@ -58,6 +58,15 @@ def _asff_context(args: argparse.Namespace, task: AuditTask, findings: list[Audi
     if not account or not region:
         return "cannot tell the AWS account or region of this audit: give --account-id and --region"
     return AsffContext(account_id=account, region=region, partition=parts.partition if parts else "aws")
+
+
+def _warn_shortfalls(task: AuditTask, errors: list[ResourceError]) -> None:
+    """ASFF has findings only, no place for a certificate that was not checked or a check that
+    could not run: say so on stderr, so that a partial list is not taken for the account's."""
+    from devicedefender_audit.exports.coverage import shortfalls
+
+    for line in shortfalls(task, errors):
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _other_accounts(findings: list[AuditFinding], account: str) -> list[str]:
@@ -105,6 +114,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                   "credentials (--profile, or a role in it)", file=sys.stderr)
             return cli.EXIT_USAGE
         document = {"Findings": asff_findings(findings, context)}
+        _warn_shortfalls(task, errors)
     elif fmt == "sarif":
         from devicedefender_audit.exports.sarif import audit_sarif
 
@@ -112,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif fmt == "csv":
         from devicedefender_audit.exports.csv_format import findings_csv
 
-        document = findings_csv(findings)
+        document = findings_csv(task, findings, errors)
     else:
         from devicedefender_audit.exports.json_format import audit_document
 

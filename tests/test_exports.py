@@ -120,8 +120,11 @@ def test_no_private_key_material_or_factor_in_any_export(aws_env, tmp_path, caps
     assert "privateExponent" not in text and "[redacted]" in text
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(text)))
-        assert len(rows) == 2 and rows[0]["things"].startswith("'=")  # no formula in a spreadsheet
-        assert rows[0]["reasonCode"] == ROCA
+        findings = [row for row in rows if row["recordType"] == "FINDING"]
+        assert len(findings) == 2 and findings[0]["things"].startswith("'=")  # no formula in a spreadsheet
+        assert findings[0]["reasonCode"] == ROCA
+        assert [row["reasonCode"] for row in rows if row["recordType"] == "RESOURCE_NOT_CHECKED"] == [
+            "MALFORMED_CERTIFICATE"]
     elif fmt == "json":
         document = json.loads(text)
         assert len(document["findings"]) == 2 and document["resourceErrors"][0]["errorCode"] == "MALFORMED_CERTIFICATE"

@@ -140,3 +140,122 @@ def test_to_securityhub_refuses_another_accounts_findings(aws, tmp_path, capsys)
     assert code == EXIT_USAGE
     assert f"account {member}" in err and ACCOUNT in err and "credentials" in err
     assert hub.get_findings()["Findings"] == []
+
+
+def _failed_ca_check_task(task: AuditTask) -> None:
+    """``task`` as an audit whose device check found something over part of the fleet, whose
+    factorable check found nothing but could not cover every key, and whose CA check could not run."""
+    from devicedefender_audit.models import AuditCheckDetails
+
+    task.audit_details = {
+        "DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+            check_run_status="COMPLETED_NON_COMPLIANT", check_compliant=False, total_resources_count=3,
+            non_compliant_resources_count=1, failed_resources_count=1),
+        "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK": AuditCheckDetails(
+            check_run_status="FAILED", check_compliant=False, total_resources_count=3, not_covered_resources_count=1,
+            error_code="RESOURCES_NOT_COVERED", message="1 key of a kind no detector data covers"),
+        "CA_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+            check_run_status="FAILED", check_compliant=False, error_code="AccessDeniedException",
+            message="iot:ListCACertificates denied"),
+    }
+
+
+def _incomplete_audit(tmp_path, status: str = "COMPLETED"):
+    from devicedefender_audit.models import ResourceError
+    from devicedefender_audit.store import open_store
+
+    path = tmp_path / "a.sqlite3"
+    errors = [ResourceError(certificate_id="e" * 64, error_code="THROTTLED", message="still throttled"),
+              ResourceError(certificate_id="d" * 64, error_code="DELETED_DURING_SCAN", message="gone", left_scope=True)]
+    task = _store_audit(path, lambda task: [make_finding(task, 1)], errors, status)
+    _failed_ca_check_task(task)
+    store = open_store(path)
+    store.save_task(task)
+    store.close()
+    return path, task
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "FAILED"])
+def test_csv_lists_unchecked_certificates_and_incomplete_checks(aws_env, tmp_path, status):
+    """The CSV held findings only: a certificate that could not be checked, or a check that could
+    not run (the CA listing denied), was absent, and a failed audit with no finding was a
+    header-only file -- the spreadsheet of an all-clear."""
+    import csv
+    import io
+
+    from devicedefender_audit.cli import EXIT_OK, main
+
+    path, task = _incomplete_audit(tmp_path, status)
+    out = tmp_path / "out.csv"
+    assert main(["export", "--store", str(path), "--format", "csv", "--output", str(out)]) == EXIT_OK
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    by_type: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_type.setdefault(row["recordType"], []).append(row)
+    assert [r["reasonCode"] for r in by_type["FINDING"]] == [ROCA]
+    assert [(r["certificateId"], r["reasonCode"]) for r in by_type["RESOURCE_NOT_CHECKED"]] == [("e" * 64, "THROTTLED")]
+    incomplete = {r["checkName"]: r["reasonCode"] for r in by_type["CHECK_INCOMPLETE"]}
+    assert incomplete == {"DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK": "RESOURCES_NOT_COVERED",
+                          "CA_CERTIFICATE_KEY_QUALITY_CHECK": "AccessDeniedException"}
+    assert all(r["taskId"] == task.task_id for r in rows)
+
+
+def test_sarif_says_the_audit_did_not_complete_and_marks_suppressed_results(aws_env, tmp_path):
+    """SARIF had no invocation: a consumer saw a successful run whatever the audit's status, and a
+    suppressed finding was an unsuppressed error alert."""
+    import json
+
+    from devicedefender_audit.cli import EXIT_OK, main
+    from devicedefender_audit.store import open_store
+
+    path, task = _incomplete_audit(tmp_path, "FAILED")
+    store = open_store(path)
+    store.add_findings([make_finding(task, 2, suppressed=True)])
+    store.close()
+    out = tmp_path / "out.sarif"
+    assert main(["export", "--store", str(path), "--format", "sarif", "--output", str(out)]) == EXIT_OK
+    run = json.loads(out.read_text())["runs"][0]
+    (invocation,) = run["invocations"]
+    assert invocation["executionSuccessful"] is False
+    notes = [n["message"]["text"] for n in invocation["toolExecutionNotifications"]]
+    assert any("FAILED" in n and task.task_id in n for n in notes)
+    assert any("CA_CERTIFICATE_KEY_QUALITY_CHECK" in n and "AccessDeniedException" in n for n in notes)
+    suppressed = [r for r in run["results"] if r.get("suppressions")]
+    assert [r["locations"][0]["logicalLocations"][0]["name"] for r in suppressed] == [f"{2:064x}"]
+    assert suppressed[0]["suppressions"] == [{"kind": "external", "status": "accepted"}]
+
+
+def test_sarif_of_a_complete_audit_is_a_successful_invocation(aws_env, tmp_path):
+    import json
+
+    from devicedefender_audit.cli import EXIT_OK, main
+    from devicedefender_audit.models import AuditCheckDetails
+
+    path = tmp_path / "a.sqlite3"
+    task = _store_audit(path, lambda task: [])
+    from devicedefender_audit.store import open_store
+
+    task.audit_details = {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+        check_run_status="COMPLETED_COMPLIANT", check_compliant=True, total_resources_count=5)}
+    store = open_store(path)
+    store.save_task(task)
+    store.close()
+    out = tmp_path / "out.sarif"
+    assert main(["export", "--store", str(path), "--format", "sarif", "--output", str(out)]) == EXIT_OK
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["results"] == [] and run["invocations"] == [{"executionSuccessful": True}]
+
+
+def test_asff_export_of_an_incomplete_audit_warns(aws_env, tmp_path, capsys):
+    """ASFF has no place for a certificate that was not checked; the export says so on stderr
+    rather than passing a partial list off as the account's findings."""
+    from devicedefender_audit.cli import EXIT_OK, main
+
+    path, task = _incomplete_audit(tmp_path, "FAILED")
+    out = tmp_path / "out.json"
+    assert main(["export", "--store", str(path), "--format", "asff", "--output", str(out), "--account-id", ACCOUNT,
+                 "--region", REGION]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert f"warning: audit {task.task_id} is FAILED" in err
+    assert "1 certificate(s) could not be checked" in err
+    assert "CA_CERTIFICATE_KEY_QUALITY_CHECK" in err

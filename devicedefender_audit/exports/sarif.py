@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from devicedefender_audit.exports.coverage import shortfalls
 from devicedefender_audit.exports.safety import safe_text
 
 if TYPE_CHECKING:
@@ -52,23 +53,29 @@ def _rule(rule_id: str, level: str) -> dict[str, Any]:
 
 
 def _document(results: list[dict[str, Any]], rules: dict[str, dict[str, Any]],
-              properties: dict[str, Any] | None = None) -> dict[str, Any]:
+              properties: dict[str, Any] | None = None, invocation: dict[str, Any] | None = None) -> dict[str, Any]:
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "devicedefender-audit", "version": _tool_version(),
                             "rules": list(rules.values())}},
         "results": results,
     }
+    if invocation is not None:
+        run["invocations"] = [invocation]
     if properties:
         run["properties"] = properties
     return {"$schema": SCHEMA, "version": VERSION, "runs": [run]}
 
 
 def _add_result(results: list[dict[str, Any]], rules: dict[str, dict[str, Any]], rule_id: str, level: str,
-                message: str, location: dict[str, Any]) -> None:
+                message: str, location: dict[str, Any], suppressed: bool = False) -> None:
     if rule_id not in rules:
         rules[rule_id] = _rule(rule_id, level)
-    results.append({"ruleId": rule_id, "ruleIndex": list(rules).index(rule_id), "level": level,
-                    "message": {"text": safe_text(message)}, "locations": [location]})
+    result = {"ruleId": rule_id, "ruleIndex": list(rules).index(rule_id), "level": level,
+              "message": {"text": safe_text(message)}, "locations": [location]}
+    if suppressed:
+        # An audit suppression is kept outside the analysed artifact and accepts the risk.
+        result["suppressions"] = [{"kind": "external", "status": "accepted"}]
+    results.append(result)
 
 
 def _file_location(path: str, where: str) -> dict[str, Any]:
@@ -104,18 +111,28 @@ def _certificate_location(certificate_id: str, arn: str | None) -> dict[str, Any
                                   "kind": "resource"}]}
 
 
+def _invocation(task: AuditTask, errors: Sequence[ResourceError]) -> dict[str, Any]:
+    """The audit as the run's invocation: successful only when it covered the whole account."""
+    notes = shortfalls(task, errors)
+    invocation: dict[str, Any] = {"executionSuccessful": not notes}
+    if notes:
+        invocation["toolExecutionNotifications"] = [{"level": "error", "message": {"text": safe_text(note)}}
+                                                    for note in notes]
+    return invocation
+
+
 def audit_sarif(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterable[ResourceError]) -> dict[str, Any]:
     """An audit's findings (``error``) and unchecked certificates (``warning``) as one SARIF run."""
     results: list[dict[str, Any]] = []
     rules: dict[str, dict[str, Any]] = {}
+    unchecked = [error for error in errors if not error.left_scope]
     for finding in findings:
         _add_result(results, rules, finding.reason_for_non_compliance_code, "error",
                     finding.reason_for_non_compliance,
-                    _certificate_location(finding.certificate_id, finding.certificate_arn))
-    for error in errors:
-        if not error.left_scope:
-            _add_result(results, rules, UNREADABLE_RULE, "warning", f"{error.error_code}: {error.message}",
-                        _certificate_location(error.certificate_id, None))
-    return _document(results, rules, {"auditTaskId": task.task_id, "taskStatus": task.task_status.value,
-                                      "checkRunStatus": {name: details.check_run_status
-                                                         for name, details in task.audit_details.items()}})
+                    _certificate_location(finding.certificate_id, finding.certificate_arn), finding.is_suppressed)
+    for error in unchecked:
+        _add_result(results, rules, UNREADABLE_RULE, "warning", f"{error.error_code}: {error.message}",
+                    _certificate_location(error.certificate_id, None))
+    properties = {"auditTaskId": task.task_id, "taskStatus": task.task_status.value,
+                  "checkRunStatus": {name: details.check_run_status for name, details in task.audit_details.items()}}
+    return _document(results, rules, properties, _invocation(task, unchecked))
