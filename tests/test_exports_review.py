@@ -114,8 +114,9 @@ def _store_audit(path, findings_for, errors=(), status: str = "COMPLETED") -> Au
 
     store = open_store(path)
     task = AuditTask(region=REGION, task_status=AuditTaskStatus(status))
+    findings = findings_for(task)
     store.save_task(task)
-    store.add_findings(findings_for(task))
+    store.add_findings(findings)
     if errors:
         store.add_errors(task.task_id, list(errors))
     store.close()
@@ -259,3 +260,99 @@ def test_asff_export_of_an_incomplete_audit_warns(aws_env, tmp_path, capsys):
     assert f"warning: audit {task.task_id} is FAILED" in err
     assert "1 certificate(s) could not be checked" in err
     assert "CA_CERTIFICATE_KEY_QUALITY_CHECK" in err
+
+
+def _hub_findings(hub) -> dict[str, dict[str, Any]]:
+    return {f["Id"]: f for page in hub.get_paginator("get_findings").paginate() for f in page["Findings"]}
+
+
+def test_to_securityhub_archives_findings_a_later_complete_audit_no_longer_reports(aws, tmp_path, capsys):
+    """A weak certificate deactivated or replaced drops out of the next audit, but its Security
+    Hub finding stayed ACTIVE for ever: an export now archives the findings of this tool that a
+    complete check no longer reports -- never one of a certificate that could not be checked, of
+    a check that did not complete, or of another account's or product's findings."""
+    import boto3
+
+    from devicedefender_audit.cli import EXIT_OK, main
+    from devicedefender_audit.models import AuditCheckDetails, ResourceError
+    from devicedefender_audit.store import open_store
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    first = _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2, 3)])
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+    before = _hub_findings(hub)
+    assert {f["RecordState"] for f in before.values()} == {"ACTIVE"} and len(before) == 3
+    foreign = {**next(iter(before.values())), "Id": "another-tool/1", "GeneratorId": "another-tool"}
+    hub.batch_import_findings(Findings=[foreign])
+
+    # The next audit: certificate 1 is still weak, 2 was fixed, 3 could not be checked this time.
+    store = open_store(store_path)
+    second = AuditTask(region=REGION, task_status="COMPLETED")
+    second.audit_details = {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+        check_run_status="COMPLETED_NON_COMPLIANT", check_compliant=False, total_resources_count=3,
+        non_compliant_resources_count=1, failed_resources_count=1)}
+    store.save_task(second)
+    store.add_findings([make_finding(second, 1)])
+    store.add_errors(second.task_id, [ResourceError(certificate_id=f"{3:064x}", error_code="THROTTLED", message="x")])
+    store.close()
+    assert first.task_id != second.task_id
+    capsys.readouterr()
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "archived 1 finding(s) no longer reported" in out
+    after = _hub_findings(hub)
+    state = {f["Resources"][0]["Details"]["Other"].get("deviceCertificateId", f["Id"]): f["RecordState"]
+             for f in after.values() if f["Id"] != "another-tool/1"}
+    assert state == {f"{1:064x}": "ACTIVE", f"{2:064x}": "ARCHIVED", f"{3:064x}": "ACTIVE"}
+    assert after["another-tool/1"]["RecordState"] == "ACTIVE"
+    archived = next(f for f in after.values() if f["RecordState"] == "ARCHIVED")
+    assert_importable([{k: v for k, v in archived.items()}])
+
+
+def test_to_securityhub_archives_nothing_after_an_incomplete_audit(aws, tmp_path, capsys):
+    import boto3
+
+    from devicedefender_audit.cli import EXIT_OK, main
+    from devicedefender_audit.store import open_store
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2)])
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+    store = open_store(store_path)
+    failed = AuditTask(region=REGION, task_status="FAILED")  # its check never completed
+    store.save_task(failed)
+    store.close()
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+    assert {f["RecordState"] for f in _hub_findings(hub).values()} == {"ACTIVE"}
+    assert "archived" not in capsys.readouterr().out
+
+
+def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_path, capsys, monkeypatch):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from devicedefender_audit.aws import securityhub
+    from devicedefender_audit.cli import EXIT_FAILED, main
+    from devicedefender_audit.models import AuditCheckDetails
+
+    def denied(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "GetFindings")
+
+    monkeypatch.setattr(securityhub, "active_findings", denied)
+    boto3.client("securityhub", region_name=REGION).enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+
+    def complete(task: AuditTask) -> list[AuditFinding]:
+        task.audit_details = {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+            check_run_status="COMPLETED_NON_COMPLIANT", check_compliant=False, non_compliant_resources_count=1)}
+        return [make_finding(task, 1)]
+
+    _store_audit(store_path, complete)
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "imported 1 of 1" in captured.out
+    assert "error: resolved findings not archived: securityhub:GetFindings: AccessDeniedException" in captured.err

@@ -7,7 +7,7 @@ caller to report: one rejected finding neither stops the others nor passes unnot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,3 +32,16 @@ def import_findings(securityhub: Any, findings: Sequence[dict[str, Any]]) -> Imp
         result.success_count += response.get("SuccessCount", 0)
         result.failed += response.get("FailedFindings", [])
     return result
+
+
+def active_findings(securityhub: Any, product_arn: str, account_id: str, id_prefix: str) -> Iterator[dict[str, Any]]:
+    """The ``ACTIVE`` findings of one product and account whose ``Id`` starts with
+    ``id_prefix`` (``GetFindings``, 100 a page; the caller checks each again, as a filter that
+    an endpoint ignores must not widen what it archives)."""
+    filters = {"ProductArn": [{"Value": product_arn, "Comparison": "EQUALS"}],
+               "AwsAccountId": [{"Value": account_id, "Comparison": "EQUALS"}],
+               "Id": [{"Value": id_prefix, "Comparison": "PREFIX"}],
+               "RecordState": [{"Value": "ACTIVE", "Comparison": "EQUALS"}]}
+    for page in securityhub.get_paginator("get_findings").paginate(Filters=filters,
+                                                                   PaginationConfig={"PageSize": 100}):
+        yield from page.get("Findings", [])

@@ -7,7 +7,9 @@ product for custom findings. ``Id`` is stable per account, region, certificate a
 audit task -- so a scheduled audit that finds the same weak key again updates one Security Hub
 finding (its ``UpdatedAt``) instead of adding a duplicate every day. A finding suppressed in the
 audit is created with ``Workflow.Status`` ``SUPPRESSED`` (Security Hub takes a provider's workflow
-status only when it creates a finding).
+status only when it creates a finding). :func:`resolved_findings` archives what a later complete
+check no longer reports (a certificate deactivated or replaced), so Security Hub's active findings
+are the fleet's current ones.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from devicedefender_audit.exports.coverage import complete_checks
 from devicedefender_audit.exports.safety import exported_info, safe_text
-from devicedefender_audit.models import AuditFinding
+from devicedefender_audit.models import AuditFinding, AuditTask
 
 SCHEMA_VERSION = "2018-10-08"
 PRODUCT = "devicedefender-audit"
@@ -146,3 +149,55 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
 
 def asff_findings(findings: Iterable[AuditFinding], context: AsffContext) -> list[dict[str, Any]]:
     return [asff_finding(finding, context) for finding in findings]
+
+
+#: The members :func:`asff_finding` writes: an archived finding is sent back with these only, as
+#: Security Hub adds others to what it returns (``aws/securityhub/...`` product fields, workflow,
+#: company and product names) that a provider may not set.
+_PROVIDER_MEMBERS = ("SchemaVersion", "Id", "ProductArn", "GeneratorId", "AwsAccountId", "Types", "CreatedAt",
+                     "UpdatedAt", "Severity", "Title", "Description", "Remediation", "ProductFields", "Resources",
+                     "Vulnerabilities")
+
+
+def id_prefix(account_id: str, region: str) -> str:
+    """The start of every finding ``Id`` of one account and region (see :func:`asff_finding`)."""
+    return f"{PRODUCT}/{account_id}/{region}/"
+
+
+def _found_after(created_at: str, moment: datetime) -> bool:
+    """Whether an imported finding was found after ``moment`` (by a later audit); a timestamp
+    that cannot be read counts as later, so that the finding is left alone."""
+    try:
+        found = datetime.fromisoformat(created_at)
+    except ValueError:
+        return True
+    utc = timezone.utc
+    return (found if found.tzinfo else found.replace(tzinfo=utc)) > (moment if moment.tzinfo else moment.replace(tzinfo=utc))
+
+
+def resolved_findings(active: Iterable[dict[str, Any]], task: AuditTask, reported_ids: set[str],
+                      unchecked_ids: set[str], context: AsffContext) -> list[dict[str, Any]]:
+    """Security Hub findings of this tool (``active``, as ``GetFindings`` returns them) that
+    ``task`` shows resolved, sent back ``ARCHIVED``. Only a check that ran over every certificate
+    resolves anything, and only for certificates it checked: a finding of a certificate that
+    could not be checked, of a check that failed, was canceled or could not cover some keys, of
+    a task that did not complete, or found after ``task`` started (a later audit's), stays."""
+    complete = complete_checks(task)
+    prefix = id_prefix(context.account_id, task.region or context.region)
+    resolved = []
+    for finding in active:
+        other = (finding.get("Resources") or [{}])[0].get("Details", {}).get("Other", {})
+        certificate = other.get("deviceCertificateId") or other.get("caCertificateId")
+        if (finding.get("RecordState") != "ACTIVE" or finding.get("ProductArn") != context.product_arn
+                or finding.get("AwsAccountId") != context.account_id or not finding.get("Id", "").startswith(prefix)
+                or finding["Id"] in reported_ids or not certificate or certificate in unchecked_ids
+                or finding.get("ProductFields", {}).get(f"{PRODUCT}/CheckName") not in complete
+                or _found_after(finding.get("CreatedAt", ""), task.task_start_time)):
+            continue
+        archived = {key: finding[key] for key in _PROVIDER_MEMBERS if key in finding}
+        archived["ProductFields"] = {key: value for key, value in archived.get("ProductFields", {}).items()
+                                     if key.startswith(f"{PRODUCT}/")}
+        archived["UpdatedAt"] = asff_timestamp(context.generated_at)
+        archived["RecordState"] = "ARCHIVED"
+        resolved.append(archived)
+    return resolved

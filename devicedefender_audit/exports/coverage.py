@@ -42,6 +42,15 @@ def incomplete_checks(task: AuditTask) -> list[IncompleteCheck]:
     return incomplete
 
 
+def complete_checks(task: AuditTask) -> set[str]:
+    """The checks of a completed task that ran over every in-scope certificate and covered
+    every key: the only ones whose silence about a certificate means it is no longer weak."""
+    if task.task_status is not AuditTaskStatus.COMPLETED:
+        return set()
+    incomplete = {check.check_name for check in incomplete_checks(task)}
+    return {name for name in task.audit_details if name not in incomplete}
+
+
 def unchecked(errors: Iterable[ResourceError]) -> list[ResourceError]:
     """The certificates the audit could not check (one that left scope during the scan is not
     a certificate of the account any more)."""
