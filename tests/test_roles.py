@@ -97,7 +97,8 @@ def test_an_audit_role_that_cannot_be_assumed_fails_the_task_with_the_reason(ctx
     task, weak = audited_certificates(ctx)
     details = task["auditDetails"][CHECK_NAME]
     assert task["taskStatus"] == "FAILED" and weak == []
-    assert details["errorCode"] == "AccessDenied"
+    assert details["errorCode"] == "INSUFFICIENT_PERMISSIONS"  # the model's code; STS's leads the message
+    assert details["message"].startswith("AccessDenied: ")
     assert f"cannot assume role {UNTRUSTED_ROLE} (session devicedefender-audit-audit)" in details["message"]
 
 

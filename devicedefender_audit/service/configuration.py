@@ -2,7 +2,7 @@
 ``DeleteAccountAuditConfiguration``: which checks are enabled, the audit role, the SNS target.
 
 As in Device Defender, a check must be enabled before an audit can target it, the first update
-must name the ``roleArn``, and deleting the configuration resets every check to disabled (and is
+must name the ``roleArn``, a check that a scheduled audit targets cannot be disabled, and deleting the configuration resets every check to disabled (and is
 refused while scheduled audits exist, unless ``deleteScheduledAudits`` is set).
 """
 
@@ -34,11 +34,16 @@ def enabled_checks(store: Store) -> set[str]:
     return {name for name, config in checks.items() if config.get("enabled")}
 
 
-def require_enabled(store: Store, check_names: list[str]) -> None:
-    """Device Defender refuses to target a check that is not enabled for the account."""
+def require_supported(check_names: list[str]) -> None:
+    """Refuse a check this service does not run (rather than accept it and never run it)."""
     unknown = [name for name in check_names if name not in SUPPORTED_CHECKS]
     if unknown:
         raise InvalidRequest(f"unsupported audit check(s) {unknown}; this service runs {list(SUPPORTED_CHECKS)}")
+
+
+def require_enabled(store: Store, check_names: list[str]) -> None:
+    """Device Defender refuses to target a check that is not enabled for the account."""
+    require_supported(check_names)
     disabled = [name for name in check_names if name not in enabled_checks(store)]
     if disabled:
         raise InvalidRequest(f"audit check(s) {disabled} are not enabled for this account "
@@ -66,9 +71,8 @@ def update_account_audit_configuration(ctx: ServiceContext, **request: Any) -> d
     if role is None:
         raise InvalidRequest("roleArn is required on the first UpdateAccountAuditConfiguration")
     checks = request.get("auditCheckConfigurations", {})
-    unknown = sorted(set(checks) - set(SUPPORTED_CHECKS))
-    if unknown:
-        raise InvalidRequest(f"unsupported audit check(s) {unknown}; this service runs {list(SUPPORTED_CHECKS)}")
+    require_supported(sorted(checks))
+    _refuse_disabling_scheduled(ctx.store, [name for name, config in checks.items() if not config.get("enabled")])
     merged = dict(stored or {})
     merged["roleArn"] = role
     merged["auditCheckConfigurations"] = {**merged.get("auditCheckConfigurations", {}), **checks}
@@ -79,6 +83,17 @@ def update_account_audit_configuration(ctx: ServiceContext, **request: Any) -> d
         }
     ctx.store.put_record(CONFIGURATION_KIND, CONFIGURATION_KEY, merged)
     return {}
+
+
+def _refuse_disabling_scheduled(store: Store, disabled: list[str]) -> None:
+    """"You cannot disable a check if it's used by any scheduled audit" (the API reference): a
+    schedule would otherwise fail at every slot."""
+    users = sorted((name, check) for name, body in store.records(SCHEDULED_AUDIT_KIND)
+                   for check in body.get("targetCheckNames", ()) if check in disabled)
+    if users:
+        named = ", ".join(f"{check} (scheduled audit {name})" for name, check in users)
+        raise InvalidRequest(f"cannot disable a check a scheduled audit uses: {named}; remove the check from "
+                             "the scheduled audit or delete the scheduled audit first")
 
 
 def delete_account_audit_configuration(ctx: ServiceContext, **request: Any) -> dict:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
@@ -121,27 +122,50 @@ def as_utc(value: datetime | str | float) -> datetime:
         raise InvalidRequest(f"{value!r} is not a timestamp (ISO 8601 or epoch seconds)") from exc
 
 
-def page(items: Iterable[Any], next_token: str | None, max_results: int | None, default: int) -> dict:
+def page(items: Iterable[Any], next_token: str | None, max_results: int | None, default: int,
+         query: Mapping[str, Any] | None = None) -> dict:
     """One page of ``items`` as ``{"items": [...], "nextToken": ...}`` (the token only when more
-    follow). Tokens are opaque offsets into the operation's stable ordering."""
-    offset = _offset(next_token)
+    follow). Tokens are opaque offsets into the operation's stable ordering.
+
+    With ``query`` (the operation's name and request), a token names the query it continues, and a
+    token of another query (other filters, or another operation) is refused with
+    ``InvalidRequestException`` as AWS refuses it, rather than read as an offset into the wrong
+    list. ``nextToken`` and ``maxResults`` are not part of the query: a later page may change its
+    size."""
+    scope = _query_digest(query)
+    offset = _offset(next_token, scope)
     size = max_results or default
     window = list(islice(iter(items), offset, offset + size + 1))
     result: dict[str, Any] = {"items": window[:size]}
     if len(window) > size:
-        result["nextToken"] = base64.urlsafe_b64encode(json.dumps({"offset": offset + size}).encode()).decode()
+        body: dict[str, Any] = {"offset": offset + size}
+        if scope is not None:
+            body["query"] = scope
+        result["nextToken"] = base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
     return result
 
 
-def _offset(token: str | None) -> int:
+def _query_digest(query: Mapping[str, Any] | None) -> str | None:
+    if query is None:
+        return None
+    members = {k: v for k, v in query.items() if k not in ("nextToken", "maxResults")}
+    text = json.dumps(members, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _offset(token: str | None, scope: str | None = None) -> int:
     if not token:
         return 0
     try:
-        offset = json.loads(base64.urlsafe_b64decode(token.encode()))["offset"]
+        body = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset = body["offset"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise InvalidRequest("the nextToken is not one this service issued") from exc
-    if not isinstance(offset, int) or offset < 0:
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise InvalidRequest("the nextToken is not one this service issued")
+    if scope is not None and body.get("query") != scope:
+        raise InvalidRequest("the nextToken belongs to another query: repeat the request that returned it, "
+                             "with the same parameters")
     return offset
 
 

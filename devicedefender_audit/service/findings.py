@@ -48,8 +48,8 @@ def _matching(ctx: ServiceContext, request: dict) -> Iterator[AuditFinding]:
     if bool(task_id) == timed:
         raise InvalidRequest("give either taskId or both startTime and endTime")
     if task_id:
-        if ctx.store.get_task(task_id) is None:
-            raise ResourceNotFound(f"no audit task {task_id}")
+        if ctx.store.get_task(task_id) is None:  # the operation declares no ResourceNotFoundException
+            raise InvalidRequest(f"no audit task {task_id}")
         findings: Iterator[AuditFinding] = ctx.store.findings(task_id)
         start, end = _EPOCH, None
     else:
@@ -75,7 +75,8 @@ def _matching(ctx: ServiceContext, request: dict) -> Iterator[AuditFinding]:
 def list_audit_findings(ctx: ServiceContext, **request: Any) -> dict:
     """``listSuppressedFindings`` absent lists both; true only suppressed; false only the others."""
     check_request("ListAuditFindings", request)
-    result = page(_matching(ctx, request), request.get("nextToken"), request.get("maxResults"), default=25)
+    result = page(_matching(ctx, request), request.get("nextToken"), request.get("maxResults"), default=25,
+                  query={"operation": "ListAuditFindings", **request})
     return drop_none({"findings": [finding_shape(f) for f in result["items"]], "nextToken": result.get("nextToken")})
 
 
@@ -94,5 +95,6 @@ def describe_audit_finding(ctx: ServiceContext, **request: Any) -> dict:
 def list_related_resources_for_audit_finding(ctx: ServiceContext, **request: Any) -> dict:
     check_request("ListRelatedResourcesForAuditFinding", request)
     related = related_resources(_finding(ctx, request["findingId"]))
-    result = page(related, request.get("nextToken"), request.get("maxResults"), default=25)
+    result = page(related, request.get("nextToken"), request.get("maxResults"), default=25,
+                  query={"operation": "ListRelatedResourcesForAuditFinding", **request})
     return drop_none({"relatedResources": result["items"], "nextToken": result.get("nextToken")})

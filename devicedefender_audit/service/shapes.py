@@ -1,15 +1,18 @@
 """botocore's ``iot`` service model as the source of truth for request and response shapes.
 
-Requests are checked with botocore's own parameter validator (what boto3 checks before sending);
-responses are checked by :func:`output_problems`, a small walk over botocore's ``Shape`` objects
-(required members, types, enums, no unknown members), used by the tests on every response.
+Requests are checked with botocore's own parameter validator (what boto3 checks before sending),
+then for what that validator leaves to the service: enums, maximum lengths and values, and
+patterns (AWS answers those with ``InvalidRequestException``; botocore checks minimums only).
+Responses are checked by :func:`output_problems`, a small walk over botocore's ``Shape`` objects
+(required members, types, enums, bounds, no unknown members), used by the tests on every response.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from botocore.model import OperationModel, ServiceModel, Shape
@@ -57,14 +60,45 @@ def check_request(operation_name: str, params: Mapping[str, Any]) -> None:
     report = ParamValidator().validate(dict(params), input_shape)
     if report.has_errors():
         raise InvalidRequest(report.generate_report())
-    problems = _enum_problems(input_shape, params, "")
+    problems = _service_side_problems(input_shape, params)
     if problems:
         raise InvalidRequest("; ".join(problems))
 
 
-def _enum_problems(shape: Shape, value: Any, path: str) -> list[str]:
-    """botocore's validator leaves enums to the service; this is the service's side."""
-    return [p for p in output_problems(shape, value, path) if "not one of" in p]
+#: How :func:`output_problems` words the constraints botocore's validator does not check.
+_SERVICE_SIDE = ("is not one of", ", at most ", "does not match the pattern")
+
+
+def _service_side_problems(shape: Shape, value: Any) -> list[str]:
+    """What botocore's validator leaves to the service (enums, maximums, patterns). Types and
+    required members were its job; timestamps it lets through as strings or numbers."""
+    return [p for p in output_problems(shape, value, "") if any(marker in p for marker in _SERVICE_SIDE)]
+
+
+@cache
+def _pattern(pattern: str) -> re.Pattern[str] | None:
+    """The model's pattern as Python reads it, or None where it uses Java syntax Python lacks
+    (``\\p{Graph}``): such a pattern is not checked rather than guessed. Smithy patterns are not
+    anchored, so a value conforms when the pattern is found in it (``search``)."""
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
+
+
+def _bound_problems(shape: Shape, value: Any, where: str) -> list[str]:
+    """The model's ``max`` (length of a string or list, value of a number) and ``pattern``."""
+    limit = shape.metadata.get("max")
+    if limit is not None:
+        if isinstance(value, (str, list)) and len(value) > limit:
+            unit = "characters" if isinstance(value, str) else "items"
+            return [f"{where}: {len(value)} {unit}, at most {limit}"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            return [f"{where}: {value}, at most {limit}"]
+    pattern = shape.metadata.get("pattern")
+    if isinstance(value, str) and pattern and (compiled := _pattern(pattern)) and not compiled.search(value):
+        return [f"{where}: {value!r} does not match the pattern {pattern}"]
+    return []
 
 
 _SCALARS: dict[str, tuple[type, ...]] = {
@@ -97,7 +131,8 @@ def output_problems(shape: Shape, value: Any, path: str = "") -> list[str]:
     if kind == "list":
         if not isinstance(value, list):
             return [f"{where}: expected a list, got {type(value).__name__}"]
-        return [p for i, item in enumerate(value) for p in output_problems(shape.member, item, f"{where}[{i}]")]
+        return _bound_problems(shape, value, where) + [
+            p for i, item in enumerate(value) for p in output_problems(shape.member, item, f"{where}[{i}]")]
     if kind == "map":
         if not isinstance(value, Mapping):
             return [f"{where}: expected a map, got {type(value).__name__}"]
@@ -112,4 +147,4 @@ def output_problems(shape: Shape, value: Any, path: str = "") -> list[str]:
     enum = getattr(shape, "enum", None)
     if enum and value not in enum:
         return [f"{where}: {value!r} is not one of {list(enum)}"]
-    return []
+    return _bound_problems(shape, value, where)

@@ -5,15 +5,23 @@ suppression_key`) and applied by the audit engine to the audits that start while
 their findings on that resource are ``isSuppressed`` and counted in
 ``suppressedNonCompliantResourcesCount``. An expired suppression stays visible here (with its
 past ``expirationDate``) but no longer applies. ``clientRequestToken`` makes a repeated create
-with the same token and the same request a no-op, as the API promises.
+with the same token and the same request a no-op, as the API promises; the same token for another
+suppression is refused ("each audit suppression must have a unique client request token"). The
+check must be one this service runs (a misspelt name would suppress nothing, silently).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from devicedefender_audit.service.configuration import require_supported
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, from_epoch, page
-from devicedefender_audit.service.errors import InvalidRequest, ResourceAlreadyExists, ResourceNotFound
+from devicedefender_audit.service.errors import (
+    InvalidRequest,
+    ResourceAlreadyExists,
+    ResourceNotFound,
+    ServiceError,
+)
 from devicedefender_audit.service.shapes import check_request
 from devicedefender_audit.suppressions import SUPPRESSION_KIND, resource_key, suppression_key
 
@@ -49,18 +57,24 @@ def _shape(body: dict) -> dict:
     })
 
 
-def _stored(ctx: ServiceContext, request: dict) -> tuple[str, dict]:
+def _stored(ctx: ServiceContext, request: dict,
+            missing: type[ServiceError] = ResourceNotFound) -> tuple[str, dict]:
     key = suppression_key(request["checkName"], request["resourceIdentifier"])
     body = ctx.store.get_record(SUPPRESSION_KIND, key)
     if body is None:
-        raise ResourceNotFound(f"no suppression of {request['checkName']} for "
+        raise missing(f"no suppression of {request['checkName']} for "
                                f"{resource_key(request['resourceIdentifier'])}")
     return key, body
 
 
 def create_audit_suppression(ctx: ServiceContext, **request: Any) -> dict:
     check_request("CreateAuditSuppression", request)
+    require_supported([request["checkName"]])
     key = suppression_key(request["checkName"], request["resourceIdentifier"])
+    token = request["clientRequestToken"]
+    if any(k != key and b.get("clientRequestToken") == token for k, b in ctx.store.records(SUPPRESSION_KIND)):
+        raise InvalidRequest(f"clientRequestToken {token} was given for another suppression; "
+                             "each suppression needs its own token")
     body = {
         "checkName": request["checkName"],
         "resourceIdentifier": dict(request["resourceIdentifier"]),
@@ -94,7 +108,7 @@ def update_audit_suppression(ctx: ServiceContext, **request: Any) -> dict:
 
 def delete_audit_suppression(ctx: ServiceContext, **request: Any) -> dict:
     check_request("DeleteAuditSuppression", request)
-    key, _ = _stored(ctx, request)
+    key, _ = _stored(ctx, request, missing=InvalidRequest)  # the operation declares no ResourceNotFoundException
     ctx.store.delete_record(SUPPRESSION_KIND, key)
     return {}
 
@@ -111,5 +125,6 @@ def list_audit_suppressions(ctx: ServiceContext, **request: Any) -> dict:
     ]
     bodies.sort(key=lambda b: b.get("expirationDate") or float("inf"),
                 reverse=request.get("ascendingOrder") is False)
-    result = page(bodies, request.get("nextToken"), request.get("maxResults"), default=25)
+    result = page(bodies, request.get("nextToken"), request.get("maxResults"), default=25,
+                  query={"operation": "ListAuditSuppressions", **request})
     return drop_none({"suppressions": [_shape(b) for b in result["items"]], "nextToken": result.get("nextToken")})
