@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
+import stat
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,10 +168,39 @@ def check_output(path: Path, option: str = "--output") -> None:
 
 
 def write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a regular file is replaced by a sibling
+    temporary file once that is written (a disk that fills up mid-write must not leave a
+    truncated CSV, fewer rows than findings, where the last export was); it keeps the mode of
+    the file it replaces. A device or pipe (``/dev/stdout``) is written directly."""
     try:
-        path.write_text(text, encoding="utf-8")
+        if path.exists() and not path.is_file():
+            path.write_text(text, encoding="utf-8")
+            return
+        target = path.resolve()  # through a symbolic link, as a plain write goes
+        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else _default_mode()
+        try:
+            descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        except PermissionError:
+            # A writable file in a directory we may not create files in: in place, as before.
+            target.write_text(text, encoding="utf-8")
+            return
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.chmod(temporary, mode)
+            os.replace(temporary, target)
+        except BaseException:
+            os.unlink(temporary)
+            raise
     except OSError as exc:
         raise OutputError(f"--output {path} cannot be written: {exc.strerror or exc}", exc) from exc
+
+
+def _default_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _send_to_securityhub(target: AwsTarget, findings: list[dict[str, Any]]) -> int:

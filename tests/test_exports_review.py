@@ -4,6 +4,7 @@ certificate."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -356,3 +357,53 @@ def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_
     captured = capsys.readouterr()
     assert "imported 1 of 1" in captured.out
     assert "error: resolved findings not archived: securityhub:GetFindings: AccessDeniedException" in captured.err
+
+
+def test_output_that_fails_mid_write_leaves_the_previous_file_whole(aws_env, tmp_path):
+    """--output was written in place: a disk that filled up mid-write left a truncated CSV (fewer
+    rows: fewer weak certificates) or JSON where the last export had been. The file is now
+    replaced only once written whole. The failure is made real with RLIMIT_FSIZE (EFBIG)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    store = tmp_path / "a.sqlite3"
+    _store_audit(store, lambda task: [make_finding(task, n) for n in range(1, 400)])
+    out = tmp_path / "findings.csv"
+    out.write_text("previous export\n")
+    probe = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+             "from devicedefender_audit.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", probe, "export", "--store", str(store), "--format", "csv",
+                           "--output", str(out)], check=False, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "cannot be written" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text() == "previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("findings")) == ["findings.csv"]
+
+
+def test_output_replaces_an_existing_file_keeping_its_mode_and_writes_to_a_device(aws_env, tmp_path):
+    import stat
+
+    from devicedefender_audit.cli import EXIT_OK, main
+
+    store = tmp_path / "a.sqlite3"
+    _store_audit(store, lambda task: [make_finding(task, 1)])
+    out = tmp_path / "findings.json"
+    out.write_text("old")
+    out.chmod(0o640)
+    assert main(["export", "--store", str(store), "--output", str(out)]) == EXIT_OK
+    assert '"findings"' in out.read_text() and stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert main(["export", "--store", str(store), "--output", "/dev/null"]) == EXIT_OK
+    # a writable file in a directory where no file can be created is written in place
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "findings.json").write_text("old")
+    locked.chmod(0o555)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere
+            assert main(["export", "--store", str(store), "--output", str(locked / "findings.json")]) == EXIT_OK
+            assert '"findings"' in (locked / "findings.json").read_text()
+    finally:
+        locked.chmod(0o755)
