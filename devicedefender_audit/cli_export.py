@@ -137,8 +137,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(text, end="" if text.endswith("\n") else "\n")
     if target is None:
         return cli.EXIT_OK
-    code = _send_to_securityhub(target, document["Findings"])
-    return max(code, _archive_resolved(target, task, errors, context, document["Findings"]))
+    return _to_securityhub(target, task, errors, context, document["Findings"])
 
 
 class OutputError(Exception):
@@ -203,48 +202,24 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def _send_to_securityhub(target: AwsTarget, findings: list[dict[str, Any]]) -> int:
+def _to_securityhub(target: AwsTarget, task: AuditTask, errors: list[ResourceError], context: AsffContext,
+                    findings: list[dict[str, Any]]) -> int:
+    """Import the audit's findings and archive those it shows resolved (:mod:`.securityhub_sync`);
+    exit 1 when a finding was rejected or the resolved ones could not be looked up
+    (``securityhub:GetFindings`` refused)."""
     from devicedefender_audit import cli
-    from devicedefender_audit.aws.securityhub import import_findings
+    from devicedefender_audit.exports.securityhub_sync import sync_audit
 
-    result = import_findings(target.client("securityhub"), findings)
-    print(f"Security Hub ({target.region_name}): imported {result.success_count} of {len(findings)} finding(s) "
-          f"in {result.batches} request(s); {len(result.failed)} failed")
-    for failure in result.failed:
+    result = sync_audit(target.client("securityhub"), task, findings, errors, context)
+    imported, archived = result.imported, result.archived
+    print(f"Security Hub ({target.region_name}): imported {imported.success_count} of {len(findings)} finding(s) "
+          f"in {imported.batches} request(s); {len(imported.failed)} failed")
+    if archived.batches:
+        print(f"Security Hub ({target.region_name}): archived {archived.success_count} finding(s) no longer "
+              f"reported; {len(archived.failed)} failed")
+    for failure in imported.failed + archived.failed:
         print(f"error: {failure.get('Id')}: {failure.get('ErrorCode')}: {failure.get('ErrorMessage')}",
               file=sys.stderr)
-    return cli.EXIT_FAILED if result.failed else cli.EXIT_OK
-
-
-def _archive_resolved(target: AwsTarget, task: AuditTask, errors: list[ResourceError], context: AsffContext,
-                      sent: list[dict[str, Any]]) -> int:
-    """Archive this tool's Security Hub findings that ``task`` shows resolved (see
-    :func:`.asff.resolved_findings`), so a deactivated or replaced certificate's finding does
-    not stay active for ever. Needs ``securityhub:GetFindings``; a refusal is one error, exit 1."""
-    from devicedefender_audit import cli
-    from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
-    from devicedefender_audit.aws.securityhub import active_findings, import_findings
-    from devicedefender_audit.exports.asff import id_prefix, resolved_findings
-    from devicedefender_audit.exports.coverage import complete_checks, unchecked
-
-    if not complete_checks(task):
-        return cli.EXIT_OK  # nothing this audit says can be resolved
-    hub = target.client("securityhub")
-    try:
-        active = list(active_findings(hub, context.product_arn, context.account_id,
-                                      id_prefix(context.account_id, task.region or context.region)))
-    except AWS_ERRORS as exc:
-        print(f"error: resolved findings not archived: securityhub:GetFindings: {aws_error_code(exc)}: "
-              f"{aws_error_message(exc)}", file=sys.stderr)
-        return cli.EXIT_FAILED
-    resolved = resolved_findings(active, task, {f["Id"] for f in sent},
-                                 {e.certificate_id for e in unchecked(errors)}, context)
-    if not resolved:
-        return cli.EXIT_OK
-    result = import_findings(hub, resolved)
-    print(f"Security Hub ({target.region_name}): archived {result.success_count} finding(s) no longer reported; "
-          f"{len(result.failed)} failed")
-    for failure in result.failed:
-        print(f"error: {failure.get('Id')}: {failure.get('ErrorCode')}: {failure.get('ErrorMessage')}",
-              file=sys.stderr)
+    if result.archive_error:
+        print(f"error: resolved findings not archived: {result.archive_error}", file=sys.stderr)
     return cli.EXIT_FAILED if result.failed else cli.EXIT_OK

@@ -46,7 +46,7 @@ from devicedefender_audit.checks import make_checks
 from devicedefender_audit.detectors import Detector
 from devicedefender_audit.exit_codes import EXIT_FAILED, EXIT_OK, task_exit_code
 from devicedefender_audit.exports.safety import safe_value
-from devicedefender_audit.models import AuditFinding, AuditTask
+from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
 from devicedefender_audit.store import Store, StoreError, open_store, partition_location
 
 #: Findings named in one notification; the rest are counted (SNS messages are capped at 256 KB).
@@ -147,13 +147,15 @@ def notify(topic_arn: str, report: dict[str, Any], title: str) -> None:
                                                  f"{aws_error_message(exc)}")
 
 
-def _to_securityhub(target: AwsTarget, account_id: str, findings: Sequence[AuditFinding]) -> dict[str, Any]:
-    from devicedefender_audit.aws.securityhub import import_findings
+def _to_securityhub(target: AwsTarget, account_id: str, task: AuditTask, findings: Sequence[AuditFinding],
+                    errors: Sequence[ResourceError]) -> dict[str, Any]:
+    """Import the audit's findings and archive the ones it shows resolved
+    (:func:`~devicedefender_audit.exports.securityhub_sync.sync_audit`, as ``export --to-securityhub``)."""
     from devicedefender_audit.exports.asff import AsffContext, asff_findings
+    from devicedefender_audit.exports.securityhub_sync import sync_audit
 
     context = AsffContext(account_id=account_id, region=target.region_name or "")
-    result = import_findings(target.client("securityhub"), asff_findings(findings, context))
-    return {"imported": result.success_count, "failed": result.failed}
+    return sync_audit(target.client("securityhub"), task, asff_findings(findings, context), errors, context).to_json()
 
 
 def configured_checks(store: Store) -> list[str]:
@@ -187,8 +189,8 @@ def _reported(task: AuditTask, store: Store, target: AwsTarget, account_id: str,
     report = summary(task, findings)
     if settings.sns_topic_arn and report["exitCode"] != EXIT_OK:
         notify(settings.sns_topic_arn, report, f"devicedefender-audit {account_id} {task.region}")
-    if settings.to_securityhub and findings:
-        report["securityHub"] = _to_securityhub(target, account_id, findings)
+    if settings.to_securityhub:  # also with no findings: the ones this audit resolved are archived
+        report["securityHub"] = _to_securityhub(target, account_id, task, findings, list(store.errors(task.task_id)))
     return report
 
 

@@ -16,7 +16,7 @@ from conftest import DATA, REGION, REPO
 from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.aws.securityhub import import_findings
 from devicedefender_audit.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from devicedefender_audit.cli_export import _send_to_securityhub
+from devicedefender_audit.cli_export import _to_securityhub
 from devicedefender_audit.exports.asff import AsffContext, asff_finding
 from devicedefender_audit.models import (
     AuditFinding,
@@ -98,7 +98,8 @@ def test_failed_findings_are_reported_not_dropped(aws, capsys):
     bad = {**good, "Id": "bad", "Resources": []}
     result = import_findings(hub, [good, bad])
     assert result.success_count == 1 and [f["Id"] for f in result.failed] == ["bad"]
-    assert _send_to_securityhub(AwsTarget(region=REGION), [good, bad]) == EXIT_FAILED
+    task = AuditTask(region=REGION)
+    assert _to_securityhub(AwsTarget(region=REGION), task, [], AsffContext(ACCOUNT, REGION), [good, bad]) == EXIT_FAILED
     captured = capsys.readouterr()
     assert "1 failed" in captured.out and "error: bad: InvalidInput" in captured.err
 

@@ -336,14 +336,14 @@ def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_
     import boto3
     from botocore.exceptions import ClientError
 
-    from devicedefender_audit.aws import securityhub
     from devicedefender_audit.cli import EXIT_FAILED, main
+    from devicedefender_audit.exports import securityhub_sync
     from devicedefender_audit.models import AuditCheckDetails
 
     def denied(*args, **kwargs):
         raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "GetFindings")
 
-    monkeypatch.setattr(securityhub, "active_findings", denied)
+    monkeypatch.setattr(securityhub_sync, "active_findings", denied)
     boto3.client("securityhub", region_name=REGION).enable_security_hub()
     store_path = tmp_path / "a.sqlite3"
 

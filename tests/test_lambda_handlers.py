@@ -52,7 +52,7 @@ def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, io
         REGION, "COMPLETED_NON_COMPLIANT", 1, 3)
     assert east["findings"] == [{"checkName": DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, "certificateId": roca["certificateId"],
                                  "reasonCode": ROCA, "things": "meter"}]
-    assert east["securityHub"] == {"imported": 1, "failed": []}
+    assert east["securityHub"] == {"imported": 1, "failed": [], "archived": 0, "archiveFailed": []}
     # Without an account audit configuration every check runs, each reported with its counts.
     assert list(east["checks"]) == list(AUDIT_CHECKS)
     assert east["checks"][DEVICE_CERTIFICATE_KEY_QUALITY_CHECK]["totalResourcesCount"] == 2
@@ -66,6 +66,13 @@ def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, io
     assert "1 non-compliant" in subject and roca["certificateId"] in message
     imported = boto3.client("securityhub", region_name=REGION).get_findings()["Findings"]
     assert [f["Resources"][0]["Id"] for f in imported] == [roca["certificateArn"]]
+
+    # The weak certificate is deactivated: the next audit finds nothing and archives its finding.
+    iot.update_certificate(certificateId=roca["certificateId"], newStatus="INACTIVE")
+    [east] = scheduled_audit({"regions": [REGION]}, None)["audits"]
+    assert (east["nonCompliantResourcesCount"], east["securityHub"]["archived"]) == (0, 1)
+    [finding] = boto3.client("securityhub", region_name=REGION).get_findings()["Findings"]
+    assert finding["RecordState"] == "ARCHIVED"
 
 
 def test_scheduled_audit_defaults_to_the_functions_region(monkeypatch, tmp_path, aws):
