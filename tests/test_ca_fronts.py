@@ -255,7 +255,8 @@ def test_service_failed_ca_listing_fails_the_ca_checks_in_the_notification(servi
     [message] = [json.loads(body) for body in sns_queue["drain"]()]
     assert (message["failedChecksCount"], message["nonCompliantChecksCount"], message["totalChecksCount"]) == (1, 1, 2)
     failed = next(d for d in message["auditDetails"] if d["checkName"] == CA_CERTIFICATE_KEY_QUALITY_CHECK)
-    assert failed["errorCode"] == "AccessDeniedException"
+    assert failed["errorCode"] == "INSUFFICIENT_PERMISSIONS"  # the model's code; AWS's leads the message
+    assert failed["message"].startswith("AccessDeniedException: ")
 
 
 # the DynamoDB store ----------------------------------------------------------------------------

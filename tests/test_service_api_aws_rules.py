@@ -17,6 +17,7 @@ from test_service_api import ROLE, enable, resource
 
 from devicedefender_audit.models import CHECK_NAME
 from devicedefender_audit.service import InvalidRequest, ServiceError, errors
+from devicedefender_audit.service.notifications import audit_notification
 from devicedefender_audit.service.shapes import iot_model, operation, output_problems
 
 FACTORABLE = "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"
@@ -134,3 +135,5 @@ def test_a_check_refused_for_want_of_permission_reads_insufficient_permissions(c
     details = call(ctx, "DescribeAuditTask", taskId=task_id)["auditDetails"][CHECK_NAME]
     assert (details["checkRunStatus"], details["errorCode"]) == ("FAILED", "INSUFFICIENT_PERMISSIONS")
     assert details["message"].startswith("AccessDeniedException: ") and "not authorized" in details["message"]
+    [notified] = audit_notification(ctx.store.get_task(task_id), ctx.account_id)["auditDetails"]
+    assert (notified["errorCode"], notified["message"]) == (details["errorCode"], details["message"])

@@ -6,6 +6,26 @@ that code has in the model, so every front (CLI, HTTP) reports it as AWS would.
 
 from __future__ import annotations
 
+#: AWS error codes that mean the caller was denied (IoT, STS AssumeRole).
+DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedException"})
+INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
+#: AuditCheckDetails.message's maximum length in the model.
+MESSAGE_LIMIT = 2048
+
+
+def check_error(code: str | None, message: str | None) -> dict:
+    """A check's ``errorCode`` and ``message`` as ``DescribeAuditTask`` and the audit notification
+    give them. A check denied permission (the audit role, or the role that could not be assumed)
+    reads ``INSUFFICIENT_PERMISSIONS``, one of the two codes the model documents, so a script that
+    alerts on it works here; AWS's own code leads the message. Our other codes
+    (``RESOURCES_NOT_CHECKED``, ``CONNECTION_ERROR``, ``INTERRUPTED``, ...) name outcomes Device
+    Defender has no code for and are kept. The message is cut to the model's maximum."""
+    if code in DENIED_CODES:
+        code, message = INSUFFICIENT_PERMISSIONS, f"{code}: {message}" if message else code
+    if message is not None and len(message) > MESSAGE_LIMIT:
+        message = message[:MESSAGE_LIMIT - 3] + "..."
+    return {k: v for k, v in (("errorCode", code), ("message", message)) if v is not None}
+
 
 class ServiceError(Exception):
     """An operation refused the request; ``code`` is the model's exception name."""

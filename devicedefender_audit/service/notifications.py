@@ -6,7 +6,8 @@ The message follows the AWS IoT Developer Guide's audit notification payload (sc
 ``taskType``, ``scheduledAuditName`` (scheduled audits only), the five check counts,
 ``taskStartTime`` in epoch milliseconds and one ``auditDetails`` entry per check with its run
 status, resource counts and, when it did not complete, ``message`` and ``errorCode``. Our error
-codes (``RESOURCES_NOT_CHECKED``, ...) appear there as they do in ``DescribeAuditTask``.
+codes (``RESOURCES_NOT_CHECKED``, ...) and ``INSUFFICIENT_PERMISSIONS`` appear there as they do in
+``DescribeAuditTask`` (:func:`~devicedefender_audit.service.errors.check_error`).
 
 The message is published as the target's ``roleArn`` when the service assumes roles (see
 :mod:`~devicedefender_audit.service.context`), else with the service's own credentials. A
@@ -23,7 +24,7 @@ from devicedefender_audit.aws.errors import AWS_ERRORS
 from devicedefender_audit.models import AuditTask, AuditTaskStatus
 from devicedefender_audit.service.configuration import CONFIGURATION_KEY, CONFIGURATION_KIND
 from devicedefender_audit.service.context import ServiceContext, drop_none
-from devicedefender_audit.service.errors import ServiceError
+from devicedefender_audit.service.errors import ServiceError, check_error
 from devicedefender_audit.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,7 @@ def audit_notification(task: AuditTask, account_id: str) -> dict:
                 "checkRunStatus": details.check_run_status,
                 "nonCompliantResourcesCount": details.non_compliant_resources_count,
                 "totalResourcesCount": details.total_resources_count,
-                "message": details.message,
-                "errorCode": details.error_code,
+                **check_error(details.error_code, details.message),
             })
             for name, details in task.audit_details.items()
         ],

@@ -6,11 +6,8 @@ are not applicable or not covered, the audit's progress, account and region) are
 asked for (``extensions=True``, a Python keyword, not a request member), and then they sit under
 one member, :data:`EXTENSIONS_MEMBER`, that no AWS client reads.
 
-A check refused for want of permission (the audit role, or the role it could not assume, was
-denied) reads ``errorCode`` ``INSUFFICIENT_PERMISSIONS`` as the model documents it ("One of
-INSUFFICIENT_PERMISSIONS or AUDIT_CHECK_DISABLED"), so a script that alerts on it works here; AWS's
-own code leads the ``message``. Our other codes (``RESOURCES_NOT_CHECKED``, ``CONNECTION_ERROR``,
-``INTERRUPTED``, ...) name outcomes Device Defender has no code for and are kept.
+A check denied permission reads ``errorCode`` ``INSUFFICIENT_PERMISSIONS``
+(:func:`~devicedefender_audit.service.errors.check_error`).
 """
 
 from __future__ import annotations
@@ -28,18 +25,13 @@ from devicedefender_audit.checks import make_checks
 from devicedefender_audit.models import AuditTask
 from devicedefender_audit.service.configuration import require_enabled
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, page
-from devicedefender_audit.service.errors import InvalidRequest, ResourceNotFound
+from devicedefender_audit.service.errors import InvalidRequest, ResourceNotFound, check_error
 from devicedefender_audit.service.notifications import notify_audit_finished
 from devicedefender_audit.service.shapes import check_request
 from devicedefender_audit.store import Store
 from devicedefender_audit.store.base import TaskOwner
 
 EXTENSIONS_MEMBER = "devicedefenderAuditExtensions"
-#: AWS error codes that mean the caller was denied (IoT, STS AssumeRole).
-DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedException"})
-INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
-#: AuditCheckDetails.message's maximum length in the model.
-MESSAGE_LIMIT = 2048
 ON_DEMAND, SCHEDULED = "ON_DEMAND_AUDIT_TASK", "SCHEDULED_AUDIT_TASK"
 log = logging.getLogger(__name__)
 
@@ -99,15 +91,6 @@ def _task(store: Store, task_id: str) -> AuditTask:
     return task
 
 
-def _check_error(code: str | None, message: str | None) -> dict:
-    """``errorCode`` and ``message`` of one check as the model has them (see the module doc)."""
-    if code in DENIED_CODES:
-        code, message = INSUFFICIENT_PERMISSIONS, f"{code}: {message}" if message else code
-    if message is not None and len(message) > MESSAGE_LIMIT:
-        message = message[:MESSAGE_LIMIT - 3] + "..."
-    return drop_none({"errorCode": code, "message": message})
-
-
 def describe_audit_task(ctx: ServiceContext, *, extensions: bool = False, **request: Any) -> dict:
     check_request("DescribeAuditTask", request)
     recover_interrupted(ctx.store)
@@ -125,7 +108,7 @@ def describe_audit_task(ctx: ServiceContext, *, extensions: bool = False, **requ
                 "totalResourcesCount": d.total_resources_count,
                 "nonCompliantResourcesCount": d.non_compliant_resources_count,
                 "suppressedNonCompliantResourcesCount": d.suppressed_non_compliant_resources_count,
-                **_check_error(d.error_code, d.message),
+                **check_error(d.error_code, d.message),
             })
             for name, d in task.audit_details.items()
         },
