@@ -293,7 +293,8 @@ def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
 
     A store is one region's. A command that acts on AWS in its region (``ACTS_IN_REGION``:
     ``--region``, else the AWS configuration's) is refused on another region's store and binds
-    one not bound yet; one that only reads the store (``READS_LOCALLY``) is compared only with a
+    one not bound yet; one that only reads the store (``READS_LOCALLY``) must find it (a SQLite
+    file that does not exist is an error, not created) and is compared only with a
     ``--region`` given on its command line, as is an account-region's partition (which is its
     region's by name: commands act there, :func:`_target`); ``ANY_REGION`` (the table that every
     account-region of ``run --regions`` has a partition in) is not compared. The demo keeps its own store
@@ -317,7 +318,7 @@ def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
     elif scope != ANY_REGION:  # reads, and a partition (the command acts in its region: _target)
         region = getattr(args, "region", None)
     return open_store(location, target if str(location).startswith("dynamodb:") else None, region,
-                      bind=scope == ACTS_IN_REGION)
+                      bind=scope == ACTS_IN_REGION, create=scope != READS_LOCALLY)
 
 
 def configured_region(target: AwsTarget) -> str | None:

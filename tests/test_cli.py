@@ -222,7 +222,8 @@ def test_an_empty_region_is_a_missing_region_not_a_traceback(capsys, monkeypatch
     assert main(["run", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: You must specify a region") and "Traceback" not in err
-    assert main(["list-audits"]) == 0  # needs no region
+    assert main(["list-audits"]) == 2  # needs no region: what it lacks is an audit
+    assert capsys.readouterr().err.startswith("error: no store at ")
 
 
 def test_check_runs_the_factorable_checks_per_key_tests_as_the_audit_does(capsys, tmp_path, iot):

@@ -224,3 +224,12 @@ def test_a_store_without_audits_asks_for_one(capsys, aws_env):
     for argv in (["show-findings"], ["show-findings", "nonexistent-task-id"]):
         assert main(argv) == 2
         assert "run an audit first" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", [["list-audits"], ["show-findings"], ["list-mitigations"], ["export"]])
+def test_a_command_that_reads_audits_refuses_a_store_that_does_not_exist(command, tmp_path, capsys):
+    """A mistyped --store read as "no audits" and left an empty store file behind."""
+    missing = tmp_path / "audtis.sqlite3"
+    assert main([*command, "--store", str(missing)]) == 2
+    assert f"error: no store at {missing}: no audit has been recorded there" in capsys.readouterr().err
+    assert not missing.exists()

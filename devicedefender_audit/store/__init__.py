@@ -138,7 +138,7 @@ def _dynamodb_location(location: str) -> tuple[str, str | None]:
 
 
 def open_store(location: Path | str | None = None, target: AwsTarget | None = None, region: str | None = None,
-               bind: bool = True) -> Store:
+               bind: bool = True, create: bool = True) -> Store:
     """Open (and check) the store at ``location``, by default :func:`default_store_path`.
 
     ``dynamodb://TABLE`` is a DynamoDB table, reached with ``target``'s region, profile and
@@ -152,9 +152,17 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     With ``region`` (the command's), a store of another region is refused, and with ``bind`` a
     store not bound yet is bound to it (:mod:`.region_binding`); an account-region's partition
     (:func:`partition_location`) is the region its name gives.
+
+    Without ``create`` (a command that only reads audits), a SQLite file that does not exist is
+    refused rather than created: a mistyped ``--store`` would otherwise read as "no audits" and
+    leave an empty store behind.
     """
     location = default_store_path() if location is None else location
     check_location(location)
+    text = str(location)
+    if not create and not text.startswith("dynamodb:") and text != ":memory:" and not Path(text).exists():
+        raise StoreError(f"no store at {text}: no audit has been recorded there; run an audit first (or check "
+                         "--store / $DDA_STORE)")
     store = _open(location, target)
     if region is not None:
         from devicedefender_audit.store.region_binding import check_region
