@@ -75,6 +75,16 @@ def test_a_next_token_of_another_query_is_refused(ctx, account):
         call(ctx, "ListAuditTasks", **window, nextToken=token)
     with pytest.raises(InvalidRequest, match="nextToken"):
         call(ctx, "ListAuditFindings", **window, nextToken=token)
+    # Every List operation ties its tokens to its query, the mitigation and schedule ones too.
+    for name in ("a", "b"):
+        call(ctx, "CreateScheduledAudit", scheduledAuditName=name, frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    scheduled = call(ctx, "ListScheduledAudits", maxResults=1)["nextToken"]
+    assert "nextToken" not in call(ctx, "ListScheduledAudits", nextToken=scheduled)
+    for operation in ("ListMitigationActions", "ListScheduledAudits"):
+        with pytest.raises(InvalidRequest, match="nextToken"):
+            call(ctx, operation, nextToken=token)
+    with pytest.raises(InvalidRequest, match="nextToken"):
+        call(ctx, "ListAuditMitigationActionsTasks", **window, nextToken=scheduled)
 
 
 def test_a_check_used_by_a_scheduled_audit_cannot_be_disabled(ctx):

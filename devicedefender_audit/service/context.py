@@ -123,11 +123,11 @@ def as_utc(value: datetime | str | float) -> datetime:
 
 
 def page(items: Iterable[Any], next_token: str | None, max_results: int | None, default: int,
-         query: Mapping[str, Any] | None = None) -> dict:
+         query: Mapping[str, Any]) -> dict:
     """One page of ``items`` as ``{"items": [...], "nextToken": ...}`` (the token only when more
     follow). Tokens are opaque offsets into the operation's stable ordering.
 
-    With ``query`` (the operation's name and request), a token names the query it continues, and a
+    A token names the query it continues (``query``: the operation's name and request), and a
     token of another query (other filters, or another operation) is refused with
     ``InvalidRequestException`` as AWS refuses it, rather than read as an offset into the wrong
     list. ``nextToken`` and ``maxResults`` are not part of the query: a later page may change its
@@ -138,22 +138,18 @@ def page(items: Iterable[Any], next_token: str | None, max_results: int | None, 
     window = list(islice(iter(items), offset, offset + size + 1))
     result: dict[str, Any] = {"items": window[:size]}
     if len(window) > size:
-        body: dict[str, Any] = {"offset": offset + size}
-        if scope is not None:
-            body["query"] = scope
+        body = {"offset": offset + size, "query": scope}
         result["nextToken"] = base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
     return result
 
 
-def _query_digest(query: Mapping[str, Any] | None) -> str | None:
-    if query is None:
-        return None
+def _query_digest(query: Mapping[str, Any]) -> str:
     members = {k: v for k, v in query.items() if k not in ("nextToken", "maxResults")}
     text = json.dumps(members, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _offset(token: str | None, scope: str | None = None) -> int:
+def _offset(token: str | None, scope: str) -> int:
     if not token:
         return 0
     try:
@@ -163,7 +159,7 @@ def _offset(token: str | None, scope: str | None = None) -> int:
         raise InvalidRequest("the nextToken is not one this service issued") from exc
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise InvalidRequest("the nextToken is not one this service issued")
-    if scope is not None and body.get("query") != scope:
+    if body.get("query") != scope:
         raise InvalidRequest("the nextToken belongs to another query: repeat the request that returned it, "
                              "with the same parameters")
     return offset

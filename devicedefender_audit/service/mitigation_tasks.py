@@ -271,7 +271,8 @@ def list_audit_mitigation_actions_tasks(ctx: ServiceContext, **request: Any) -> 
         and request.get("auditTaskId") in (None, *b["auditTaskIds"])
         and request.get("findingId") in (None, *b["findingIds"])
     )
-    result = page(matching, request.get("nextToken"), request.get("maxResults"), default=25)
+    result = page(matching, request.get("nextToken"), request.get("maxResults"), default=25,
+                  query={"operation": "ListAuditMitigationActionsTasks", **request})
     return drop_none({
         "tasks": [{"taskId": b["taskId"], "startTime": from_epoch(b["startTime"]), "taskStatus": b["taskStatus"]}
                   for b in result["items"]],
@@ -297,7 +298,8 @@ def list_audit_mitigation_actions_executions(ctx: ServiceContext, **request: Any
         e for e in ctx.store.executions(request["taskId"])
         if e.finding_id == request["findingId"] and request.get("actionStatus") in (None, e.status.value)
     )
-    result = page(executions, request.get("nextToken"), request.get("maxResults"), default=25)
+    result = page(executions, request.get("nextToken"), request.get("maxResults"), default=25,
+                  query={"operation": "ListAuditMitigationActionsExecutions", **request})
     return drop_none({"actionsExecutions": [e.to_api() for e in result["items"]],
                       "nextToken": result.get("nextToken")})
 
