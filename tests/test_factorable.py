@@ -355,6 +355,17 @@ def test_small_factor_rules(make, words):
     assert words in result.detail
 
 
+def test_a_base_2_pseudoprime_modulus_is_not_called_prime():
+    """The prime rule runs a Fermat test to base 2 first; a Carmichael number (6k+1)(12k+1)(18k+1)
+    passes it while composite, and must not be reported as a prime modulus."""
+    k = 1 << 40
+    while not all(gmpy2.is_prime(m * k + 1) for m in (6, 12, 18)):
+        k += 1
+    carmichael = (6 * k + 1) * (12 * k + 1) * (18 * k + 1)
+    assert pow(2, carmichael - 1, carmichael) == 1
+    assert SmallFactorDetector().check(rsa_key(carmichael)).verdict is Verdict.CLEAN
+
+
 def test_a_factor_just_above_the_bound_is_not_small():
     above = int(gmpy2.next_prime(SMALL_PRIME_BOUND))
     assert SmallFactorDetector().check(rsa_key(above * prime(2030))).verdict is Verdict.CLEAN
