@@ -220,9 +220,10 @@ def test_targets_and_refusals(weak_account):
     with pytest.raises(InvalidRequest, match="was used for task by-id"):
         call(ctx, "StartAuditMitigationActionsTask", taskId="reused", target={"auditTaskId": a["audit"]},
              auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="by-id")
-    with pytest.raises(InvalidRequest, match="enableIoTLoggingParams"):
-        call(ctx, "CreateMitigationAction", actionName="logging", roleArn=ROLE,
-             actionParams={"enableIoTLoggingParams": {"roleArnForLogging": ROLE, "logLevel": "INFO"}})
+    call(ctx, "CreateMitigationAction", actionName="logging", roleArn=ROLE,
+         actionParams={"enableIoTLoggingParams": {"roleArnForLogging": ROLE, "logLevel": "INFO"}})
+    with pytest.raises(InvalidRequest, match="ENABLE_IOT_LOGGING\\) does not apply"):
+        start("logging", {"auditTaskId": a["audit"]}, ("logging",))
 
 
 def test_notification_when_an_audit_ends(weak_account):

@@ -58,3 +58,11 @@ class TaskAlreadyExists(ServiceError):
 
     code = "TaskAlreadyExistsException"
     status = 400
+
+
+class LimitExceeded(ServiceError):
+    """One of Device Defender's fixed quotas (not adjustable) would be passed: 5 scheduled audits,
+    100 mitigation actions, 10 audit mitigation actions tasks running at the same time."""
+
+    code = "LimitExceededException"
+    status = 410

@@ -9,7 +9,16 @@ A task applies, through the one :class:`~devicedefender_audit.mitigation.Mitigat
 ``auditTaskId``). The findings and the action definitions are fixed when the task starts, so
 editing or deleting an action later does not change a task. A retry with the same ``taskId``
 and ``clientRequestToken`` returns the existing task; another token for that id is
-``TaskAlreadyExistsException``, and a token already used for another task is refused.
+``TaskAlreadyExistsException``, and a token already used for another task is refused. A request
+without a token gets a fresh one, as boto3 and the AWS CLI fill in the model's idempotency token.
+Each mapped action must be defined and of a type that acts on its check's findings.
+
+At most :data:`MAX_RUNNING_TASKS` tasks run at the same time (Device Defender's limit): one more
+is ``LimitExceededException``. A task records the process that runs it (host, pid, heartbeat at
+each finding); a task whose process is gone, or silent for
+:data:`~devicedefender_audit.mitigation_claims.CLAIM_STALE_AFTER_S`, is ``FAILED`` when next read
+(Describe, List, Cancel, Start), so a script polling for its end sees one and it stops counting
+against the limit.
 
 Statistics count findings per check: a finding failed when one of its actions failed, was
 skipped when all of them were (nothing to do, already applied, or a dry run), else succeeded.
@@ -24,12 +33,17 @@ shows ``dryRun`` under :data:`~devicedefender_audit.service.tasks.EXTENSIONS_MEM
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from devicedefender_audit.check_names import RESOURCE_TYPE_OF
 from devicedefender_audit.mitigation import ACTIONS_FOR_RESOURCE, ActionDefinition, Mitigator
+from devicedefender_audit.mitigation_claims import abandoned
 from devicedefender_audit.mitigation_effects import RunEffects
 from devicedefender_audit.models import (
     AuditFinding,
@@ -40,15 +54,41 @@ from devicedefender_audit.models import (
 )
 from devicedefender_audit.service.configuration import SUPPORTED_CHECKS
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, from_epoch, page
-from devicedefender_audit.service.errors import InvalidRequest, ResourceNotFound, TaskAlreadyExists
-from devicedefender_audit.service.mitigation_actions import definition_of, stored_action
+from devicedefender_audit.service.errors import InvalidRequest, LimitExceeded, ResourceNotFound, TaskAlreadyExists
+from devicedefender_audit.service.mitigation_actions import APPLICABLE_TYPES, definition_of, stored_action
 from devicedefender_audit.service.shapes import check_request
 from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
 from devicedefender_audit.store import Store
 
 TASK_KIND, TOKEN_KIND, CANCEL_KIND = "mitigation_task", "mitigation_task_token", "mitigation_task_cancel"
 IN_PROGRESS = "IN_PROGRESS"
+#: Device Defender's "audit mitigation action tasks running at the same time" limit.
+MAX_RUNNING_TASKS = 10
 log = logging.getLogger(__name__)
+
+
+def _owner() -> dict:
+    """This process, as the runner of a task started now."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+
+
+def _ended_if_abandoned(ctx: ServiceContext, body: dict) -> dict:
+    """``body``, set ``FAILED`` (and stored) when it is IN_PROGRESS and its runner is gone: a running
+    task holds its findings as a mitigation claim does, and is given up by the same rule."""
+    if body["taskStatus"] != IN_PROGRESS:
+        return body
+    why = abandoned({**body.get("owner", {}), "state": "CLAIMED"})
+    if why is None:
+        return body
+    body.update(taskStatus="FAILED", endTime=ctx.now().timestamp(), failure=f"interrupted: {why}")
+    ctx.store.put_record(TASK_KIND, body["taskId"], body)
+    log.warning("mitigation actions task %s ended FAILED: %s", body["taskId"], why)
+    return body
+
+
+def _tasks(ctx: ServiceContext) -> list[dict]:
+    """Every stored task, the abandoned ones ended."""
+    return [_ended_if_abandoned(ctx, body) for _, body in ctx.store.records(TASK_KIND)]
 
 
 def _resolve_findings(store: Store, target: Mapping[str, Any], checks: Sequence[str]) -> list[AuditFinding]:
@@ -116,6 +156,7 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
         "dryRun": dry_run,
         "findingIds": [f.finding_id for f in findings],
         "auditTaskIds": sorted({f.task_id for f in findings}),
+        "owner": _owner(),
     }
     if not ctx.store.insert_record(TASK_KIND, task_id, body):
         existing = ctx.store.get_record(TASK_KIND, task_id) or {}
@@ -129,6 +170,12 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
             raise TaskAlreadyExists(f"mitigation actions task {task_id} exists ({was} with this clientRequestToken, "
                                     "another target, mapping or dry-run setting): give a new task id and token")
         return task_id  # a retry of the request that started it
+    running = [b["taskId"] for b in _tasks(ctx) if b["taskStatus"] == IN_PROGRESS and b["taskId"] != task_id]
+    if len(running) >= MAX_RUNNING_TASKS:
+        # Counted after this task is stored: of two started at once past the limit, neither runs.
+        ctx.store.delete_record(TASK_KIND, task_id)
+        raise LimitExceeded(f"{len(running)} mitigation actions tasks are running, Device Defender's limit is "
+                            f"{MAX_RUNNING_TASKS}: wait for one to end, or cancel one")
     if not ctx.store.insert_record(TOKEN_KIND, client_request_token, {"taskId": task_id}):
         ctx.store.delete_record(TASK_KIND, task_id)
         holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
@@ -201,6 +248,7 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
                     stats["skippedFindingsCount"] += 1
                 else:
                     stats["succeededFindingsCount"] += 1
+            body["owner"]["heartbeat"] = time.time()
             store.put_record(TASK_KIND, task_id, body)
         body["taskStatus"] = "CANCELED" if canceled else "COMPLETED"
     except Exception:
@@ -220,14 +268,20 @@ def _canceled(task_id: str, finding: AuditFinding, action: ActionDefinition) -> 
 
 
 def start_audit_mitigation_actions_task(ctx: ServiceContext, *, dry_run: bool = False, **request: Any) -> dict:
+    if request.get("clientRequestToken") is None:
+        # The model's idempotency token: boto3 and the AWS CLI send a fresh UUID when none is given.
+        request["clientRequestToken"] = str(uuid.uuid4())
     check_request("StartAuditMitigationActionsTask", request)
     mapping = request["auditCheckToActionsMapping"]
     definitions = {}
-    for name in {n for names in mapping.values() for n in names}:
-        body = stored_action(ctx.store, name)
-        if body is None:
-            raise InvalidRequest(f"no mitigation action {name}")
-        definitions[name] = definition_of(body)
+    for check, names in mapping.items():
+        for name in names:
+            body = stored_action(ctx.store, name)
+            if body is None:
+                raise InvalidRequest(f"no mitigation action {name}")
+            if body["actionType"] not in APPLICABLE_TYPES:
+                raise InvalidRequest(f"mitigation action {name} ({body['actionType']}) does not apply to {check}")
+            definitions[name] = definition_of(body)
     task_id = start_mitigation_task(ctx, request["taskId"], request["target"], mapping, definitions,
                                     request["clientRequestToken"], dry_run=dry_run)
     return {"taskId": task_id}
@@ -243,7 +297,7 @@ def _task(ctx: ServiceContext, task_id: str) -> dict:
 def describe_audit_mitigation_actions_task(ctx: ServiceContext, *, extensions: bool = False,
                                            **request: Any) -> dict:
     check_request("DescribeAuditMitigationActionsTask", request)
-    body = _task(ctx, request["taskId"])
+    body = _ended_if_abandoned(ctx, _task(ctx, request["taskId"]))
     response = drop_none({
         "taskStatus": body["taskStatus"],
         "startTime": from_epoch(body["startTime"]),
@@ -254,7 +308,7 @@ def describe_audit_mitigation_actions_task(ctx: ServiceContext, *, extensions: b
         "actionsDefinition": body["actionsDefinition"],
     })
     if extensions:
-        response[EXTENSIONS_MEMBER] = {"dryRun": body["dryRun"]}
+        response[EXTENSIONS_MEMBER] = drop_none({"dryRun": body["dryRun"], "failure": body.get("failure")})
     return response
 
 
@@ -263,7 +317,7 @@ def list_audit_mitigation_actions_tasks(ctx: ServiceContext, **request: Any) -> 
     start, end = as_utc(request["startTime"]), as_utc(request["endTime"])
     if start > end:
         raise InvalidRequest("startTime is after endTime")
-    bodies = sorted((b for _, b in ctx.store.records(TASK_KIND)), key=lambda b: (b["startTime"], b["taskId"]))
+    bodies = sorted(_tasks(ctx), key=lambda b: (b["startTime"], b["taskId"]))
     matching = (
         b for b in bodies
         if start.timestamp() <= b["startTime"] <= end.timestamp()
@@ -283,7 +337,7 @@ def list_audit_mitigation_actions_tasks(ctx: ServiceContext, **request: Any) -> 
 def cancel_audit_mitigation_actions_task(ctx: ServiceContext, **request: Any) -> dict:
     """Ask the task's runner to stop; the findings it has not reached are recorded CANCELED."""
     check_request("CancelAuditMitigationActionsTask", request)
-    body = _task(ctx, request["taskId"])
+    body = _ended_if_abandoned(ctx, _task(ctx, request["taskId"]))
     if body["taskStatus"] != IN_PROGRESS:
         raise InvalidRequest(f"mitigation actions task {body['taskId']} is {body['taskStatus']}; only an "
                              "IN_PROGRESS task can be canceled")

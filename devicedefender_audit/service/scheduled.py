@@ -6,7 +6,9 @@ counted from the first one after the schedule was created (BIWEEKLY), on ``dayOf
 ``LAST``, or a day the month lacks, means the month's last day). Only slots after the schedule's
 creation count. :func:`run_due` starts, as ``SCHEDULED_AUDIT_TASK`` with ``scheduledAuditName``,
 every schedule whose latest slot has not run yet (missed slots run once, not once each); a slot
-is claimed in the store before its audit starts, so two schedulers never run it twice.
+is claimed in the store before its audit starts, so two schedulers never run it twice. An
+account has at most :data:`MAX_SCHEDULED_AUDITS` schedules (Device Defender's quota, not
+adjustable): one more is ``LimitExceededException``.
 
 Two fronts call :func:`run_due`: the ``run-due`` command (cron, EventBridge) and the
 :class:`Scheduler` thread inside ``serve``. The scheduler checks when the server starts and
@@ -29,12 +31,20 @@ from typing import Any
 
 from devicedefender_audit.service.configuration import SCHEDULED_AUDIT_KIND, require_enabled
 from devicedefender_audit.service.context import ServiceContext, drop_none, page
-from devicedefender_audit.service.errors import InvalidRequest, ResourceAlreadyExists, ResourceNotFound, ServiceError
+from devicedefender_audit.service.errors import (
+    InvalidRequest,
+    LimitExceeded,
+    ResourceAlreadyExists,
+    ResourceNotFound,
+    ServiceError,
+)
 from devicedefender_audit.service.shapes import check_request, enum_values
 from devicedefender_audit.service.tasks import SCHEDULED, start_audit
 from devicedefender_audit.store import Store
 
 RUN_KIND = "scheduled_audit_run"
+#: Device Defender's "Scheduled audits" quota (L-0D30EFBA): 5, not adjustable.
+MAX_SCHEDULED_AUDITS = 5
 log = logging.getLogger(__name__)
 _WEEKDAYS = enum_values("DayOfWeek")  # SUN..SAT
 _PUBLIC = ("frequency", "dayOfMonth", "dayOfWeek", "targetCheckNames", "scheduledAuditName", "scheduledAuditArn")
@@ -77,6 +87,11 @@ def create_scheduled_audit(ctx: ServiceContext, **request: Any) -> dict:
         "createdAt": ctx.now().timestamp(),
     })
     _check_timing(body)
+    if ctx.store.get_record(SCHEDULED_AUDIT_KIND, name) is not None:
+        raise ResourceAlreadyExists(f"scheduled audit {name} exists")
+    if len(ctx.store.records(SCHEDULED_AUDIT_KIND)) >= MAX_SCHEDULED_AUDITS:
+        raise LimitExceeded(f"the account has {MAX_SCHEDULED_AUDITS} scheduled audits, Device Defender's limit: "
+                            "delete one first, or add checks to one (UpdateScheduledAudit)")
     if not ctx.store.insert_record(SCHEDULED_AUDIT_KIND, name, body):
         raise ResourceAlreadyExists(f"scheduled audit {name} exists")
     return {"scheduledAuditArn": body["scheduledAuditArn"]}
