@@ -80,9 +80,9 @@ def test_a_next_token_of_another_query_is_refused(ctx, account):
         call(ctx, "CreateScheduledAudit", scheduledAuditName=name, frequency="DAILY", targetCheckNames=[CHECK_NAME])
     scheduled = call(ctx, "ListScheduledAudits", maxResults=1)["nextToken"]
     assert "nextToken" not in call(ctx, "ListScheduledAudits", nextToken=scheduled)
-    for operation in ("ListMitigationActions", "ListScheduledAudits"):
+    for name in ("ListMitigationActions", "ListScheduledAudits"):
         with pytest.raises(InvalidRequest, match="nextToken"):
-            call(ctx, operation, nextToken=token)
+            call(ctx, name, nextToken=token)
     with pytest.raises(InvalidRequest, match="nextToken"):
         call(ctx, "ListAuditMitigationActionsTasks", **window, nextToken=scheduled)
 
