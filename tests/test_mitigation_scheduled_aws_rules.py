@@ -14,8 +14,9 @@ import sys
 import threading
 
 import pytest
+import test_mitigation_tasks
 from service_helpers import call
-from test_mitigation_tasks import ROLE, context, synthetic_audit
+from test_mitigation_tasks import ROLE, context, statuses, synthetic_audit
 
 from devicedefender_audit.models import CHECK_NAME
 from devicedefender_audit.service import InvalidRequest, TaskAlreadyExists, errors
@@ -28,6 +29,8 @@ from devicedefender_audit.store import open_store
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:findings"
 NOTIFY = {"publishFindingToSnsParams": {"topicArn": TOPIC}}
+#: Two ROCA certificates on things in moto, audited, with an action of each type (the tasks' tests' fixture).
+weak_account = test_mitigation_tasks.weak_account
 
 
 def test_limit_exceeded_carries_the_code_and_http_status_of_the_model():
@@ -195,3 +198,29 @@ def test_a_task_whose_process_died_ends_failed(tmp_path, aws_env):
     with pytest.raises(InvalidRequest, match="FAILED"):
         call(ctx, "CancelAuditMitigationActionsTask", taskId="doomed")
     ctx.store.close()
+
+
+def test_a_suppressed_finding_is_not_mitigated(weak_account):
+    """Device Defender guide, Mitigation actions: "Mitigation actions won't be performed on
+    suppressed audit findings." A certificate suppressed before the audit stays ACTIVE when a
+    deactivating task runs over the whole audit, and when its finding is named."""
+    a, ctx = weak_account, weak_account["ctx"]
+    kept = a["certs"][0]["certificateId"]
+    call(ctx, "CreateAuditSuppression", checkName=CHECK_NAME, resourceIdentifier={"deviceCertificateId": kept},
+         suppressIndefinitely=True, clientRequestToken="known-test-device")
+    audit_task_id = call(ctx, "StartOnDemandAuditTask", targetCheckNames=[CHECK_NAME])["taskId"]
+    findings = call(ctx, "ListAuditFindings", taskId=audit_task_id)["findings"]
+    suppressed = [f["findingId"] for f in findings if f["isSuppressed"]]
+    assert len(suppressed) == 1 and len(findings) == 2
+
+    call(ctx, "StartAuditMitigationActionsTask", taskId="named", target={"findingIds": suppressed},
+         auditCheckToActionsMapping={CHECK_NAME: ["deactivate"]}, clientRequestToken="named")
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="named")["taskStatistics"][CHECK_NAME][
+        "totalFindingsCount"] == 0
+    call(ctx, "StartAuditMitigationActionsTask", taskId="all", target={"auditTaskId": audit_task_id},
+         auditCheckToActionsMapping={CHECK_NAME: ["deactivate"]}, clientRequestToken="all")
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="all")["taskStatistics"][CHECK_NAME][
+        "succeededFindingsCount"] == 1
+    assert statuses(a["iot"], a["certs"]) == ["ACTIVE", "INACTIVE"]
+    assert call(ctx, "ListAuditMitigationActionsExecutions", taskId="all", findingId=suppressed[0]) == {
+        "actionsExecutions": []}

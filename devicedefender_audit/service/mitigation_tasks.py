@@ -6,8 +6,9 @@ A task applies, through the one :class:`~devicedefender_audit.mitigation.Mitigat
 ``auditCheckToActionsMapping`` names for each finding's check to the findings of its target:
 ``findingIds``, or the findings of ``auditTaskId``, optionally narrowed by
 ``auditCheckToReasonCodeFilter`` (the filter selects findings "from the audit", so it needs
-``auditTaskId``). The findings and the action definitions are fixed when the task starts, so
-editing or deleting an action later does not change a task. A retry with the same ``taskId``
+``auditTaskId``). Suppressed findings are left out, named or not: "Mitigation actions won't be
+performed on suppressed audit findings". The findings and the action definitions are fixed when
+the task starts, so editing or deleting an action later does not change a task. A retry with the same ``taskId``
 and ``clientRequestToken`` returns the existing task; another token for that id is
 ``TaskAlreadyExistsException``, and a token already used for another task is refused. A request
 without a token gets a fresh one, as boto3 and the AWS CLI fill in the model's idempotency token.
@@ -111,7 +112,8 @@ def _resolve_findings(store: Store, target: Mapping[str, Any], checks: Sequence[
         findings = list(store.findings(audit_task_id))
     if reason_filter:
         findings = [f for f in findings if f.reason_for_non_compliance_code in reason_filter.get(f.check_name, ())]
-    return [f for f in findings if f.check_name in checks]
+    # "Mitigation actions won't be performed on suppressed audit findings" (Device Defender guide).
+    return [f for f in findings if f.check_name in checks and not f.is_suppressed]
 
 
 def _check_mapping(mapping: Mapping[str, Sequence[str]], definitions: Mapping[str, ActionDefinition]) -> None:
