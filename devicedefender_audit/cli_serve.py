@@ -7,6 +7,7 @@ classes or the service: :func:`add_serve_command` only declares arguments.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -106,8 +107,24 @@ def _target(args: argparse.Namespace) -> Iterator[AwsTarget]:
     yield AwsTarget(region=args.region, profile=args.profile, endpoint_url=args.endpoint_url)
 
 
+class _Stopped(Exception):
+    """SIGTERM, raised in the main thread (where the server serves) so that it stops as on SIGINT."""
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM (systemd, docker stop, kill) stop ``serve`` as Ctrl-C does, once; return the
+    function restoring the previous handler."""
+    def stopped(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the shutdown short
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGTERM, stopped)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve until interrupted; exit 2 when the address may not or cannot be served."""
+    """Serve until SIGINT or SIGTERM, then cancel the audits and mitigation tasks still running
+    and wait for them to record it; exit 0 then, 2 when the address may not or cannot be served."""
     from devicedefender_audit.server import make_server
     from devicedefender_audit.store import resolve_location
 
@@ -126,11 +143,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{'own credentials' if args.own_credentials else 'acting as the configured roles'}; "
               f"{'no scheduler' if args.no_scheduler else f'scheduled audits checked every {args.schedule_interval:g} s'}"
               ")", file=sys.stderr, flush=True)
+        restore = _stop_on_sigterm()
         try:
             server.serve_forever()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Stopped):
             pass
         finally:
             server.server_close()
-            ctx.store.close()
+            try:
+                asked = server.stop_background_work()
+                if asked:
+                    print(f"stopped; canceled {', '.join(asked)}", file=sys.stderr, flush=True)
+            finally:
+                restore()
+                ctx.store.close()
     return 0

@@ -22,12 +22,17 @@ scheduled audits (:class:`~devicedefender_audit.service.scheduled.Scheduler`) wh
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
+import os
 import re
+import socket
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +60,15 @@ log = logging.getLogger(__name__)
 
 #: How far a request's X-Amz-Date may be from the server's clock, as AWS allows.
 MAX_CLOCK_SKEW = timedelta(minutes=15)
+#: The largest request body read. The ``iot`` model's largest member (a policy document) is
+#: 395 KiB; a longer body is refused before it is read, so no client makes the server hold gigabytes.
+MAX_BODY_BYTES = 1 << 20
+#: How long a connection may stay silent (mid-request or between requests) before it is closed,
+#: so that clients that stop sending do not hold a thread each for ever.
+CONNECTION_TIMEOUT_S = 60.0
+#: How long a stopped server waits for its running audits and mitigation tasks to record
+#: themselves canceled; one still running then is failed as interrupted by the next start.
+SHUTDOWN_WAIT_S = 30.0
 #: Headers that describe one hop, not the message: never copied when forwarding.
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host", "date",
                           "server", "authorization", "x-amz-date", "x-amz-security-token", "expect"})
@@ -146,6 +160,7 @@ class RequestParser(RestJSONParser):
         shape = operation.input_shape
         if shape is None:
             return {}
+        _check_json_body(shape, body)  # botocore's parser reads bad JSON as no members, and coerces types
         try:
             params = self.parse({"status_code": 200, "headers": headers, "body": body}, shape)
         except (AttributeError, TypeError, ValueError) as exc:
@@ -171,6 +186,63 @@ class RequestParser(RestJSONParser):
                 if rest:
                     params[name] = {k: v if member.value.type_name == "list" else v[0] for k, v in rest.items()}
         return params
+
+
+#: The JSON types a member of each model type may have in a request body (a timestamp may be
+#: epoch seconds or text, a blob is base64 text); ``bool`` is never a number.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "structure": (dict,), "map": (dict,), "list": (list,), "string": (str,), "boolean": (bool,),
+    "integer": (int,), "long": (int,), "float": (int, float), "double": (int, float),
+    "timestamp": (int, float, str), "blob": (str,),
+}
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "true or false", int: "an integer",
+               float: "a number", type(None): "null"}
+
+
+def _check_json_body(shape: Shape, body: bytes) -> None:
+    """Refuse a body that is not a JSON object, or whose members have the wrong JSON type for
+    ``shape``: botocore's parser (made for AWS's own responses) reads malformed JSON as an empty
+    request, splits a string given for a list into characters and takes ``true`` or ``1.5`` for
+    an integer."""
+    payload = shape.serialization.get("payload")
+    if payload is not None and shape.members[payload].type_name != "structure":
+        return  # a raw payload (a blob), not JSON
+    if not body.strip():
+        return
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise HttpError(400, "SerializationException", f"the request body is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise HttpError(400, "SerializationException", "the request body must be a JSON object")
+    body_shape = shape.members[payload] if payload is not None else shape
+    located = payload is None  # a structure payload is all body; otherwise members with a location are not
+    problems = _json_problems(body_shape, document, "", located)
+    if problems:
+        raise HttpError(400, "SerializationException", "; ".join(problems[:10]))
+
+
+def _json_problems(shape: Shape, value: Any, where: str, located: bool = False) -> list[str]:
+    """Each member of ``value`` (the JSON of ``shape``) whose JSON type is wrong, by its path."""
+    if value is None:  # null: the member is absent, as botocore reads it
+        return []
+    kinds = _JSON_TYPES.get(shape.type_name, (object,))
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        return [f"{where or shape.name} must be {_JSON_NAMES[kinds[0]]}, not {_JSON_NAMES.get(type(value), 'that')}"]
+    if shape.type_name == "list":
+        return [p for i, item in enumerate(value) for p in _json_problems(shape.member, item, f"{where}[{i}]")]
+    if shape.type_name == "map":
+        return [p for key, item in value.items() for p in _json_problems(shape.value, item, f"{where}.{key}")]
+    if shape.type_name != "structure":
+        return []
+    problems = []
+    for name, member in shape.members.items():
+        if located and member.serialization.get("location"):
+            continue  # a path, query-string or header member: not in the body
+        wire = member.serialization.get("name", name)
+        if wire in value:
+            problems += _json_problems(member, value[wire], f"{where}.{wire}" if where else wire)
+    return problems
 
 
 def _scalar(shape: Shape, text: str, member: str) -> Any:
@@ -226,15 +298,20 @@ class ResponseSerializer(RestJSONSerializer):
         return status, headers, value.encode() if isinstance(value, str) else value
 
 
-def extension_arguments(operation: str, headers: HeadersDict) -> dict[str, bool]:
+def extension_arguments(operation: str, headers: HeadersDict, signed: frozenset[str] | None = None) -> dict[str, bool]:
     """The keyword arguments that :data:`EXTENSION_HEADERS` in a request ask ``operation`` for;
-    a 400 for an extension the operation does not take or a value that is not true/false (a
-    dry run must never silently become a real run)."""
+    a 400 for an extension the operation does not take, a value that is not true/false, or (on
+    an authenticating server, ``signed`` the names the signature covers) a header the signature
+    does not cover: one outside it can be removed on the way, and a dry run must never silently
+    become a real run."""
     arguments = {}
     for header, (keyword, operations) in EXTENSION_HEADERS.items():
         value = headers.get(header)
         if value is None:
             continue
+        if signed is not None and header not in signed:
+            raise HttpError(400, "InvalidRequestException", f"{header} must be signed (add it before signing, "
+                            "as a before-sign handler does)")
         if operation not in operations:
             raise HttpError(400, "InvalidRequestException", f"{header} applies to {', '.join(sorted(operations))}, "
                             f"not {operation}")
@@ -266,7 +343,9 @@ class SigV4Verifier:
         self.service = service
         self.clock = clock
 
-    def verify(self, method: str, url: str, headers: HeadersDict, body: bytes) -> None:
+    def verify(self, method: str, url: str, headers: HeadersDict, body: bytes) -> frozenset[str]:
+        """Raise :class:`HttpError` (403) unless the request is signed with the server's
+        credentials; return the names of the headers the signature covers (lower case)."""
         authorization = headers.get("Authorization")
         if not authorization:
             raise HttpError(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
@@ -276,8 +355,8 @@ class SigV4Verifier:
             raise HttpError(403, "IncompleteSignatureException", "Authorization is not an AWS4-HMAC-SHA256 signature")
         own = self.credentials()
         access_key, _, scope = fields["Credential"].partition("/")
-        if not hmac.compare_digest(access_key, own.access_key) or (
-                own.token and not hmac.compare_digest(headers.get("X-Amz-Security-Token", ""), own.token)):
+        if not _same(access_key, own.access_key) or (
+                own.token and not _same(headers.get("X-Amz-Security-Token", ""), own.token)):
             raise HttpError(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
         timestamp = headers.get("X-Amz-Date", "")
         try:
@@ -293,6 +372,11 @@ class SigV4Verifier:
         signed = fields["SignedHeaders"].split(";")
         if "host" not in signed or any(name not in headers for name in signed):
             raise HttpError(403, "InvalidSignatureException", "a signed header is missing (host must be signed)")
+        declared = headers.get("X-Amz-Content-SHA256")
+        if declared is not None and not _same(declared, hashlib.sha256(body).hexdigest()):
+            # botocore's signer takes this header for the body's hash without hashing the body.
+            raise HttpError(403, "InvalidSignatureException", "X-Amz-Content-SHA256 is not the SHA-256 of the "
+                            "request body (an unsigned payload is not accepted)")
         request = AWSRequest(method=method, url=url, data=body,
                              headers={name: headers[name] for name in signed})
         request.context["timestamp"] = timestamp
@@ -300,9 +384,16 @@ class SigV4Verifier:
         canonical = signer.canonical_request(request)
         expected = signer.signature(signer.string_to_sign(request, canonical), request)
         if signer.signed_headers(signer.headers_to_sign(request)) != fields["SignedHeaders"] or \
-                not hmac.compare_digest(expected, fields["Signature"]):
+                not _same(expected, fields["Signature"]):
             raise HttpError(403, "InvalidSignatureException", "The request signature we calculated does not match "
                             "the signature you provided. Check your AWS Secret Access Key and signing method.")
+        return frozenset(signed)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of two header values, whatever characters a client sent
+    (:func:`hmac.compare_digest` raises on a non-ASCII ``str``)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
 
 
 class Forwarder:
@@ -337,17 +428,21 @@ class AuditServer(ThreadingHTTPServer):
     """The HTTP front: routes to :data:`OPERATIONS` or forwards, after authentication.
 
     Operations run one at a time under :attr:`lock`: they share the context's store connection
-    (audits started in the background write through their own)."""
+    (audits started in the background write through their own). Each connection has its own
+    thread, and is closed after ``connection_timeout`` seconds of silence."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], ctx: ServiceContext, forwarder: Forwarder,
                  verifier: SigV4Verifier | None, model: ServiceModel | None = None,
-                 schedule_interval: float | None = None) -> None:
-        if verifier is None and not ipaddress.ip_address(address[0]).is_loopback:
+                 schedule_interval: float | None = None, connection_timeout: float = CONNECTION_TIMEOUT_S) -> None:
+        if verifier is None and not _loopback(address[0]):
             raise ValueError(f"refusing to listen on {address[0]} without authentication: "
                              "only a loopback address may serve unauthenticated requests")
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         self.ctx = ctx
+        self.connection_timeout = connection_timeout
         self.forwarder = forwarder
         self.verifier = verifier
         self.model = model or iot_model()
@@ -368,25 +463,66 @@ class AuditServer(ThreadingHTTPServer):
             if self.scheduler is not None:
                 self.scheduler.stop()
 
+    def stop_background_work(self, wait: float = SHUTDOWN_WAIT_S) -> list[str]:
+        """After serving has stopped: ask the audits this process runs (on-demand and scheduled)
+        and the mitigation actions tasks it started to stop, and wait up to ``wait`` seconds for
+        them to record themselves ``CANCELED``. Returns the task ids asked. Without it a stopped
+        server's audits were left ``IN_PROGRESS`` (failed as interrupted by a later start) and its
+        mitigation tasks ``IN_PROGRESS`` for good."""
+        here = (socket.gethostname(), os.getpid())
+        asked = []
+        with self.lock:  # no request is using the context's store connection
+            for task, owner in self.ctx.store.in_progress_tasks():
+                if owner is not None and (owner.host, owner.pid) == here:
+                    self.ctx.store.request_cancel(task.task_id)
+                    asked.append(task.task_id)
+            for thread in list(self.ctx.threads):
+                task_id = thread.name.removeprefix("mitigation-")  # how the service names a task's thread
+                if not thread.is_alive() or task_id == thread.name:
+                    continue
+                try:
+                    OPERATIONS["CancelAuditMitigationActionsTask"](self.ctx, taskId=task_id)
+                except ServiceError:  # it ended meanwhile
+                    continue
+                asked.append(task_id)
+        deadline = time.monotonic() + wait
+        for thread in list(self.ctx.threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return asked
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed (reset, closed mid-response, timed out) is one log line, and
+        anything else a logged traceback: never a traceback printed on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.info("connection from %s ended: %s", client_address[0], error)
+        else:
+            log.exception("request from %s failed", client_address[0])
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def handle_request_bytes(self, method: str, target: str, headers: HeadersDict, body: bytes) -> tuple[int, dict,
                                                                                                          bytes]:
         """One request, start to end: authenticate, then serve or forward. Never raises."""
         parts = urlsplit(target)
         try:
+            if not target.startswith("/"):  # appended to the upstream URL, "@host/..." would name another host
+                raise HttpError(400, "InvalidRequestException", "the request-target must be a path (/...)")
+            signed = None
             if self.verifier is not None:
-                self.verifier.verify(method, f"http://{headers.get('Host', '')}{target}", headers, body)
+                signed = self.verifier.verify(method, f"http://{headers.get('Host', '')}{target}", headers, body)
+            else:
+                local_tool_only(headers)
             query = parse_qs(parts.query, keep_blank_values=True)
             resolved = self.router.resolve(method, parts.path, query)
             if resolved is None or resolved[0].name not in OPERATIONS:
                 return self.forwarder.forward(method, target, headers, body)
             operation, labels = resolved
             request = self.parser.parse_request(operation, labels, query, headers, body)
-            extensions = extension_arguments(operation.name, headers)
+            extensions = extension_arguments(operation.name, headers, signed)
             with self.lock:
                 response = OPERATIONS[operation.name](self.ctx, **request, **extensions)
             return self.serializer.serialize_response(operation, response)
@@ -398,18 +534,65 @@ class AuditServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Reads the request, hands it to :class:`AuditServer`, writes what comes back."""
+    """Reads the request, hands it to :class:`AuditServer`, writes what comes back.
+
+    A body is read only with a valid Content-Length within :data:`MAX_BODY_BYTES`; anything else
+    is refused and the connection closed, since the bytes of an unread body would otherwise be
+    read as the next request on the connection."""
 
     server: AuditServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.connection_timeout  # set on the socket: every read and write
+        super().setup()
+
+    def handle_expect_100(self) -> bool:
+        """Refuse a body that would not be read before the client sends it."""
+        try:
+            self._body_length()
+        except HttpError as exc:
+            self._refuse(exc)
+            return False
+        return super().handle_expect_100()
+
+    def _body_length(self) -> int:
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise HttpError(411, "LengthRequiredException", "a request body needs a Content-Length "
+                            "(Transfer-Encoding is not accepted)")
+        values = {value.strip() for value in self.headers.get_all("Content-Length") or ()}
+        if not values:
+            return 0
+        text = values.pop()
+        if values or not re.fullmatch(r"[0-9]{1,18}", text):
+            raise HttpError(400, "SerializationException", f"Content-Length {text!r} is not a length")
+        if int(text) > MAX_BODY_BYTES:
+            raise HttpError(413, "RequestEntityTooLargeException", f"the request body is {text} bytes; this "
+                            f"server takes at most {MAX_BODY_BYTES}")
+        return int(text)
+
     def _any(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = self._body_length()
+        except HttpError as exc:
+            self._refuse(exc)
+            return
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away mid-body
+            self.close_connection = True
+            return
         headers = HeadersDict()
         for name, value in self.headers.items():
             headers[name] = value if name not in headers else f"{headers[name]},{value}"
-        status, response_headers, payload = self.server.handle_request_bytes(self.command, self.path, headers, body)
+        self._send(*self.server.handle_request_bytes(self.command, self.path, headers, body))
+
+    def _refuse(self, error: HttpError) -> None:
+        """Answer ``error`` and close: the request's body, if any, stays unread."""
+        self.close_connection = True
+        status, headers, payload = error_response(error)
+        self._send(status, {**headers, "Connection": "close"}, payload)
+
+    def _send(self, status: int, response_headers: dict, payload: bytes) -> None:
         self.send_response(status)
         if not any(name.lower() == "x-amzn-requestid" for name in response_headers):
             response_headers["x-amzn-RequestId"] = str(uuid.uuid4())
@@ -423,11 +606,41 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+        # The request line is the client's text: control characters are escaped, not written to the log.
+        log.info("%s %s", self.address_string(), _CONTROL.sub(lambda c: f"\\x{ord(c[0]):02x}", format % args))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) names this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_tool_only(headers: HeadersDict) -> None:
+    """For a server without authentication (loopback only): refuse what a web page in the
+    operator's browser could send. A cross-origin POST of ``text/plain`` needs no preflight, so
+    any page could otherwise start a mitigation task; browsers add ``Origin`` to such requests,
+    and a page reaching the server through a DNS name rebound to 127.0.0.1 sends that name as
+    ``Host``. boto3, the AWS CLI and curl send neither."""
+    if headers.get("Origin") is not None:
+        raise HttpError(403, "AccessDeniedException", "a server without authentication answers no web page "
+                        "(the request has an Origin header)")
+    host = urlsplit(f"//{headers.get('Host', '')}").hostname or ""
+    if not _loopback(host):
+        raise HttpError(403, "AccessDeniedException", f"a server without authentication answers requests for a "
+                        f"loopback host only, not Host {headers.get('Host', '')!r}")
 
 
 def make_server(target: AwsTarget, ctx: ServiceContext, host: str = "127.0.0.1", port: int = 8080,
-                authenticate: bool = True, schedule_interval: float | None = 60.0) -> AuditServer:
+                authenticate: bool = True, schedule_interval: float | None = 60.0,
+                connection_timeout: float = CONNECTION_TIMEOUT_S) -> AuditServer:
     """A server for ``target``'s region that authenticates with, and forwards as, ``target``'s
     credentials; everything it does not serve goes to ``target.endpoint_url``, or to the
     region's AWS IoT endpoint when there is none. ``port`` 0 picks a free port. While it serves,
@@ -445,4 +658,4 @@ def make_server(target: AwsTarget, ctx: ServiceContext, host: str = "127.0.0.1",
     endpoint = target.endpoint_url or session.client("iot", region_name=region).meta.endpoint_url
     forwarder = Forwarder(endpoint, credentials.get_frozen_credentials, region, service)
     verifier = SigV4Verifier(credentials.get_frozen_credentials, region, service) if authenticate else None
-    return AuditServer((host, port), ctx, forwarder, verifier, model, schedule_interval)
+    return AuditServer((host, port), ctx, forwarder, verifier, model, schedule_interval, connection_timeout)
