@@ -15,6 +15,7 @@ import threading
 
 import pytest
 import test_mitigation_tasks
+from botocore.exceptions import ClientError
 from service_helpers import call
 from test_mitigation_tasks import ROLE, context, statuses, synthetic_audit
 
@@ -224,3 +225,55 @@ def test_a_suppressed_finding_is_not_mitigated(weak_account):
     assert statuses(a["iot"], a["certs"]) == ["ACTIVE", "INACTIVE"]
     assert call(ctx, "ListAuditMitigationActionsExecutions", taskId="all", findingId=suppressed[0]) == {
         "actionsExecutions": []}
+
+
+def test_an_action_that_fails_skips_the_findings_later_actions_and_fails_the_task(weak_account):
+    """Device Defender guide, Apply mitigation actions: "If you are applying multiple actions to a
+    set of findings and one of those actions failed, the subsequent actions are skipped for that
+    finding (but are still applied to other findings). ... The taskStatus is set to failed if one
+    or more of the actions failed when applied to the findings. Actions are applied in the order
+    in which they are specified." """
+    a, ctx = weak_account, weak_account["ctx"]
+    refused = [a["certs"][0]["certificateId"]]
+
+    def refuse(params, **_kwargs):  # params: the serialised request, the certificate id ends its path
+        if params["url_path"].rsplit("/", 1)[-1] in refused:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, "UpdateCertificate")
+
+    a["iot"].meta.events.register("before-call.iot.UpdateCertificate", refuse)
+    call(ctx, "StartAuditMitigationActionsTask", taskId="ordered", target={"auditTaskId": a["audit"]},
+         auditCheckToActionsMapping={CHECK_NAME: ["deactivate", "notify"]}, clientRequestToken="ordered")
+    task = call(ctx, "DescribeAuditMitigationActionsTask", taskId="ordered")
+    assert task["taskStatus"] == "FAILED"
+    assert {k: task["taskStatistics"][CHECK_NAME][k] for k in ("failedFindingsCount", "succeededFindingsCount")} == {
+        "failedFindingsCount": 1, "succeededFindingsCount": 1}
+    assert statuses(a["iot"], a["certs"]) == ["ACTIVE", "INACTIVE"]
+    by_certificate = {f["nonCompliantResource"]["resourceIdentifier"]["deviceCertificateId"]: f["findingId"]
+                      for f in call(ctx, "ListAuditFindings", taskId=a["audit"])["findings"]}
+    executions = call(ctx, "ListAuditMitigationActionsExecutions", taskId="ordered",
+                      findingId=by_certificate[refused[0]])["actionsExecutions"]
+    assert [(e["actionName"], e["status"]) for e in executions] == [("deactivate", "FAILED"), ("notify", "SKIPPED")]
+    assert executions[0]["errorCode"] == "AccessDeniedException"
+    assert executions[1]["message"] == "skipped: action deactivate failed for this finding"
+    assert [json.loads(body)["findingId"] for body in a["drain"]()] == [by_certificate[a["certs"][1]["certificateId"]]]
+    # A task whose actions all succeed (or had nothing to do) is COMPLETED.
+    refused.clear()
+    call(ctx, "StartAuditMitigationActionsTask", taskId="again", target={"auditTaskId": a["audit"]},
+         auditCheckToActionsMapping={CHECK_NAME: ["deactivate"]}, clientRequestToken="again")
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="again")["taskStatus"] == "COMPLETED"
+    assert statuses(a["iot"], a["certs"]) == ["INACTIVE", "INACTIVE"]
+
+
+def test_an_iot_logging_action_cannot_disable_logging(tmp_path):
+    """Device Defender guide, mitigation action types: ENABLE_IOT_LOGGING "You cannot specify a
+    logging level of DISABLED"."""
+    ctx = context(tmp_path / "audits.sqlite3")
+    disabled = {"enableIoTLoggingParams": {"roleArnForLogging": ROLE, "logLevel": "DISABLED"}}
+    with pytest.raises(InvalidRequest, match="DISABLED"):
+        call(ctx, "CreateMitigationAction", actionName="logging", roleArn=ROLE, actionParams=disabled)
+    call(ctx, "CreateMitigationAction", actionName="logging", roleArn=ROLE,
+         actionParams={"enableIoTLoggingParams": {"roleArnForLogging": ROLE, "logLevel": "WARN"}})
+    with pytest.raises(InvalidRequest, match="DISABLED"):
+        call(ctx, "UpdateMitigationAction", actionName="logging", actionParams=disabled)
+    ctx.store.close()

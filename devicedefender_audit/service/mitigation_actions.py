@@ -51,6 +51,8 @@ def _typed_params(name: str, action_id: str, action_params: dict, role_arn: str 
     if len(members) != 1:
         raise InvalidRequest(f"actionParams must set exactly one member, not {members or 'none'}")
     action_type = ACTION_TYPE_OF_MEMBER[members[0]]  # check_request refused members the model lacks
+    if action_type == "ENABLE_IOT_LOGGING" and action_params[members[0]].get("logLevel") == "DISABLED":
+        raise InvalidRequest("ENABLE_IOT_LOGGING: \"You cannot specify a logging level of DISABLED\"")
     if action_type not in APPLICABLE_TYPES:
         return action_type, {members[0]: dict(action_params[members[0]])}
     try:

@@ -23,6 +23,11 @@ against the limit.
 
 Statistics count findings per check: a finding failed when one of its actions failed, was
 skipped when all of them were (nothing to do, already applied, or a dry run), else succeeded.
+As the Device Defender guide has it, "actions are applied in the order in which they are
+specified"; "if ... one of those actions failed, the subsequent actions are skipped for that
+finding (but are still applied to other findings)" (recorded ``SKIPPED``, naming the failed one),
+and "the taskStatus is set to failed if one or more of the actions failed": a task ends
+``FAILED`` when a finding failed, ``CANCELED`` when canceled, else ``COMPLETED``.
 A cancel request is seen between findings; the actions not run are recorded ``CANCELED``.
 
 Extension: ``dry_run=True`` (a Python keyword, ``--dry-run`` on the CLI; not a request member)
@@ -239,11 +244,11 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
             canceled = canceled or store.get_record(CANCEL_KIND, task_id) is not None
             if canceled:
                 for action in actions:
-                    store.record_execution(_canceled(task_id, finding, action))
+                    store.record_execution(_not_run(task_id, finding, action, MitigationStatus.CANCELED,
+                                                    "the task was canceled before this action ran"))
                 stats["canceledFindingsCount"] += 1
             else:
-                statuses = {mitigators[action.role_arn].execute(finding, action, task_id).status
-                            for action in actions}
+                statuses = _apply_in_order(store, mitigators, finding, actions, task_id)
                 if MitigationStatus.FAILED in statuses:
                     stats["failedFindingsCount"] += 1
                 elif statuses == {MitigationStatus.SKIPPED}:
@@ -252,7 +257,8 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
                     stats["succeededFindingsCount"] += 1
             body["owner"]["heartbeat"] = time.time()
             store.put_record(TASK_KIND, task_id, body)
-        body["taskStatus"] = "CANCELED" if canceled else "COMPLETED"
+        failed = any(stats["failedFindingsCount"] for stats in body["taskStatistics"].values())
+        body["taskStatus"] = "CANCELED" if canceled else "FAILED" if failed else "COMPLETED"
     except Exception:
         body["taskStatus"] = "FAILED"
         raise
@@ -261,12 +267,30 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
         store.put_record(TASK_KIND, task_id, body)
 
 
-def _canceled(task_id: str, finding: AuditFinding, action: ActionDefinition) -> MitigationExecution:
+def _apply_in_order(store: Store, mitigators: Mapping[str | None, Mitigator], finding: AuditFinding,
+                    actions: Sequence[ActionDefinition], task_id: str) -> set[MitigationStatus]:
+    """The finding's actions in their mapping's order, those after a failed one skipped; the
+    statuses of its executions."""
+    statuses: set[MitigationStatus] = set()
+    failed: str | None = None
+    for action in actions:
+        if failed is not None:
+            store.record_execution(_not_run(task_id, finding, action, MitigationStatus.SKIPPED,
+                                            f"skipped: action {failed} failed for this finding"))
+            continue
+        status = mitigators[action.role_arn].execute(finding, action, task_id).status
+        statuses.add(status)
+        if status is MitigationStatus.FAILED:
+            failed = action.name
+    return statuses
+
+
+def _not_run(task_id: str, finding: AuditFinding, action: ActionDefinition, status: MitigationStatus,
+             message: str) -> MitigationExecution:
     now = utcnow()
     return MitigationExecution(task_id=task_id, finding_id=finding.finding_id, action_name=action.name,
                                action_id=action.action_id, action_type=action.action_type,
-                               status=MitigationStatus.CANCELED, start_time=now, end_time=now,
-                               message="the task was canceled before this action ran")
+                               status=status, start_time=now, end_time=now, message=message)
 
 
 def start_audit_mitigation_actions_task(ctx: ServiceContext, *, dry_run: bool = False, **request: Any) -> dict:
