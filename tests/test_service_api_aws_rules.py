@@ -40,6 +40,8 @@ def test_model_bounds_that_botocore_leaves_to_the_service_are_refused(ctx):
                           ("ListAuditSuppressions", {"maxResults": 251}),
                           ("DescribeAuditTask", {"taskId": "a" * 41}),
                           ("DescribeAuditTask", {"taskId": "/.."}),
+                          ("DescribeAuditTask", {"taskId": "task 1"}),  # the pattern is found in it: not enough
+                          ("DescribeScheduledAudit", {"scheduledAuditName": "nightly audit"}),
                           ("DescribeAuditFinding", {"findingId": "a" * 129}),
                           ("CreateAuditSuppression", {"checkName": CHECK_NAME, "resourceIdentifier": resource("a" * 64),
                                                       "suppressIndefinitely": True, "clientRequestToken": "t" * 65}),

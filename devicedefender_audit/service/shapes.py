@@ -78,8 +78,10 @@ def _service_side_problems(shape: Shape, value: Any) -> list[str]:
 @cache
 def _pattern(pattern: str) -> re.Pattern[str] | None:
     """The model's pattern as Python reads it, or None where it uses Java syntax Python lacks
-    (``\\p{Graph}``): such a pattern is not checked rather than guessed. Smithy patterns are not
-    anchored, so a value conforms when the pattern is found in it (``search``)."""
+    (``\\p{Graph}``): such a pattern is not checked rather than guessed. The whole value must
+    match (``fullmatch``): Smithy leaves patterns unanchored, but AWS IoT validates them whole, as
+    its familiar "Member must satisfy regular expression pattern: [a-zA-Z0-9:_-]+" for a thing
+    name with a space shows (the pattern is found in such a name; the name is still refused)."""
     try:
         return re.compile(pattern)
     except re.error:
@@ -96,7 +98,7 @@ def _bound_problems(shape: Shape, value: Any, where: str) -> list[str]:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
             return [f"{where}: {value}, at most {limit}"]
     pattern = shape.metadata.get("pattern")
-    if isinstance(value, str) and pattern and (compiled := _pattern(pattern)) and not compiled.search(value):
+    if isinstance(value, str) and pattern and (compiled := _pattern(pattern)) and not compiled.fullmatch(value):
         return [f"{where}: {value!r} does not match the pattern {pattern}"]
     return []
 
