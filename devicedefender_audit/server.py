@@ -450,6 +450,7 @@ class AuditServer(ThreadingHTTPServer):
         self.parser = RequestParser()
         self.serializer = ResponseSerializer()
         self.lock = threading.Lock()
+        self.stopping = False  # set under the lock by stop_background_work: no operation runs after it
         self.scheduler = None if schedule_interval is None else Scheduler(ctx, schedule_interval)
         super().__init__(address, _Handler)
 
@@ -472,6 +473,7 @@ class AuditServer(ThreadingHTTPServer):
         here = (socket.gethostname(), os.getpid())
         asked = []
         with self.lock:  # no request is using the context's store connection
+            self.stopping = True  # a connection still open may not start what would not be canceled
             for task, owner in self.ctx.store.in_progress_tasks():
                 if owner is not None and (owner.host, owner.pid) == here:
                     self.ctx.store.request_cancel(task.task_id)
@@ -524,6 +526,8 @@ class AuditServer(ThreadingHTTPServer):
             request = self.parser.parse_request(operation, labels, query, headers, body)
             extensions = extension_arguments(operation.name, headers, signed)
             with self.lock:
+                if self.stopping:
+                    raise HttpError(503, "ServiceUnavailableException", "the server is stopping")
                 response = OPERATIONS[operation.name](self.ctx, **request, **extensions)
             return self.serializer.serialize_response(operation, response)
         except ServiceError as exc:

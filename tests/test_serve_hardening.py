@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
@@ -28,10 +29,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from conftest import DATA, REGION
-from test_serve import NO_RETRIES, moto_calls, serve, served  # noqa: F401 (fixtures)
+from test_serve import NO_RETRIES, error_of, moto_calls, serve, served  # noqa: F401 (fixtures)
 
 from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.models import CHECK_NAME
+from devicedefender_audit.service import OPERATIONS
 from devicedefender_audit.store import open_store
 
 CREDENTIALS = Credentials("testing", "testing", "testing")  # aws_env's, which the server runs with
@@ -65,7 +67,7 @@ def wire(request: AWSRequest, body: bytes | None = None, target: str | None = No
          headers: dict[str, str] | None = None) -> bytes:
     """The request's bytes; ``body``, ``target`` and ``headers`` change it after signing."""
     sent = {**dict(request.headers.items()), **(headers or {})}
-    data = request.data if body is None else body
+    data = (request.data or b"") if body is None else body
     path = target or request.url.split(str(sent["Host"]), 1)[1]
     sent.setdefault("Content-Length", str(len(data)))
     head = "".join(f"{name}: {value}\r\n" for name, value in sent.items())
@@ -355,3 +357,97 @@ def test_concurrent_requests_on_one_store_each_get_their_answer(served):  # noqa
     assert sorted(outcomes) == ["InvalidRequestException", "created"] or \
         sorted(outcomes) == ["ResourceAlreadyExistsException", "created"], outcomes
     assert len(iot.list_audit_suppressions()["suppressions"]) == 1
+
+
+def test_a_stopped_server_cancels_its_running_mitigation_task(served, monkeypatch):  # noqa: F811 (a fixture)
+    """A mitigation actions task had no recovery at all: a server stopped under it left it
+    IN_PROGRESS for good. Stopping asks it to cancel; the findings it has not reached are CANCELED."""
+    from moto.iot.models import IoTBackend
+
+    iot = served["client"]
+    iot.update_account_audit_configuration(roleArn="arn:aws:iam::123456789012:role/audit",
+                                           auditCheckConfigurations={CHECK_NAME: {"enabled": True}})
+    task_id = iot.start_on_demand_audit_task(targetCheckNames=[CHECK_NAME])["taskId"]
+    served["ctx"].wait(60)
+    findings = [f["findingId"] for f in iot.list_audit_findings(taskId=task_id)["findings"]]
+    assert len(findings) == 2
+    iot.create_mitigation_action(actionName="deactivate", roleArn="arn:aws:iam::123456789012:role/mitigation",
+                                 actionParams={"updateDeviceCertificateParams": {"action": "DEACTIVATE"}})
+    held, release = threading.Event(), threading.Event()
+    update = IoTBackend.update_certificate
+
+    def held_update(self, *args, **kwargs):
+        held.set()
+        release.wait(60)
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(IoTBackend, "update_certificate", held_update)
+    iot.start_audit_mitigation_actions_task(taskId="m", clientRequestToken="m", target={"findingIds": findings},
+                                            auditCheckToActionsMapping={CHECK_NAME: ["deactivate"]})
+    assert held.wait(30), "the task never updated a certificate"
+    asked: list[str] = []
+    stopping = threading.Thread(target=lambda: asked.extend(served["server"].stop_background_work(wait=60)))
+    stopping.start()
+    time.sleep(0.5)  # the cancel is recorded while the first finding's action runs
+    release.set()
+    stopping.join(60)
+    assert asked == ["m"]
+    task = OPERATIONS["DescribeAuditMitigationActionsTask"](served["ctx"], taskId="m")  # HTTP is closing
+    assert task["taskStatus"] == "CANCELED"
+    assert task["taskStatistics"][CHECK_NAME]["canceledFindingsCount"] == 1
+    # A connection still open after the listener closed starts nothing that would not be canceled.
+    assert error_of(iot.start_on_demand_audit_task, targetCheckNames=[CHECK_NAME]) == (
+        503, "ServiceUnavailableException")
+
+
+def test_an_ipv6_loopback_address_is_served(moto_server, tmp_path):
+    """``--host ::1`` was an AF_INET socket: 'Address family for hostname not supported'."""
+    target = AwsTarget(region=REGION, endpoint_url=moto_server)
+    audit_server, ctx = serve(target, tmp_path / "s.sqlite3", schedule_interval=None, host="::1")
+    try:
+        assert audit_server.url.startswith("http://[::1]:")
+        client = boto3.client("iot", region_name=REGION, endpoint_url=audit_server.url, config=NO_RETRIES)
+        assert client.list_audit_suppressions()["suppressions"] == []
+    finally:
+        audit_server.shutdown()
+        audit_server.server_close()
+        ctx.store.close()
+
+
+def test_the_access_log_escapes_what_the_client_wrote(server, caplog):
+    """The request line is the client's text: an escape sequence or a carriage return in it must
+    not reach the operator's terminal or forge a log line."""
+    caplog.set_level("INFO", logger="devicedefender_audit.server")
+    exchange(server, b"GET /x\x1b[2J\rforged HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", timeout=30)
+    logged = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert logged and not any(c in m for m in logged for c in "\x1b\r"), logged
+    assert any("\\x1b" in m for m in logged)
+
+
+def test_signatures_that_are_not_the_servers_own_are_refused(server, monkeypatch):
+    """Regression: a stale or future X-Amz-Date (AWS's 15 minutes), another service in the
+    credential scope, a signed header changed after signing, a missing date, a presigned URL."""
+    import botocore.auth
+
+    def refused(request: AWSRequest, **change: object) -> tuple[int, str | None]:
+        return status_and_error(exchange(server, wire(request, **change)))[:2]
+
+    stale = signed(server, "GET", "/audit/configuration")
+    for minutes in (-16, 16):  # signed correctly, at another time
+        moment = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=minutes)
+        with monkeypatch.context() as patched:
+            patched.setattr(botocore.auth, "get_current_datetime", lambda moment=moment: moment)
+            request = signed(server, "GET", "/audit/configuration")
+        status, code, message = status_and_error(exchange(server, wire(request)))
+        assert (status, code) == (403, "InvalidSignatureException") and "expired" in message, message
+    other_service = AWSRequest(method="GET", url=f"http://{server[0]}:{server[1]}/audit/configuration",
+                               headers={"Host": f"{server[0]}:{server[1]}"})
+    SigV4Auth(CREDENTIALS, "execute-api", REGION).add_auth(other_service)
+    assert refused(other_service) == (403, "InvalidSignatureException")
+    assert refused(stale, headers={"X-Amz-Date": "20200101T000000Z"}) == (403, "InvalidSignatureException")
+    assert refused(stale, headers={"X-Amz-Date": "yesterday"}) == (403, "IncompleteSignatureException")
+    assert refused(stale, target="/audit/configuration?x=1") == (403, "InvalidSignatureException")
+    assert status_and_error(exchange(server, wire(stale)))[0] == 200
+    presigned = b"GET /audit/configuration?X-Amz-Algorithm=AWS4-HMAC-SHA256 HTTP/1.1\r\nHost: h\r\n" \
+                b"Connection: close\r\n\r\n"
+    assert status_and_error(exchange(server, presigned))[:2] == (403, "MissingAuthenticationTokenException")
