@@ -111,7 +111,9 @@ def _operation_parser(command: str) -> argparse.ArgumentParser:
                                      description=model.documentation.split("</p>")[0].removeprefix("<p>"))
     if model.input_shape is not None:
         for name, shape in model.input_shape.members.items():
-            _add_member(parser, name, shape, name in model.input_shape.required_members)
+            # An idempotency token is required by the model but filled in when left out, as the AWS CLI does.
+            required = name in model.input_shape.required_members and not shape.metadata.get("idempotencyToken")
+            _add_member(parser, name, shape, required)
     if API_COMMANDS[command] in EXTENSION_FLAGS:
         option, keyword, text = EXTENSION_FLAGS[API_COMMANDS[command]]
         parser.add_argument(option, dest=keyword, action="store_true", help=text)

@@ -43,7 +43,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,7 +61,7 @@ from devicedefender_audit.service.configuration import SUPPORTED_CHECKS
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, from_epoch, page
 from devicedefender_audit.service.errors import InvalidRequest, LimitExceeded, ResourceNotFound, TaskAlreadyExists
 from devicedefender_audit.service.mitigation_actions import APPLICABLE_TYPES, definition_of, stored_action
-from devicedefender_audit.service.shapes import check_request
+from devicedefender_audit.service.shapes import check_request, fill_idempotency_tokens
 from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
 from devicedefender_audit.store import Store
 
@@ -294,9 +293,7 @@ def _not_run(task_id: str, finding: AuditFinding, action: ActionDefinition, stat
 
 
 def start_audit_mitigation_actions_task(ctx: ServiceContext, *, dry_run: bool = False, **request: Any) -> dict:
-    if request.get("clientRequestToken") is None:
-        # The model's idempotency token: boto3 and the AWS CLI send a fresh UUID when none is given.
-        request["clientRequestToken"] = str(uuid.uuid4())
+    fill_idempotency_tokens("StartAuditMitigationActionsTask", request)
     check_request("StartAuditMitigationActionsTask", request)
     mapping = request["auditCheckToActionsMapping"]
     definitions = {}

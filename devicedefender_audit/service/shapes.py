@@ -10,6 +10,7 @@ Responses are checked by :func:`output_problems`, a small walk over botocore's `
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from functools import cache, lru_cache
@@ -48,6 +49,15 @@ def operation(name: str) -> OperationModel:
 def enum_values(shape_name: str) -> tuple[str, ...]:
     """The values of one of the model's enums, e.g. ``AuditFrequency``."""
     return tuple(iot_model().shape_for(shape_name).enum)
+
+
+def fill_idempotency_tokens(operation_name: str, params: dict[str, Any]) -> None:
+    """Give each idempotency-token member the request left out a fresh UUID, as botocore does
+    before it sends (boto3 and the AWS CLI callers may omit ``clientRequestToken``)."""
+    input_shape = operation(operation_name).input_shape
+    for name, shape in (input_shape.members.items() if input_shape is not None else ()):
+        if shape.metadata.get("idempotencyToken") and params.get(name) is None:
+            params[name] = str(uuid.uuid4())
 
 
 def check_request(operation_name: str, params: Mapping[str, Any]) -> None:

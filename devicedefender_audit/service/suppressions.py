@@ -22,7 +22,7 @@ from devicedefender_audit.service.errors import (
     ResourceNotFound,
     ServiceError,
 )
-from devicedefender_audit.service.shapes import check_request
+from devicedefender_audit.service.shapes import check_request, fill_idempotency_tokens
 from devicedefender_audit.suppressions import SUPPRESSION_KIND, resource_key, suppression_key
 
 
@@ -68,6 +68,7 @@ def _stored(ctx: ServiceContext, request: dict,
 
 
 def create_audit_suppression(ctx: ServiceContext, **request: Any) -> dict:
+    fill_idempotency_tokens("CreateAuditSuppression", request)
     check_request("CreateAuditSuppression", request)
     require_supported([request["checkName"]])
     key = suppression_key(request["checkName"], request["resourceIdentifier"])
