@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
@@ -207,6 +207,10 @@ def test_targets_and_refusals(weak_account):
     assert by_code["totalFindingsCount"] == sum(f["reasonForNonComplianceCode"] == code for f in findings)
     assert start("no-match", {"auditTaskId": a["audit"],
                               "auditCheckToReasonCodeFilter": {CHECK_NAME: ["OTHER"]}})["totalFindingsCount"] == 0
+    # A task applied to an audit is listed under that audit, whether or not a finding matched.
+    window = {"startTime": ctx.now() - timedelta(hours=1), "endTime": ctx.now() + timedelta(hours=1)}
+    listed = call(ctx, "ListAuditMitigationActionsTasks", **window, auditTaskId=a["audit"])["tasks"]
+    assert [t["taskId"] for t in listed] == ["by-id", "by-code", "no-match"]
     with pytest.raises(InvalidRequest, match="either"):
         start("both", {"auditTaskId": a["audit"], "findingIds": [findings[0]["findingId"]]})
     with pytest.raises(InvalidRequest, match="auditTaskId"):

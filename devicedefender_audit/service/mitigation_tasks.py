@@ -161,7 +161,9 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
         "clientRequestToken": client_request_token,
         "dryRun": dry_run,
         "findingIds": [f.finding_id for f in findings],
-        "auditTaskIds": sorted({f.task_id for f in findings}),
+        # The audits it was applied to: its target's, even when no finding matched, and its findings'.
+        "auditTaskIds": sorted({f.task_id for f in findings} | ({target["auditTaskId"]} if "auditTaskId" in target
+                                                                  else set())),
         "owner": _owner(),
     }
     if not ctx.store.insert_record(TASK_KIND, task_id, body):
