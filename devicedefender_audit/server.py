@@ -66,9 +66,17 @@ MAX_BODY_BYTES = 1 << 20
 #: How long a connection may stay silent (mid-request or between requests) before it is closed,
 #: so that clients that stop sending do not hold a thread each for ever.
 CONNECTION_TIMEOUT_S = 60.0
+#: Connections served at once, each in its own thread. One more is answered 503 and closed at
+#: once: a flood of connections must not make the server start a thread (and hold its memory)
+#: for each; the timeout above frees the slots of clients that went silent.
+MAX_CONNECTIONS = 64
 #: How long a stopped server waits for its running audits and mitigation tasks to record
 #: themselves canceled; one still running then is failed as interrupted by the next start.
 SHUTDOWN_WAIT_S = 30.0
+#: What a connection beyond :data:`MAX_CONNECTIONS` is answered before it is closed.
+_BUSY_BODY = b'{"__type": "ServiceUnavailableException", "message": "too many connections; try again"}'
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 #: Headers that describe one hop, not the message: never copied when forwarding.
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host", "date",
                           "server", "authorization", "x-amz-date", "x-amz-security-token", "expect"})
@@ -429,13 +437,15 @@ class AuditServer(ThreadingHTTPServer):
 
     Operations run one at a time under :attr:`lock`: they share the context's store connection
     (audits started in the background write through their own). Each connection has its own
-    thread, and is closed after ``connection_timeout`` seconds of silence."""
+    thread, and is closed after ``connection_timeout`` seconds of silence; at most
+    ``max_connections`` are served at once."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], ctx: ServiceContext, forwarder: Forwarder,
                  verifier: SigV4Verifier | None, model: ServiceModel | None = None,
-                 schedule_interval: float | None = None, connection_timeout: float = CONNECTION_TIMEOUT_S) -> None:
+                 schedule_interval: float | None = None, connection_timeout: float = CONNECTION_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         if verifier is None and not _loopback(address[0]):
             raise ValueError(f"refusing to listen on {address[0]} without authentication: "
                              "only a loopback address may serve unauthenticated requests")
@@ -443,6 +453,8 @@ class AuditServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.ctx = ctx
         self.connection_timeout = connection_timeout
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         self.forwarder = forwarder
         self.verifier = verifier
         self.model = model or iot_model()
@@ -491,6 +503,29 @@ class AuditServer(ThreadingHTTPServer):
         for thread in list(self.ctx.threads):
             thread.join(max(0.0, deadline - time.monotonic()))
         return asked
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own when a slot is free; else 503 and close."""
+        if not self._slots.acquire(blocking=False):
+            log.warning("connection from %s refused: %d connections are being served", client_address[0],
+                        self.max_connections)
+            try:
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: nothing else will give the slot back
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed (reset, closed mid-response, timed out) is one log line, and
@@ -644,7 +679,7 @@ def local_tool_only(headers: HeadersDict) -> None:
 
 def make_server(target: AwsTarget, ctx: ServiceContext, host: str = "127.0.0.1", port: int = 8080,
                 authenticate: bool = True, schedule_interval: float | None = 60.0,
-                connection_timeout: float = CONNECTION_TIMEOUT_S) -> AuditServer:
+                connection_timeout: float = CONNECTION_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> AuditServer:
     """A server for ``target``'s region that authenticates with, and forwards as, ``target``'s
     credentials; everything it does not serve goes to ``target.endpoint_url``, or to the
     region's AWS IoT endpoint when there is none. ``port`` 0 picks a free port. While it serves,
@@ -662,4 +697,5 @@ def make_server(target: AwsTarget, ctx: ServiceContext, host: str = "127.0.0.1",
     endpoint = target.endpoint_url or session.client("iot", region_name=region).meta.endpoint_url
     forwarder = Forwarder(endpoint, credentials.get_frozen_credentials, region, service)
     verifier = SigV4Verifier(credentials.get_frozen_credentials, region, service) if authenticate else None
-    return AuditServer((host, port), ctx, forwarder, verifier, model, schedule_interval, connection_timeout)
+    return AuditServer((host, port), ctx, forwarder, verifier, model, schedule_interval, connection_timeout,
+                       max_connections)

@@ -451,3 +451,30 @@ def test_signatures_that_are_not_the_servers_own_are_refused(server, monkeypatch
     presigned = b"GET /audit/configuration?X-Amz-Algorithm=AWS4-HMAC-SHA256 HTTP/1.1\r\nHost: h\r\n" \
                 b"Connection: close\r\n\r\n"
     assert status_and_error(exchange(server, presigned))[:2] == (403, "MissingAuthenticationTokenException")
+
+
+def test_connections_beyond_the_limit_are_answered_busy_and_closed(moto_server, tmp_path):
+    """Each connection had a thread, without limit: a flood of connections made as many threads."""
+    target = AwsTarget(region=REGION, endpoint_url=moto_server)
+    audit_server, ctx = serve(target, tmp_path / "s.sqlite3", schedule_interval=None, max_connections=1)
+    address = audit_server.server_address[:2]
+    try:
+        with socket.create_connection(address, timeout=30) as holder:
+            holder.sendall(b"POST /audit/suppressions/list HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n{")
+            with socket.create_connection(address, timeout=30) as extra:
+                answer = extra.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 503 ") and b"ServiceUnavailableException" in answer
+                assert extra.recv(65536) == b""  # and closed
+        client = boto3.client("iot", region_name=REGION, endpoint_url=audit_server.url, config=NO_RETRIES)
+        deadline = time.monotonic() + 20
+        while True:  # the holder's slot is given back once the server sees it closed
+            try:
+                assert client.list_audit_suppressions()["suppressions"] == []
+                break
+            except ClientError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        audit_server.shutdown()
+        audit_server.server_close()
+        ctx.store.close()
