@@ -227,7 +227,8 @@ class Audit:
                 if check.fleet:
                     self.partial[check.name] = (f"the CA keys were not compared with {len(sync.undescribed)} "
                                                 "device certificates that could not be read")
-        total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES)
+        # A certificate listed with a status the model does not know is counted as not checked.
+        total = self.store.count_in_scope(sync.started, IN_SCOPE_STATUSES) + sync.unknown_status
         for check in self.device_checks:
             self.task.audit_details[check.name].total_resources_count = total
         comparison = self._fleet_scan(sync, ca) if any(check.fleet for check in self.checks) else None

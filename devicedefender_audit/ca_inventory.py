@@ -16,12 +16,17 @@ from typing import Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
 from devicedefender_audit.aws.iot_ca_certificates import (
-    IncompleteDescription,
-    IncompleteListing,
     describe_ca_certificate_pem,
     list_ca_certificate_pages,
 )
-from devicedefender_audit.inventory import SyncAborted, certificate_id_matches, describe, describe_error
+from devicedefender_audit.aws.iot_certificates import certificate_statuses
+from devicedefender_audit.inventory import (
+    SyncAborted,
+    certificate_id_matches,
+    describe,
+    describe_error,
+    unreadable,
+)
 from devicedefender_audit.key_material import public_key_from_spki
 from devicedefender_audit.models import ResourceError
 from devicedefender_audit.store import Store
@@ -108,9 +113,16 @@ def sync_ca_certificates(iot: Any, store: Store) -> CaSync:
     except AWS_ERRORS as exc:
         raise SyncAborted(aws_error_code(exc),
                           f"could not list CA certificates: {aws_error_message(exc)}") from exc
-    except IncompleteListing as exc:
-        raise SyncAborted("MALFORMED_RESPONSE", f"could not list CA certificates: {exc}") from exc
+    except Exception as exc:  # an answer the model does not describe (botocore parser errors too)
+        raise SyncAborted("MALFORMED_RESPONSE", f"could not list CA certificates: {unreadable(exc)}") from exc
+    statuses = certificate_statuses(iot, "CACertificateStatus")
     for cert in listed.values():
+        if cert.status not in statuses:  # neither in scope nor out of it: not checked, said so
+            sync.errors.append(ResourceError(
+                certificate_id=cert.certificate_id, error_code="MALFORMED_RESPONSE", resource_type=CA_RESOURCE_TYPE,
+                message=f"ListCACertificates gave status {cert.status!r}, none of {', '.join(sorted(statuses))}: "
+                        "not known to be out of scope"))
+            continue
         if cert.status not in CA_IN_SCOPE_STATUSES:
             continue
         cid = cert.certificate_id
@@ -134,10 +146,11 @@ def sync_ca_certificates(iot: Any, store: Store) -> CaSync:
 def _describe(iot: Any, certificate_id: str) -> tuple[Description, None] | tuple[None, ResourceError]:
     try:
         _, pem = describe_ca_certificate_pem(iot, certificate_id)
-    except IncompleteDescription as exc:
-        return None, ResourceError(certificate_id=certificate_id, error_code="MALFORMED_RESPONSE", message=str(exc))
     except AWS_ERRORS as exc:
         return None, describe_error(certificate_id, exc)
+    except Exception as exc:  # noqa: BLE001 - an answer the model does not describe is this CA's error
+        return None, ResourceError(certificate_id=certificate_id, error_code="MALFORMED_RESPONSE",
+                                   message=f"DescribeCACertificate: {unreadable(exc)}")
     if not certificate_id_matches(certificate_id, pem):
         return None, ResourceError(
             certificate_id=certificate_id, error_code="CERTIFICATE_ID_MISMATCH",

@@ -31,7 +31,10 @@ from devicedefender_audit.aws.errors import (
     is_throttling,
 )
 from devicedefender_audit.aws.iot_certificates import (
+    IncompleteDescription,
+    IncompleteListing,
     ListedCertificate,
+    certificate_statuses,
     describe_certificate_pem,
     list_certificate_pages,
 )
@@ -45,6 +48,12 @@ IN_SCOPE_STATUSES = frozenset({"ACTIVE", "PENDING_TRANSFER"})
 BATCH_SIZE = 50
 #: Consecutive calls without any HTTP response after which the endpoint counts as lost.
 CONNECTION_LOSS_LIMIT = 20
+#: The longest ``certificatePem`` the ``iot`` model allows (``CertificatePem``, max 65,536): an
+#: unparsable PEM is kept for a later parser only up to this (a 1 MB answer would be kept whole,
+#: and is beyond DynamoDB's 400 KB item).
+MAX_PEM_CHARS = 65536
+#: How a PEM block holding a private key ends its BEGIN line (RSA, EC, PKCS#8, OpenSSH, encrypted).
+PRIVATE_KEY_MARK = "PRIVATE KEY-----"
 
 
 class SyncAborted(RuntimeError):
@@ -64,6 +73,9 @@ class SyncResult:
     gone: int = 0
     #: In-scope certificates this sync could not describe (reported in ``errors``).
     undescribed: set[str] = field(default_factory=set)
+    #: Listed certificates whose status is none the model knows: neither in scope nor out of it,
+    #: so reported as not checked (``MALFORMED_RESPONSE``) rather than silently left out.
+    unknown_status: int = 0
 
 
 def _pem_der(pem: str) -> bytes | None:
@@ -92,10 +104,19 @@ def certificate_id_matches(certificate_id: str, pem: str) -> bool:
 
 
 def describe(certificate_id: str, pem: str) -> Description:
-    """Read the key of a described certificate; an unparsable PEM is kept for a later parser."""
+    """Read the key of a described certificate; an unparsable PEM is kept for a later parser,
+    unless it holds a private key (never stored: the inventory is not a key store) or is longer
+    than any certificate AWS IoT holds (no parser will make a certificate of it)."""
     try:
         key = certificate_public_key(pem)
     except KeyMaterialError as exc:
+        if PRIVATE_KEY_MARK in pem:
+            return Description(certificate_id, error_code=exc.error_code,
+                               error_message=f"{exc} (the answer held private key material; it was not stored)")
+        if len(pem) > MAX_PEM_CHARS:
+            return Description(certificate_id, error_code=exc.error_code,
+                               error_message=f"{exc} (a PEM of {len(pem):,} characters, beyond the API's "
+                                             f"{MAX_PEM_CHARS:,}; not stored)")
         return Description(certificate_id, unparsed_pem=pem, error_code=exc.error_code, error_message=str(exc))
     return Description(certificate_id, spki=key.spki, key_algorithm=key.algorithm, key_bits=key.bits)
 
@@ -124,6 +145,7 @@ class InventorySync:
         self.workers = workers
         self.on_progress = on_progress
         self.on_error = on_error
+        self.statuses = certificate_statuses(iot)
 
     def run(self) -> SyncResult:
         result = SyncResult(started=time.time())
@@ -141,8 +163,17 @@ class InventorySync:
                 except AWS_ERRORS as exc:
                     raise SyncAborted(aws_error_code(exc),
                                       f"could not list certificates: {aws_error_message(exc)}") from exc
+                except Exception as exc:  # an answer the model does not describe (botocore parser errors too)
+                    raise SyncAborted("MALFORMED_RESPONSE", f"could not list certificates: {unreadable(exc)}") from exc
                 self.store.record_listing(page, result.started)
                 result.listed += len(page)
+                for cert in page:
+                    if cert.status not in self.statuses:
+                        result.unknown_status += 1
+                        done.append(_Described(cert, cert.status, None, ResourceError(
+                            certificate_id=cert.certificate_id, error_code="MALFORMED_RESPONSE",
+                            message=f"ListCertificates gave status {cert.status!r}, none of "
+                                    f"{', '.join(sorted(self.statuses))}: not known to be out of scope")))
                 in_scope = [c for c in page if c.status in IN_SCOPE_STATUSES]
                 result.in_scope += len(in_scope)
                 missing = self.store.ids_without_description(c.certificate_id for c in in_scope)
@@ -194,12 +225,13 @@ class InventorySync:
         cid = cert.certificate_id
         try:
             status, pem = describe_certificate_pem(self.iot, cid)
-        except KeyError as exc:
-            return _Described(cert, cert.status, None, ResourceError(
-                certificate_id=cid, error_code="MALFORMED_RESPONSE",
-                message=f"DescribeCertificate response lacks {exc}"))
         except AWS_ERRORS as exc:
             return _Described(cert, cert.status, None, describe_error(cid, exc))
+        except Exception as exc:  # noqa: BLE001 - an answer the model does not describe is this certificate's error
+            return _Described(cert, cert.status, None, ResourceError(
+                certificate_id=cid, error_code="MALFORMED_RESPONSE", message=f"DescribeCertificate: {unreadable(exc)}"))
+        if status not in self.statuses:  # missing or unknown: the listing's status stands
+            status = cert.status
         if not certificate_id_matches(cid, pem):
             return _Described(cert, status, None, ResourceError(
                 certificate_id=cid, error_code="CERTIFICATE_ID_MISMATCH",
@@ -209,7 +241,7 @@ class InventorySync:
         except Exception as exc:  # noqa: BLE001 - a parser bug must not end the audit; it is reported
             return _Described(cert, status, None, ResourceError(
                 certificate_id=cid, error_code="CHECK_FAILED", message=f"{type(exc).__name__}: {exc}"))
-        return _Described(cert, status or cert.status, description, None)
+        return _Described(cert, status, description, None)
 
     def _commit(self, done: list[_Described], result: SyncResult) -> None:
         """Write one batch of describe results in one transaction."""
@@ -237,6 +269,16 @@ class InventorySync:
         done.clear()
         if self.on_progress:
             self.on_progress(result)
+
+
+def unreadable(exc: Exception) -> str:
+    """Why an answer could not be read: our own message for an answer we checked
+    (:class:`IncompleteListing`, :class:`IncompleteDescription`), else the error botocore's parser
+    met (a timestamp it cannot parse is a ``ValueError``, a string where the model has an object
+    an ``AttributeError``), named, since it says nothing of the answer by itself."""
+    if isinstance(exc, (IncompleteListing, IncompleteDescription)):
+        return str(exc)
+    return f"the answer is not what the iot model describes ({type(exc).__name__}: {exc})"
 
 
 def describe_error(certificate_id: str, exc: BaseException) -> ResourceError:

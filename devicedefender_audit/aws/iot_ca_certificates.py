@@ -2,7 +2,8 @@
 
 ``ListCACertificates`` is paged with the boto3 paginator (``marker``/``nextMarker``, at most 250
 per page) and gives id, ARN, status and creation date; only ``DescribeCACertificate`` gives the
-PEM, which never changes for an id (the id is the certificate's SHA-256).
+PEM, which never changes for an id (the id is the certificate's SHA-256). Malformed answers are
+raised as the device calls raise them (:mod:`.iot_certificates`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from devicedefender_audit.aws.iot_certificates import PAGE_SIZE, ListedCertificate
+from devicedefender_audit.aws.iot_certificates import (
+    PAGE_SIZE,
+    IncompleteDescription,
+    IncompleteListing,
+    ListedCertificate,
+    described_pem,
+    listed_rows,
+)
 
-
-class IncompleteListing(Exception):
-    """A ``ListCACertificates`` row without the certificate's id or ARN: nothing to audit it by."""
+__all__ = ["IncompleteDescription", "IncompleteListing", "describe_ca_certificate_pem", "list_ca_certificate_pages"]
 
 
 def list_ca_certificate_pages(iot: Any, page_size: int = PAGE_SIZE) -> Iterator[list[ListedCertificate]]:
@@ -22,27 +28,11 @@ def list_ca_certificate_pages(iot: Any, page_size: int = PAGE_SIZE) -> Iterator[
     raises, and :class:`IncompleteListing` for a row without an id or ARN."""
     paginator = iot.get_paginator("list_ca_certificates")
     for page in paginator.paginate(PaginationConfig={"PageSize": page_size}):
-        listed = []
-        for cert in page.get("certificates", []):
-            if not cert.get("certificateId") or not cert.get("certificateArn"):
-                raise IncompleteListing("ListCACertificates returned a certificate without certificateId or "
-                                        "certificateArn")
-            listed.append(ListedCertificate(certificate_id=cert["certificateId"],
-                                            certificate_arn=cert["certificateArn"],
-                                            status=cert.get("status", ""), creation_date=cert.get("creationDate")))
-        yield listed
-
-
-class IncompleteDescription(Exception):
-    """``DescribeCACertificate`` answered without the certificate's PEM."""
+        yield list(listed_rows(page, "ListCACertificates"))
 
 
 def describe_ca_certificate_pem(iot: Any, certificate_id: str) -> tuple[str, str]:
     """(status, PEM) of one CA certificate; raises what boto3 raises, and
     :class:`IncompleteDescription` for a response without a PEM (not any ``KeyError`` from
     inside boto3, which is a bug to report as such)."""
-    description = iot.describe_ca_certificate(certificateId=certificate_id).get("certificateDescription") or {}
-    pem = description.get("certificatePem")
-    if not isinstance(pem, str) or not pem:
-        raise IncompleteDescription("DescribeCACertificate response lacks certificateDescription.certificatePem")
-    return description.get("status", ""), pem
+    return described_pem(iot.describe_ca_certificate(certificateId=certificate_id), "DescribeCACertificate")
