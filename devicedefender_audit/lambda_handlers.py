@@ -33,10 +33,20 @@ def scheduled_audit(event: dict[str, Any] | None, context: Any) -> dict[str, Any
 def registration_gate(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Check the certificate of one registration event (a JITR message from the IoT rule, or a
     CloudTrail record of an API registration from EventBridge) and apply the configured
-    mitigations; an event naming no certificate is an outcome saying so, logged, not an error."""
+    mitigations; an event naming no certificate here is an outcome saying so, logged, not an
+    error. A mistyped setting (``GateConfigurationError``), or a certificate that could not be
+    checked or mitigated for a reason that may pass (``GateUnfinished``), fails the invocation:
+    both feeds invoke asynchronously, so Lambda retries it, and its ``Errors`` metric counts it."""
     from devicedefender_audit.aws.clients import AwsTarget
-    from devicedefender_audit.registration_gate import GateSettings, gate_event
+    from devicedefender_audit.registration_gate import GateSettings, GateUnfinished, Home, gate_event
 
     settings = GateSettings.from_env(os.environ)
     target = AwsTarget()
-    return gate_event(event, target.client("iot"), target.client("sns"), _detectors(), settings).to_json()
+    # The function's ARN names its account (arn:aws:lambda:REGION:ACCOUNT:function:NAME).
+    arn = getattr(context, "invoked_function_arn", None)
+    account = arn.split(":")[4] if isinstance(arn, str) and arn.count(":") >= 6 else None
+    home = Home(account=account, region=target.region_name)
+    outcome = gate_event(event, target.client("iot"), target.client("sns"), _detectors(), settings, home)
+    if outcome.retry:
+        raise GateUnfinished(outcome)
+    return outcome.to_json()

@@ -32,6 +32,7 @@ outcome saying so, never a traceback and never ``CLEAN``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
+from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message, is_not_found
 from devicedefender_audit.aws.iot_certificates import attached_things
 from devicedefender_audit.check_names import (
     CA_CERTIFICATE,
@@ -55,6 +56,7 @@ from devicedefender_audit.models import (
     AuditFinding,
     MitigationActionType,
     MitigationExecution,
+    MitigationStatus,
     NonCompliantResource,
     ResourceIdentifier,
     new_id,
@@ -85,9 +87,27 @@ CALL_FAILED = "CALL_FAILED"
 NO_CERTIFICATE_ID = "NO_CERTIFICATE_ID"
 #: A certificate description without its PEM or ARN: nothing to check.
 MALFORMED_RESPONSE = "MALFORMED_RESPONSE"
+#: Verdicts of an event about a certificate of another account or region than the gate's: it is
+#: not looked up here (the same certificate can be registered in several accounts).
+OTHER_ACCOUNT = "OTHER_ACCOUNT"
+OTHER_REGION = "OTHER_REGION"
 #: The model's ``CertificateId``: 64 hex digits (the certificate's SHA-256).
 _CERTIFICATE_ID = re.compile(r"[0-9a-fA-F]{64}")
 _CHECK_OF = {DEVICE_CERTIFICATE: DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, CA_CERTIFICATE: CA_CERTIFICATE_KEY_QUALITY_CHECK}
+
+
+#: The environment the gate reads (``infra/template.yaml`` sets each one).
+GATE_VARIABLES = ("DDA_GATE_ACTIONS", "DDA_QUARANTINE_GROUP", "DDA_SNS_TOPIC_ARN", "DDA_DRY_RUN")
+#: The variable each action type needs, and the ActionDefinition.for_type argument it fills.
+_ACTION_VARIABLE = {
+    MitigationActionType.ADD_THINGS_TO_THING_GROUP: ("DDA_QUARANTINE_GROUP", "thing_group", "the quarantine thing group"),
+    MitigationActionType.PUBLISH_FINDING_TO_SNS: ("DDA_SNS_TOPIC_ARN", "sns_topic_arn", "the topic's ARN"),
+}
+
+
+class GateConfigurationError(ValueError):
+    """The gate's environment is wrong. Raised for every event, so the invocation fails (Lambda's
+    ``Errors`` metric) rather than letting weak keys through a gate that was meant to act."""
 
 
 @dataclass(frozen=True)
@@ -97,14 +117,55 @@ class GateSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GateSettings:
-        """``DDA_GATE_ACTIONS`` (comma-separated mitigation action types), ``DDA_QUARANTINE_GROUP``,
-        ``DDA_SNS_TOPIC_ARN``, ``DDA_DRY_RUN`` (on unless ``false``: acting is opted into)."""
-        actions = tuple(
-            ActionDefinition.for_type(MitigationActionType(a.strip()), thing_group=env.get("DDA_QUARANTINE_GROUP"),
-                                      sns_topic_arn=env.get("DDA_SNS_TOPIC_ARN"))
-            for a in env.get("DDA_GATE_ACTIONS", "").split(",") if a.strip()
-        )
-        return cls(actions=actions, dry_run=env.get("DDA_DRY_RUN", "true").strip().lower() != "false")
+        """``DDA_GATE_ACTIONS`` (comma-separated mitigation action types; required, empty to only
+        report), ``DDA_QUARANTINE_GROUP``, ``DDA_SNS_TOPIC_ARN``, ``DDA_DRY_RUN`` (``true`` or
+        ``false``; unset: a dry run, acting is opted into). Anything mistyped (a value, an action
+        type, a variable's name) is :class:`GateConfigurationError`: a typo must not turn the
+        gate into one that only reports."""
+        _refuse_misspelt_variables(env)
+        if "DDA_GATE_ACTIONS" not in env:
+            raise GateConfigurationError(
+                "DDA_GATE_ACTIONS is not set: name the mitigations for a weak key (comma-separated: "
+                f"{', '.join(t.value for t in MitigationActionType)}), or set it empty to only report")
+        names = [name.strip() for name in env["DDA_GATE_ACTIONS"].split(",") if name.strip()]
+        return cls(actions=tuple(_action(name, env) for name in names), dry_run=_dry_run(env.get("DDA_DRY_RUN")))
+
+
+def _action(name: str, env: Mapping[str, str]) -> ActionDefinition:
+    try:
+        action_type = MitigationActionType(name.upper())
+    except ValueError:
+        raise GateConfigurationError(
+            f"DDA_GATE_ACTIONS: {name!r} is not a mitigation action type (comma-separated: "
+            f"{', '.join(t.value for t in MitigationActionType)})") from None
+    if action_type not in _ACTION_VARIABLE:
+        return ActionDefinition.for_type(action_type)
+    variable, argument, what = _ACTION_VARIABLE[action_type]
+    value = env.get(variable, "").strip()
+    if not value:
+        raise GateConfigurationError(f"DDA_GATE_ACTIONS: {action_type.value} needs {variable} ({what}), "
+                                     "which is not set")
+    return ActionDefinition.for_type(action_type, **{argument: value})
+
+
+def _dry_run(value: str | None) -> bool:
+    if value is None:
+        return True
+    if value.strip().lower() not in ("true", "false"):
+        raise GateConfigurationError(f"DDA_DRY_RUN must be true or false, not {value!r}")
+    return value.strip().lower() == "true"
+
+
+def _refuse_misspelt_variables(env: Mapping[str, str]) -> None:
+    """A variable named like one of :data:`GATE_VARIABLES` but not exactly it (``DDA_DRYRUN``,
+    ``dda_dry_run``) would leave the real one unset: its default (a dry run) would hide the typo.
+    The project's other ``DDA_`` variables are no closer to these than 0.67."""
+    for name in env:
+        if name in GATE_VARIABLES or not name.upper().startswith("DDA"):
+            continue
+        close = difflib.get_close_matches(name.upper(), GATE_VARIABLES, n=1, cutoff=0.8)
+        if close:
+            raise GateConfigurationError(f"{name} is not a setting of the gate: did you mean {close[0]}?")
 
 
 @dataclass(frozen=True)
@@ -138,6 +199,10 @@ class GateOutcome:
     via: str | None = JITR
     findings: list[AuditFinding] = field(default_factory=list)
     executions: list[MitigationExecution] = field(default_factory=list)
+    #: The certificate was not checked, or a mitigation of its weak key failed, for a reason that
+    #: may pass (throttling, a lost connection, a denied call): the invocation must fail so that
+    #: Lambda runs it again, never end as if the key had been gated.
+    retry: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"certificateId": self.certificate_id, "resourceType": self.resource_type, "via": self.via,
@@ -150,7 +215,19 @@ class GateOutcome:
         actions = [f"{e.action_name}:{e.status.value}" for e in self.executions]
         return json.dumps({"gate": self.verdict, "certificateId": self.certificate_id,
                            "resourceType": self.resource_type, "via": self.via, "detail": self.detail,
-                           "actions": actions})
+                           "actions": actions, "retry": self.retry})
+
+
+class GateUnfinished(RuntimeError):
+    """An event whose certificate the gate could not check or mitigate (:attr:`GateOutcome.retry`):
+    raised by the Lambda handler so that the invocation fails and is retried."""
+
+    def __init__(self, outcome: GateOutcome) -> None:
+        actions = ", ".join(f"{e.action_name}:{e.status.value}" for e in outcome.executions)
+        super().__init__(f"certificate {outcome.certificate_id} not gated: {outcome.verdict} {outcome.detail}"
+                         + (f" (actions {actions})" if actions else "")
+                         + "; failing the invocation so that Lambda retries it")
+        self.outcome = outcome
 
 
 def _is_certificate_id(value: object) -> bool:
@@ -235,7 +312,9 @@ def gate_certificate(iot: Any, sns: Any, registration: Registration, detectors: 
     try:
         arn, status, pem = _describe(iot, registration)
     except AWS_ERRORS as exc:
-        return outcome(aws_error_code(exc), f"cannot describe the certificate: {aws_error_message(exc)}")
+        # Gone (deleted before the gate ran): nothing left to gate. Anything else may pass.
+        return outcome(aws_error_code(exc), f"cannot describe the certificate: {aws_error_message(exc)}",
+                       retry=not is_not_found(exc))
     except _Undescribed as exc:
         return outcome(MALFORMED_RESPONSE, str(exc))
     try:
@@ -269,7 +348,8 @@ def gate_certificate(iot: Any, sns: Any, registration: Registration, detectors: 
     # One certificate, one set of actions: act on the first finding (its flaws are listed in all).
     executions = mitigator.apply(findings[:1], settings.actions, task_id)
     return outcome(Verdict.VULNERABLE.value, "; ".join(r.reason_code or r.detector for r in weak),
-                   findings=findings, executions=executions)
+                   findings=findings, executions=executions,
+                   retry=any(e.status is MitigationStatus.FAILED for e in executions))
 
 
 def _things(iot: Any, arn: str) -> str:
@@ -280,16 +360,47 @@ def _things(iot: Any, arn: str) -> str:
         return f"unknown ({aws_error_code(exc)})"
 
 
-def gate_event(event: object, iot: Any, sns: Any, detectors: Sequence[Detector], settings: GateSettings) -> GateOutcome:
+@dataclass(frozen=True)
+class Home:
+    """The account and region the gate acts in (an unknown one is not compared)."""
+
+    account: str | None = None
+    region: str | None = None
+
+
+def _elsewhere(event: Mapping[str, Any], home: Home) -> tuple[str, str] | None:
+    """(verdict, detail) when the event says its certificate is in another account or region:
+    a JITR message's ``awsAccountId``; a CloudTrail record's ``account``/``recipientAccountId``
+    and ``region``/``awsRegion`` (EventBridge delivers other accounts' events to a bus that
+    accepts them)."""
+    detail = event.get("detail") if isinstance(event.get("detail"), Mapping) else {}
+    accounts = [event.get("awsAccountId"), event.get("account"), detail.get("recipientAccountId")]
+    regions = [event.get("region"), detail.get("awsRegion")]
+    for verdict, said, ours in ((OTHER_ACCOUNT, accounts, home.account), (OTHER_REGION, regions, home.region)):
+        other = next((v for v in said if isinstance(v, str) and v and ours and v != ours), None)
+        if other is not None:
+            what = "account" if verdict == OTHER_ACCOUNT else "region"
+            return verdict, f"the certificate is in {what} {other}, the gate acts in {ours}: not looked up here"
+    return None
+
+
+def gate_event(event: object, iot: Any, sns: Any, detectors: Sequence[Detector], settings: GateSettings,
+               home: Home | None = None) -> GateOutcome:
     """One event, one outcome, one log line: the registration's verdict and actions, or why the
-    event names nothing to check. Anything but a clean key or a failed call (which registered
-    nothing) is a warning."""
+    event names nothing to check here. A clean key or a failed call (which registered nothing)
+    is INFO, an outcome to retry (:attr:`GateOutcome.retry`) ERROR, anything else WARNING."""
     try:
         registration = registration_from_event(event)
     except NotARegistration as skipped:
         result = GateOutcome(None, skipped.code, str(skipped), via=skipped.via)
         LOG.log(logging.INFO if skipped.code == CALL_FAILED else logging.WARNING, result.log_line())
         return result
-    result = gate_certificate(iot, sns, registration, detectors, settings)
-    LOG.log(logging.INFO if result.verdict == Verdict.CLEAN.value else logging.WARNING, result.log_line())
+    assert isinstance(event, Mapping)  # registration_from_event refuses anything else
+    elsewhere = _elsewhere(event, home or Home())
+    if elsewhere is not None:
+        result = GateOutcome(registration.certificate_id, *elsewhere, registration.resource_type, registration.via)
+    else:
+        result = gate_certificate(iot, sns, registration, detectors, settings)
+    level = logging.ERROR if result.retry else logging.INFO if result.verdict == Verdict.CLEAN.value else logging.WARNING
+    LOG.log(level, result.log_line())
     return result

@@ -205,7 +205,7 @@ def test_a_failed_call_is_skipped_without_describing_anything(aws, caplog, topic
     event = cloudtrail_event("RegisterCertificate", request={"setAsActive": True},
                              error="ResourceAlreadyExistsException")
 
-    outcome = gate_event(event, iot, sns, default_detectors(), GateSettings.from_env({}))
+    outcome = gate_event(event, iot, sns, default_detectors(), GateSettings.from_env({"DDA_GATE_ACTIONS": ""}))
 
     assert (outcome.verdict, outcome.certificate_id, outcome.via) == ("CALL_FAILED", None, "RegisterCertificate")
     assert "ResourceAlreadyExistsException" in outcome.detail and calls == []
