@@ -26,8 +26,14 @@ The certificate is described, its key checked by the same detectors as an audit,
 gets the configured mitigations through the same :class:`~.mitigation.Mitigator` (so dry run,
 skip-if-already-inactive, per-action outcomes and the actions each resource type takes are those
 of ``mitigate``: a CA gets ``UPDATE_CA_CERTIFICATE`` and SNS, never the device actions). An event
-that names no certificate, or a certificate that cannot be described, is one log line and an
-outcome saying so, never a traceback and never ``CLEAN``.
+that is no registration, one about another account or region, or a certificate deleted before
+the gate ran, is one log line and an outcome saying so, never a traceback and never ``CLEAN``.
+A registration the gate could not check or mitigate for a reason that may pass (throttling, a
+5xx, a denied call, no connection, a FAILED action) or whose record names no certificate is an
+outcome to retry (:attr:`GateOutcome.retry`): the Lambda handler fails the invocation
+(:class:`GateUnfinished`), so that Lambda runs it again and then keeps it in a dead-letter
+queue. Nothing is stored: a repeated event finds the certificate INACTIVE already and only
+notifies again.
 """
 
 from __future__ import annotations
@@ -224,7 +230,8 @@ class GateUnfinished(RuntimeError):
 
     def __init__(self, outcome: GateOutcome) -> None:
         actions = ", ".join(f"{e.action_name}:{e.status.value}" for e in outcome.executions)
-        super().__init__(f"certificate {outcome.certificate_id} not gated: {outcome.verdict} {outcome.detail}"
+        which = outcome.certificate_id or f"registered by {outcome.via}"
+        super().__init__(f"certificate {which} not gated: {outcome.verdict} {outcome.detail}"
                          + (f" (actions {actions})" if actions else "")
                          + "; failing the invocation so that Lambda retries it")
         self.outcome = outcome
@@ -392,8 +399,13 @@ def gate_event(event: object, iot: Any, sns: Any, detectors: Sequence[Detector],
     try:
         registration = registration_from_event(event)
     except NotARegistration as skipped:
-        result = GateOutcome(None, skipped.code, str(skipped), via=skipped.via)
-        LOG.log(logging.INFO if skipped.code == CALL_FAILED else logging.WARNING, result.log_line())
+        # A registration whose record names no certificate registered one the gate cannot
+        # check: whether CloudTrail always records these calls' responseElements is not
+        # documented, so such a record fails the invocation (kept, counted), never passes.
+        result = GateOutcome(None, skipped.code, str(skipped), via=skipped.via,
+                             retry=skipped.code == NO_CERTIFICATE_ID)
+        level = logging.INFO if skipped.code == CALL_FAILED else logging.ERROR if result.retry else logging.WARNING
+        LOG.log(level, result.log_line())
         return result
     assert isinstance(event, Mapping)  # registration_from_event refuses anything else
     elsewhere = _elsewhere(event, home or Home())

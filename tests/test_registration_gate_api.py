@@ -15,7 +15,7 @@ from conftest import DATA, REGION, issue_certificate, register, sns_notification
 from devicedefender_audit.check_names import CA_CERTIFICATE, CA_CERTIFICATE_KEY_QUALITY_CHECK
 from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.lambda_handlers import registration_gate
-from devicedefender_audit.registration_gate import API_REGISTRATIONS, GateSettings, gate_event
+from devicedefender_audit.registration_gate import API_REGISTRATIONS, GateSettings, GateUnfinished, gate_event
 
 ACCOUNT = "123456789012"
 ROCA = "CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"
@@ -241,12 +241,8 @@ def _detail(**changes) -> dict:
     (_detail(eventSource="iotwireless.amazonaws.com"), "UNRECOGNIZED_EVENT", "'iotwireless.amazonaws.com'"),
     (_detail(eventName="CreateKeysAndCertificate"), "UNRECOGNIZED_EVENT", "'CreateKeysAndCertificate' registers no"),
     (_detail(eventName="AttachPolicy"), "UNRECOGNIZED_EVENT", "'AttachPolicy' registers no certificate"),
-    (_detail(responseElements=None), "NO_CERTIFICATE_ID", "the RegisterCertificate record names no certificate"),
-    (_detail(responseElements={"certificateId": "a" * 63}), "NO_CERTIFICATE_ID", "names no certificate"),
-    (_detail(responseElements={"certificateArn": "arn:aws:iot:us-east-1:123456789012:cert/"}), "NO_CERTIFICATE_ID",
-     "names no certificate"),
 ], ids=["list", "string", "empty", "bad-id", "other-detail-type", "detail-not-object", "other-service",
-        "aws-generated-key", "other-call", "no-response", "short-id", "empty-arn"])
+        "aws-generated-key", "other-call"])
 def test_anything_else_is_one_log_line_and_an_outcome_that_says_so(monkeypatch, caplog, aws, topic_arn, event,
                                                                    verdict, says):
     _gate_env(monkeypatch, topic_arn, dry_run="false")
@@ -258,3 +254,21 @@ def test_anything_else_is_one_log_line_and_an_outcome_that_says_so(monkeypatch, 
     assert says in outcome["detail"]
     [line] = _gate_lines(caplog)
     assert line.levelno == logging.WARNING and verdict in line.getMessage() and line.exc_info is None
+
+
+@pytest.mark.parametrize("event", [
+    _detail(responseElements=None),
+    _detail(responseElements={"certificateId": "a" * 63}),
+    _detail(responseElements={"certificateArn": "arn:aws:iot:us-east-1:123456789012:cert/"}),
+], ids=["no-response", "short-id", "empty-arn"])
+def test_a_registration_record_that_names_no_certificate_fails_the_invocation(monkeypatch, caplog, aws, topic_arn,
+                                                                              event):
+    """A certificate was registered and the gate cannot say which: not a WARNING nobody reads
+    (it was, and returned success), but a failed invocation that Lambda keeps in the stack's
+    GateFailedEvents queue after its retries."""
+    _gate_env(monkeypatch, topic_arn, dry_run="false")
+    caplog.set_level(logging.INFO, logger=GATE_LOGGER)
+    with pytest.raises(GateUnfinished, match="registered by RegisterCertificate not gated: NO_CERTIFICATE_ID"):
+        registration_gate(event, None)
+    [line] = _gate_lines(caplog)
+    assert line.levelno == logging.ERROR and "NO_CERTIFICATE_ID" in line.getMessage()
