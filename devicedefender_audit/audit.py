@@ -46,7 +46,7 @@ from devicedefender_audit.models import (
     ResourceIdentifier,
     utcnow,
 )
-from devicedefender_audit.store import Store
+from devicedefender_audit.store import Store, StoreUnavailable
 from devicedefender_audit.store.base import InventoryRecord, StoredVerdict, TaskOwner
 from devicedefender_audit.suppressions import ActiveSuppressions
 
@@ -179,6 +179,10 @@ class Audit:
             self._cancel("canceled by CancelAuditTask")
         except (KeyboardInterrupt, AuditInterrupted):
             self._record_end(self._cancel)
+            raise
+        except StoreUnavailable:
+            # Recording the failure would meet it again (or wait out another's lock once more): the
+            # next start, or list-audits, marks the task FAILED (INTERRUPTED) once this process is gone.
             raise
         except BaseException as exc:
             message = f"{type(exc).__name__}: {exc}"

@@ -731,10 +731,10 @@ COMMANDS = {
 
 def _explain(exc: Exception) -> tuple[int, str] | None:
     """(exit code, one-line message) for the errors a user can cause or fix; None for bugs."""
-    from devicedefender_audit.store import StoreError
+    from devicedefender_audit.store import StoreError, StoreUnavailable
 
-    if isinstance(exc, StoreError):
-        return EXIT_USAGE, str(exc)
+    if isinstance(exc, StoreError):  # a store that failed in use (locked, full) is no usage error
+        return (EXIT_FAILED if isinstance(exc, StoreUnavailable) else EXIT_USAGE), str(exc)
     from devicedefender_audit.cli_export import OutputError
 
     if isinstance(exc, OutputError):
@@ -781,6 +781,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_PIPE
+    except KeyboardInterrupt:
+        # Outside an audit (which records itself CANCELED): a report or listing cut short, whose
+        # audit is already stored. What stdout still holds is dropped: its reader may be gone.
+        print("\ninterrupted; what was already recorded stays in the store", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_SIGINT)
     except Exception as exc:
         explained = _explain(exc)
         if explained is None:

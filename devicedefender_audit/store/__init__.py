@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from devicedefender_audit.store.base import Store, StoreError
+from devicedefender_audit.store.base import Store, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.store.s3_fleet_state import S3Location
 
-__all__ = ["Store", "StoreError", "check_location", "default_store_path", "demo_store_path", "open_store",
-           "partition_location", "partition_region", "resolve_location"]
+__all__ = ["Store", "StoreError", "StoreUnavailable", "check_location", "default_store_path", "demo_store_path",
+           "open_store", "partition_location", "partition_region", "resolve_location"]
 
 _ACCOUNT = re.compile(r"\d{12}")
 #: A URL's ``scheme:/`` or ``scheme://`` (``pathlib.Path`` collapses the second slash); two letters

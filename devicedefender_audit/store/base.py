@@ -22,6 +22,12 @@ class StoreError(RuntimeError):
     """The store cannot be opened or written: one clear message, before any AWS call if possible."""
 
 
+class StoreUnavailable(StoreError):
+    """A store that opened fails while in use (locked by another writer beyond the wait, disk
+    full, I/O error, damage found mid-run): not a usage error, and writing the failure into the
+    same store would only meet it again (the next start marks the task interrupted instead)."""
+
+
 @dataclass(frozen=True)
 class Description:
     """What ``DescribeCertificate`` taught us about one certificate, kept forever.

@@ -3,20 +3,25 @@
 Opening checks the file before anything else happens (a directory, a path that cannot be
 created, a file that is not SQLite or is corrupt gives one :class:`StoreError`), creates a new
 file with mode 0600 (it holds the account's inventory), and uses WAL so readers (``list-audits``
-during a scan) never block the audit. A database locked by another writer is waited for
-(``lock_timeout``) instead of failing the write.
+during a scan) never block the audit; opening an existing store writes nothing, so a reader does
+not wait for a writer either. A database locked by another writer is waited for
+(``lock_timeout``) instead of failing the write. A failure while in use (the lock still held after
+the wait, a full disk, an I/O error, damage found mid-run) is one :class:`StoreUnavailable` naming
+the store, never a bare ``sqlite3`` error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from devicedefender_audit.aws.iot_certificates import ListedCertificate
 from devicedefender_audit.models import AuditFinding, AuditTask, MitigationExecution, ResourceError
@@ -25,6 +30,7 @@ from devicedefender_audit.store.base import (
     InventoryRecord,
     StoredVerdict,
     StoreError,
+    StoreUnavailable,
     TaskOwner,
 )
 
@@ -98,7 +104,9 @@ CREATE TABLE IF NOT EXISTS api_records (
 );
 """
 
-#: How long a write waits for another process's lock before giving up.
+#: The tables and indexes :data:`SCHEMA` makes: a store lacking one is brought up to date.
+_SCHEMA_NAMES = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA))
+#: How long a write waits for another process's lock before giving up (read when a store opens).
 LOCK_TIMEOUT_S = 120.0
 #: The fleet state's sidecar: ``<database>`` + this.
 FLEET_STATE_SUFFIX = ".fleet-state"
@@ -167,10 +175,65 @@ def _id_chunks(ids: Iterable[str]) -> Iterator[list[str | None]]:
         yield chunk + [None] * (ID_CHUNK - len(chunk))
 
 
+class _Cursor(sqlite3.Cursor):
+    """Rows read as the store is in use: a failure while stepping (damage met mid-read) is
+    :class:`StoreUnavailable` too."""
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.Error as exc:
+            raise _unavailable(self.connection, exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.Error as exc:
+            raise _unavailable(self.connection, exc) from exc
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.Error as exc:
+            raise _unavailable(self.connection, exc) from exc
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose failures are :class:`StoreUnavailable` naming the store and saying
+    what to do, rather than a bare ``sqlite3.OperationalError`` (a traceback at the CLI)."""
+
+    store_path = ""
+    lock_timeout = 0.0
+
+    def cursor(self, factory: Any = _Cursor) -> Any:
+        return super().cursor(factory)
+
+    def execute(self, *args: Any) -> Any:
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as exc:
+            raise _unavailable(self, exc) from exc
+
+    def executemany(self, *args: Any) -> Any:
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as exc:
+            raise _unavailable(self, exc) from exc
+
+
+def _unavailable(db: Any, exc: sqlite3.Error) -> StoreUnavailable:
+    """One message for a failed statement: whose lock it waited for, or what SQLite said."""
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        return StoreUnavailable(f"store {db.store_path} is locked by another process writing to it (waited "
+                                f"{db.lock_timeout:g} s); run again once that one is done")
+    return StoreUnavailable(f"store {db.store_path} cannot be used: {exc}")
+
+
 class SqliteStore:
     """:class:`~devicedefender_audit.store.base.Store` in one SQLite file."""
 
-    def __init__(self, path: Path | str, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
+    def __init__(self, path: Path | str, lock_timeout: float | None = None) -> None:
+        lock_timeout = LOCK_TIMEOUT_S if lock_timeout is None else lock_timeout
         self.path = str(path)
         memory = self.path == ":memory:"
         if not memory:
@@ -184,16 +247,42 @@ class SqliteStore:
                 raise StoreError(f"store {file} is not readable and writable by this user")
         try:
             self._db = sqlite3.connect(self.path, timeout=lock_timeout, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._db.execute("PRAGMA quick_check(1)").fetchone()
-        except sqlite3.DatabaseError as exc:
+                                       check_same_thread=False, factory=_Connection)
+        except sqlite3.Error as exc:
             raise StoreError(f"store {self.path} is not a usable SQLite database: {exc}") from exc
+        self._db.store_path, self._db.lock_timeout = self.path, lock_timeout
+        try:
+            self._open()
+        except StoreUnavailable as exc:
+            self._db.close()
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause):
+                raise  # a sound store another process is writing: say so, not "not usable"
+            raise StoreError(f"store {self.path} is not a usable SQLite database: {cause or exc}") from exc
         self._depth = 0
         self._fleet_state: bytes | None = None  # an in-memory database's (no sidecar file)
+
+    def _open(self) -> None:
+        """WAL, the schema, the version and a quick check. Only a new or older store is written
+        (SQLite's write lock), so opening never waits for another process's write."""
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        present = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master")}
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION or not _SCHEMA_NAMES <= present:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        (verdict,) = self._db.execute("PRAGMA quick_check(1)").fetchone()
+        if verdict != "ok":  # a damaged page is reported as a row, not raised
+            raise StoreUnavailable("damaged: " + " ".join(verdict.split()))
 
     def close(self) -> None:
         self._db.close()
@@ -212,11 +301,12 @@ class SqliteStore:
         self._depth = 1
         try:
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
             self._db.execute("COMMIT")
+        except BaseException:
+            # SQLite ends some failed transactions itself (a full disk); a failed COMMIT may not.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
         finally:
             self._depth = 0
 
