@@ -46,8 +46,18 @@ from devicedefender_audit.store.base import Description
 IN_SCOPE_STATUSES = frozenset({"ACTIVE", "PENDING_TRANSFER"})
 #: Descriptions committed together: what an interrupted sync can lose at most.
 BATCH_SIZE = 50
-#: Consecutive calls without any HTTP response after which the endpoint counts as lost.
+#: Consecutive calls without any HTTP response after which the endpoint counts as lost; as many
+#: in a row still throttled after all retries end the sync too (``THROTTLED``): the endpoint, not
+#: the certificates, is failing, and going on would spend hours marking the rest of the fleet
+#: unchecked, at the pace adaptive retries fall to under throttling.
 CONNECTION_LOSS_LIMIT = 20
+#: Per-certificate errors that say the endpoint is failing: what ending the sync says of each.
+_SYSTEMIC = {
+    "CONNECTION_ERROR": "lost the connection to AWS IoT: {n} calls in a row got no response",
+    "THROTTLED": ("AWS IoT throttled {n} DescribeCertificate calls in a row after all retries (the account's "
+                  "quota is taken by other callers, or lower than --rate); what was described is kept and the "
+                  "next run goes on from there"),
+}
 #: The longest ``certificatePem`` the ``iot`` model allows (``CertificatePem``, max 65,536): an
 #: unparsable PEM is kept for a later parser only up to this (a 1 MB answer would be kept whole,
 #: and is beyond DynamoDB's 400 KB item).
@@ -152,7 +162,7 @@ class InventorySync:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="describe")
         pending: set[Future[_Described]] = set()
         done: list[_Described] = []
-        connection_failures = 0
+        endpoint_failures = 0
         try:
             pages = list_certificate_pages(self.iot)
             while True:
@@ -181,12 +191,12 @@ class InventorySync:
                     if cert.certificate_id not in missing:
                         continue
                     while len(pending) >= 4 * self.workers:
-                        connection_failures = self._drain(pending, done, result, connection_failures)
+                        endpoint_failures = self._drain(pending, done, result, endpoint_failures)
                     pending.add(pool.submit(self._describe, cert))
                 if self.on_progress:
                     self.on_progress(result)
             while pending:
-                connection_failures = self._drain(pending, done, result, connection_failures)
+                endpoint_failures = self._drain(pending, done, result, endpoint_failures)
             self._commit(done, result)
             result.gone = self.store.mark_gone(result.started, time.time())
             return result
@@ -201,24 +211,22 @@ class InventorySync:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _drain(self, pending: set[Future[_Described]], done: list[_Described], result: SyncResult,
-               connection_failures: int) -> int:
+               endpoint_failures: int) -> int:
         finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
         for future in finished:
             pending.discard(future)
             item = future.result()
             done.append(item)
-            lost = item.error is not None and item.error.error_code == "CONNECTION_ERROR"
-            connection_failures = connection_failures + 1 if lost else 0
-            if connection_failures >= CONNECTION_LOSS_LIMIT:
+            systemic = item.error is not None and item.error.error_code in _SYSTEMIC
+            endpoint_failures = endpoint_failures + 1 if systemic else 0
+            if systemic and endpoint_failures >= CONNECTION_LOSS_LIMIT:
                 self._commit(done, result)
-                raise SyncAborted(
-                    "CONNECTION_ERROR",
-                    f"lost the connection to AWS IoT: {CONNECTION_LOSS_LIMIT} calls in a row got no "
-                    f"response (last: {item.error.message if item.error else ''})",
-                )
+                code = item.error.error_code if item.error else ""
+                raise SyncAborted(code, _SYSTEMIC[code].format(n=CONNECTION_LOSS_LIMIT)
+                                  + f" (last: {item.error.message if item.error else ''})")
         if len(done) >= BATCH_SIZE:
             self._commit(done, result)
-        return connection_failures
+        return endpoint_failures
 
     def _describe(self, cert: ListedCertificate) -> _Described:
         """Runs in a worker thread: one paced DescribeCertificate and the parse of its PEM."""

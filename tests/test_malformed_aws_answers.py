@@ -214,3 +214,84 @@ def test_a_ca_description_outside_the_model_is_a_resource_error(client):
     audited = run_audit(client, [RocaDetector()], workers=1, checks=make_checks(CA_ONLY, [RocaDetector()]))
     assert [(e.error_code, e.resource_type) for e in audited.errors] == [("MALFORMED_RESPONSE", "CA_CERTIFICATE")]
     assert audited.task.audit_details[CA_CERTIFICATE_KEY_QUALITY_CHECK].check_run_status == "FAILED"
+
+
+def test_a_wall_of_throttling_ends_the_sync_and_the_next_run_goes_on(aws, fresh_rsa_key):
+    """Throttled after all retries, call after call, the sync went through the whole fleet marking
+    each certificate THROTTLED (51 certificates took 298 s under adaptive retries) and ended
+    COMPLETED; it ends FAILED THROTTLED instead, as a lost connection does, keeping what it described."""
+    from botocore.config import Config
+    from conftest import issue_certificate, register
+
+    from devicedefender_audit.inventory import CONNECTION_LOSS_LIMIT
+
+    good = issue_certificate(fresh_rsa_key, "good")
+    fleet = CONNECTION_LOSS_LIMIT + 30
+    for i in range(fleet):
+        register(boto3.client("iot", region_name=REGION), f"# device {i}\n{good}")
+    iot = boto3.client("iot", region_name=REGION, config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    answered = []
+
+    def throttle_after_ten(request, **_):
+        answered.append(1)
+        if len(answered) > 10:
+            return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "ThrottlingException"},
+                               _Body(b'{"message": "Rate exceeded"}'))
+        return None
+
+    iot.meta.events.register("before-send.iot.DescribeCertificate", throttle_after_ten)
+    store = open_store(":memory:")
+    audited = run_audit(iot, [RocaDetector()], store, workers=1)
+    details = audited.task.details
+    assert audited.task.task_status is AuditTaskStatus.FAILED
+    assert (details.check_run_status, details.error_code) == ("FAILED", "THROTTLED")
+    assert "throttled 20 DescribeCertificate calls in a row" in details.message
+    assert len(answered) == 10 + CONNECTION_LOSS_LIMIT < fleet  # it stopped there
+    assert audited.task.progress.described_certificates == 10
+    later = run_audit(boto3.client("iot", region_name=REGION), [RocaDetector()], store)
+    assert later.task.progress.described_certificates == fleet - 10
+    assert later.task.details.check_run_status == "COMPLETED_COMPLIANT"
+
+
+def test_throttling_interleaved_with_answers_is_per_certificate(aws, fresh_rsa_key):
+    from botocore.config import Config
+    from conftest import issue_certificate, register
+
+    from devicedefender_audit.inventory import CONNECTION_LOSS_LIMIT
+
+    good = issue_certificate(fresh_rsa_key, "good")
+    for i in range(CONNECTION_LOSS_LIMIT * 3):
+        register(boto3.client("iot", region_name=REGION), f"# device {i}\n{good}")
+    iot = boto3.client("iot", region_name=REGION, config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    answered = []
+
+    def throttle_every_other(request, **_):
+        answered.append(1)
+        if len(answered) % 2:
+            return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "ThrottlingException"},
+                               _Body(b'{"message": "Rate exceeded"}'))
+        return None
+
+    iot.meta.events.register("before-send.iot.DescribeCertificate", throttle_every_other)
+    audited = run_audit(iot, [RocaDetector()], workers=1)
+    assert audited.task.task_status is AuditTaskStatus.COMPLETED
+    assert {e.error_code for e in audited.errors} == {"THROTTLED"}
+    assert audited.task.details.failed_resources_count == CONNECTION_LOSS_LIMIT * 3 // 2
+
+
+def test_max_attempts_counts_every_attempt(aws):
+    """``--max-attempts N`` says attempts per call; botocore's ``max_attempts`` counts retries, so
+    N made N + 1."""
+    from botocore.exceptions import ClientError
+
+    iot = AwsTarget(region=REGION, max_attempts=2).client("iot")
+    attempts = []
+
+    def failing(request, **_):
+        attempts.append(1)
+        return AWSResponse(request.url, 500, {"x-amzn-ErrorType": "InternalFailure"}, _Body(b'{"message": "x"}'))
+
+    iot.meta.events.register("before-send.iot.ListCertificates", failing)
+    with pytest.raises(ClientError):
+        iot.list_certificates()
+    assert len(attempts) == 2

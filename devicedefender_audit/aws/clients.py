@@ -138,7 +138,8 @@ class AwsTarget:
     def client(self, service: str, role_arn: str | None = None, purpose: str = "audit") -> Any:
         """A paced client with the target's credentials, or acting as ``role_arn`` when given."""
         config = Config(
-            retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            # total_max_attempts counts the first attempt too; botocore's max_attempts counts only retries
+            retries={"mode": "adaptive", "total_max_attempts": self.max_attempts},
             max_pool_connections=self.max_pool_connections,
         )
         session = self.session() if role_arn is None else self.role_session(role_arn, purpose)
