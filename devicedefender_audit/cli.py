@@ -589,13 +589,19 @@ def _resolve_task(store: Store, task_id: str | None) -> AuditTask:
 
 
 def cmd_show_findings(args: argparse.Namespace) -> int:
+    """The audit's report and its exit code, as ``run`` gave them: a task whose process died reads
+    FAILED (as in ``list-audits``), and an audit that failed or left certificates unchecked never
+    exits 0."""
+    from devicedefender_audit.audit import recover_interrupted
+
     store = _open_store(args, READS_LOCALLY)
     try:
+        recover_interrupted(store)
         task = _resolve_task(store, args.task_id)
         _print_audit(store, task, args.format)
     finally:
         store.close()
-    return EXIT_NON_COMPLIANT if any(d.non_compliant_resources_count for d in task.audit_details.values()) else EXIT_OK
+    return task_exit_code(task)
 
 
 def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> None:

@@ -142,6 +142,10 @@ def test_listener_that_drops_connections_gives_a_clean_failure(aws_env, tmp_path
     assert proc.returncode == 1 and "Traceback" not in err
     details = json.loads(out)["auditTask"]["auditDetails"]["DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"]
     assert details["checkRunStatus"] == "FAILED" and details["errorCode"] == "CONNECTION_ERROR"
+    shown = subprocess.run([sys.executable, "-m", "devicedefender_audit", "show-findings", "--store",
+                            str(tmp_path / "a.sqlite3")], cwd=REPO, capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert shown.returncode == 1  # was 0: no finding, from an audit that listed nothing
 
 
 def test_closed_pipe_is_quiet(server, tmp_path):
@@ -155,3 +159,26 @@ def test_closed_pipe_is_quiet(server, tmp_path):
         shell=True, cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
     )
     assert shell.stdout.startswith("Audit task") and "Traceback" not in shell.stderr
+
+
+def test_show_findings_of_a_killed_audit_is_a_failure_not_an_all_clear(server, tmp_path, fresh_rsa_key):
+    """show-findings printed the dead task IN_PROGRESS and exited 0 ("no finding"), also once
+    list-audits had marked it FAILED: a script reading its exit code took the audit as clean."""
+    seed(400, issue_certificate(fresh_rsa_key, "good"))
+    store = tmp_path / "audits.sqlite3"
+    proc = audit_process(server, store, "--rate", "DescribeCertificate=200")
+    wait_until(lambda: described(store) >= 50)
+    proc.kill()
+    proc.wait()
+    shown = subprocess.run([sys.executable, "-m", "devicedefender_audit", "show-findings", "--store", str(store)],
+                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr
+    assert "FAILED" in shown.stdout.splitlines()[0] and "INTERRUPTED" in shown.stdout
+    # a finished audit's exit code is the one show-findings gives for it later
+    done = audit_process(server, store, "--rate", "DescribeCertificate=5000")
+    out, err = done.communicate(timeout=300)
+    task_id = json.loads(out)["auditTask"]["taskId"]
+    assert done.returncode == 3, err  # every 100th certificate of the seeded fleet is weak
+    again = subprocess.run([sys.executable, "-m", "devicedefender_audit", "show-findings", task_id,
+                            "--store", str(store)], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 3
