@@ -46,7 +46,7 @@ from devicedefender_audit.models import (
     ResourceIdentifier,
     utcnow,
 )
-from devicedefender_audit.store import Store, StoreUnavailable
+from devicedefender_audit.store import Store, StoreError
 from devicedefender_audit.store.base import InventoryRecord, StoredVerdict, TaskOwner
 from devicedefender_audit.suppressions import ActiveSuppressions
 
@@ -180,9 +180,11 @@ class Audit:
         except (KeyboardInterrupt, AuditInterrupted):
             self._record_end(self._cancel)
             raise
-        except StoreUnavailable:
-            # Recording the failure would meet it again (or wait out another's lock once more): the
-            # next start, or list-audits, marks the task FAILED (INTERRUPTED) once this process is gone.
+        except StoreError as exc:
+            # Recorded if the store takes it now (another's lock released); if not, the next start or
+            # list-audits marks the task FAILED (INTERRUPTED) once this process is gone.
+            reason = str(exc)
+            self._record_end(lambda: self._fail("STORE_ERROR", reason))
             raise
         except BaseException as exc:
             message = f"{type(exc).__name__}: {exc}"

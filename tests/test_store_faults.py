@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from conftest import DATA, REGION, REPO, register, run_audit
@@ -85,8 +86,33 @@ def test_a_store_locked_mid_audit_is_one_store_error(iot, tmp_path):
             run_audit(iot, [RocaDetector()], store)
     finally:
         other.close()
-    # the task stays IN_PROGRESS (the next start marks it interrupted); the store is intact
+    # the failure could not be recorded under the lock either: the task stays IN_PROGRESS until
+    # the next start marks it interrupted; the store is intact
     assert [t.task_status for t in store.list_tasks()] == [AuditTaskStatus.IN_PROGRESS]
+
+
+def test_a_store_failure_is_recorded_when_the_store_takes_it(iot, tmp_path):
+    register(iot, ROCA_PEM)
+    path = tmp_path / "audits.sqlite3"
+    store = sqlite_store.SqliteStore(path, lock_timeout=0.3)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    held = []
+
+    def lock_once(**_):
+        if not held:
+            held.append(other.execute("BEGIN IMMEDIATE"))
+            threading.Timer(0.4, lambda: other.execute("ROLLBACK")).start()  # released while it fails
+
+    iot.meta.events.register("after-call.iot.ListCertificates", lock_once)
+    with pytest.raises(StoreUnavailable):
+        run_audit(iot, [RocaDetector()], store)
+    (task,) = store.list_tasks()
+    assert task.task_status is AuditTaskStatus.FAILED
+    assert task.details.error_code == "STORE_ERROR"
+    assert task.details.message.endswith("is locked by another process writing to it (waited 0.3 s); "
+                                         "run again once that one is done")
+    other.close()
+    store.close()
     store.close()
 
 

@@ -24,8 +24,7 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """A store that opened fails while in use (locked by another writer beyond the wait, disk
-    full, I/O error, damage found mid-run): not a usage error, and writing the failure into the
-    same store would only meet it again (the next start marks the task interrupted instead)."""
+    full, I/O error, damage found mid-run): not a usage error (the CLI exits 1, not 2)."""
 
 
 @dataclass(frozen=True)
