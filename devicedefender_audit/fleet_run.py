@@ -182,6 +182,8 @@ class FleetRun:
             result.resource_errors = list(store.errors(result.task.task_id))
         except AWS_ERRORS as exc:
             result.error_code, result.message = aws_error_code(exc), aws_error_message(exc)
+        except StoreError as exc:  # the partition failed in use (locked, disk full): the store's own message
+            result.error_code, result.message = "STORE_ERROR", str(exc)
         except Exception as exc:  # noqa: BLE001 - one account-region's failure must not end the others
             result.error_code, result.message = "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"
         finally:

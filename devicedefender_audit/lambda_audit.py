@@ -225,6 +225,8 @@ def _audit_partition(region: str, account_id: str, store: Store, location: str, 
         return _reported(audit.run(), store, target, account_id, settings)
     except AWS_ERRORS as exc:
         return _failure(region, aws_error_code(exc), aws_error_message(exc), task_id)
+    except StoreError as exc:  # the partition failed in use (throttled past retries, disk full): its own message
+        return _failure(region, "STORE_ERROR", str(exc), task_id)
     except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from being audited
         return _failure(region, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}", task_id)
     finally:
@@ -259,6 +261,8 @@ def run_due_region(region: str, account_id: str, detectors: Detectors, settings:
                     result["audits"].append(_reported(task, store, target, account_id, settings))
         except AWS_ERRORS as exc:
             result.update(_failure(region, aws_error_code(exc), aws_error_message(exc)))
+        except StoreError as exc:
+            result.update(_failure(region, "STORE_ERROR", str(exc)))
         except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from running
             result.update(_failure(region, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"))
         finally:

@@ -226,3 +226,21 @@ def test_bad_options_are_one_usage_error_before_any_aws_call(aws_env, capsys, ar
 def test_worst_exit_code():
     assert worst([0, 4, 3]) == 3 and worst([3, 1, 0]) == 1 and worst([0, 4]) == 4 and worst([]) == 0
     assert worst([1, 130]) == 130 and SEVERITY[-1] == 0
+
+
+def test_a_partition_that_fails_in_use_is_a_store_error_of_that_account_region(organization, capsys, tmp_path,
+                                                                              monkeypatch):
+    """A store that failed mid-audit (locked past the wait, a full disk) read INTERNAL_ERROR with
+    the exception's class name; it is the store's own message, as at open."""
+    from devicedefender_audit import fleet_run
+    from devicedefender_audit.store.base import StoreUnavailable
+
+    def locked(self):
+        raise StoreUnavailable("store x is locked by another process writing to it (waited 120 s)")
+
+    monkeypatch.setattr(fleet_run.Audit, "run", locked)
+    code, report = _run(capsys, "--role-arn", f"arn:aws:iam::{organization['a']}:role/{ROLE}", "--regions", REGION,
+                        "--store", str(tmp_path / "audits.sqlite3"))
+    [failed] = _by_place(report).values()
+    assert (failed["errorCode"], failed["exitCode"], code) == ("STORE_ERROR", 1, 1)
+    assert failed["message"].startswith("store x is locked")
