@@ -95,7 +95,7 @@ def recover_interrupted(store: Store, now: float | None = None) -> list[str]:
         for details in task.audit_details.values():  # every check the task ran, CA checks included
             details.check_run_status, details.check_compliant = "FAILED", False
             details.error_code = "INTERRUPTED"
-            details.message = f"interrupted: {why}"
+            details.message = why  # errorCode INTERRUPTED says what happened
         task.task_statistics.in_progress_checks = 0
         task.task_statistics.failed_checks = len(task.audit_details)
         store.save_task(task)
