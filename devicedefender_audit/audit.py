@@ -15,8 +15,6 @@ covers, never lets the check report ``COMPLETED_COMPLIANT``.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from devicedefender_audit.checks import CA_CERTIFICATE, KeyCheck, KeyOutcome, ke
 from devicedefender_audit.detectors import Detector, DetectorResult
 from devicedefender_audit.factoring.known import KnownValues
 from devicedefender_audit.inventory import IN_SCOPE_STATUSES, InventorySync, SyncAborted, SyncResult
+from devicedefender_audit.liveness import owner_gone, this_process
 from devicedefender_audit.models import (
     AuditCheckDetails,
     AuditFinding,
@@ -55,8 +54,6 @@ if TYPE_CHECKING:  # imported only when a fleet check runs: it loads numpy
 
 #: In-scope certificates checked and committed together.
 CHECK_BATCH = 500
-#: A task whose owner gave no sign of life for this long is taken as dead, wherever it ran.
-STALE_AFTER_S = 15 * 60
 
 
 class AuditInterrupted(BaseException):
@@ -67,30 +64,18 @@ class AuditCanceled(Exception):
     """``CancelAuditTask`` asked this task to stop: it ends ``CANCELED``, and ``run`` returns."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_interrupted(store: Store, now: float | None = None) -> list[str]:
-    """Mark ``FAILED`` the in-progress tasks whose process is gone; return their ids."""
-    now = time.time() if now is None else now
-    host = socket.gethostname()
+    """Mark ``FAILED`` the in-progress tasks whose process is gone (:mod:`.liveness`); return
+    their ids. This process's own tasks are passed over: they run in its threads, or recorded
+    their end (a store that failed under one is recovered by the next process)."""
     recovered = []
     for task, owner in store.in_progress_tasks():
-        if owner is not None and owner.pid == os.getpid() and owner.host == host:
+        if owner is not None and (owner.host, owner.pid) == this_process():
             continue
-        dead = owner is None or (owner.host == host and not _pid_alive(owner.pid))
-        stale = owner is not None and now - owner.heartbeat > STALE_AFTER_S
-        if not (dead or stale):
+        host, pid, heartbeat = (owner.host, owner.pid, owner.heartbeat) if owner else (None, None, None)
+        why = owner_gone(host, pid, heartbeat, "finishing the task", now)
+        if why is None:
             continue
-        why = (f"process {owner.pid} on {owner.host} ended without finishing the task"
-               if owner and dead else f"no progress for {STALE_AFTER_S // 60} minutes")
         task.task_status = AuditTaskStatus.FAILED
         for details in task.audit_details.values():  # every check the task ran, CA checks included
             details.check_run_status, details.check_compliant = "FAILED", False
@@ -159,7 +144,7 @@ class Audit:
         #: Checks that ran, but compared their keys with only part of what they should: why.
         self.partial: dict[str, str] = {}
         self.left_scope = 0
-        self._owner = TaskOwner(socket.gethostname(), os.getpid(), time.time())
+        self._owner = TaskOwner(*this_process(), time.time())
 
     def run(self) -> AuditTask:
         recover_interrupted(self.store)

@@ -34,7 +34,8 @@ from botocore.exceptions import ClientError, NoCredentialsError
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, is_not_found
 from devicedefender_audit.check_names import CA_CERTIFICATE, DEVICE_CERTIFICATE
-from devicedefender_audit.mitigation_claims import CLAIM_STALE_AFTER_S, abandoned, new_claim, retake
+from devicedefender_audit.liveness import STALE_AFTER_S
+from devicedefender_audit.mitigation_claims import abandoned, new_claim, retake
 from devicedefender_audit.mitigation_effects import RunEffects
 from devicedefender_audit.models import (
     AuditFinding,
@@ -125,7 +126,7 @@ class _Skip(Exception):
 
 class _ClaimLost(_Skip):
     """Another task retook this task's claim (it took this one for gone: silent for
-    :data:`~devicedefender_audit.mitigation_claims.CLAIM_STALE_AFTER_S`): the change is now
+    :data:`~devicedefender_audit.liveness.STALE_AFTER_S`): the change is now
     that task's to make, so this one stops before its next mutating call."""
 
 
@@ -252,7 +253,7 @@ class Mitigator:
         if holder is None or holder.get("claimId") != claim_id:
             by = f"task {holder.get('taskId')}" if holder else "another task"
             raise _ClaimLost(f"{by} retook the claim (this task was silent for over "
-                             f"{CLAIM_STALE_AFTER_S // 60} minutes) and applies the change instead")
+                             f"{STALE_AFTER_S // 60} minutes) and applies the change instead")
 
     def _made(self, claim: str, action: ActionDefinition, task_id: str) -> None:
         """The change ``claim`` names is in place (a dry run: would be): a later action of the

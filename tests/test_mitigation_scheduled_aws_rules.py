@@ -191,7 +191,7 @@ def test_a_task_whose_process_died_ends_failed(tmp_path, aws_env):
 
     task = call(ctx, "DescribeAuditMitigationActionsTask", taskId="doomed", extensions=True)
     assert task["taskStatus"] == "FAILED" and task["endTime"] >= task["startTime"]
-    assert "ended without" in task[EXTENSIONS_MEMBER]["failure"]
+    assert "ended without finishing the task" in task[EXTENSIONS_MEMBER]["failure"]
     window = {"startTime": 0, "endTime": 2**31}
     assert call(ctx, "ListAuditMitigationActionsTasks", **window, taskStatus="IN_PROGRESS")["tasks"] == []
     assert [t["taskId"] for t in call(ctx, "ListAuditMitigationActionsTasks", **window, taskStatus="FAILED")[

@@ -17,8 +17,9 @@ from conftest import DATA, REGION, register
 from service_helpers import call
 
 from devicedefender_audit.detectors.roca import RocaDetector
+from devicedefender_audit.liveness import STALE_AFTER_S
 from devicedefender_audit.mitigation import CLAIM_KIND, ActionDefinition, Mitigator
-from devicedefender_audit.mitigation_claims import CLAIM_STALE_AFTER_S, abandoned, new_claim
+from devicedefender_audit.mitigation_claims import abandoned, new_claim
 from devicedefender_audit.models import (
     CHECK_NAME,
     AuditFinding,
@@ -285,7 +286,7 @@ def test_a_claim_whose_owner_is_gone_is_retaken(tmp_path, sns_queue):
     crashed = {**new_claim("crashed", "notify"), "pid": dead_pid()}
     alive = new_claim("running-elsewhere", "notify")  # this (live) process's, as another task's would be
     alive["pid"] = os.getppid()
-    stale = {**new_claim("hung", "notify"), "host": "another-host", "heartbeat": time.time() - CLAIM_STALE_AFTER_S - 1}
+    stale = {**new_claim("hung", "notify"), "host": "another-host", "heartbeat": time.time() - STALE_AFTER_S - 1}
     for finding_id, claim in zip(finding_ids, (crashed, alive, stale), strict=True):
         assert ctx.store.insert_record(CLAIM_KIND, f"{finding_id}/{digest}", claim)
     assert abandoned(crashed) and abandoned(stale) and abandoned(alive) is None

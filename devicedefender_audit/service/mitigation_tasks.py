@@ -17,7 +17,7 @@ Each mapped action must be defined and of a type that acts on its check's findin
 At most :data:`MAX_RUNNING_TASKS` tasks run at the same time (Device Defender's limit): one more
 is ``LimitExceededException``. A task records the process that runs it (host, pid, heartbeat at
 each finding); a task whose process is gone, or silent for
-:data:`~devicedefender_audit.mitigation_claims.CLAIM_STALE_AFTER_S`, is ``FAILED`` when next read
+:data:`~devicedefender_audit.liveness.STALE_AFTER_S`, is ``FAILED`` when next read
 (Describe, List, Cancel, Start), so a script polling for its end sees one and it stops counting
 against the limit.
 
@@ -39,16 +39,14 @@ shows ``dryRun`` under :data:`~devicedefender_audit.service.tasks.EXTENSIONS_MEM
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from devicedefender_audit.check_names import RESOURCE_TYPE_OF
+from devicedefender_audit.liveness import owner_gone, this_process
 from devicedefender_audit.mitigation import ACTIONS_FOR_RESOURCE, ActionDefinition, Mitigator
-from devicedefender_audit.mitigation_claims import abandoned
 from devicedefender_audit.mitigation_effects import RunEffects
 from devicedefender_audit.models import (
     AuditFinding,
@@ -74,15 +72,17 @@ log = logging.getLogger(__name__)
 
 def _owner() -> dict:
     """This process, as the runner of a task started now."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+    host, pid = this_process()
+    return {"host": host, "pid": pid, "heartbeat": time.time()}
 
 
 def _ended_if_abandoned(ctx: ServiceContext, body: dict) -> dict:
-    """``body``, set ``FAILED`` (and stored) when it is IN_PROGRESS and its runner is gone: a running
-    task holds its findings as a mitigation claim does, and is given up by the same rule."""
+    """``body``, set ``FAILED`` (and stored) when it is IN_PROGRESS and its runner is gone
+    (:mod:`~devicedefender_audit.liveness`, the rule of audit tasks and mitigation claims)."""
     if body["taskStatus"] != IN_PROGRESS:
         return body
-    why = abandoned({**body.get("owner", {}), "state": "CLAIMED"})
+    owner = body.get("owner", {})
+    why = owner_gone(owner.get("host"), owner.get("pid"), owner.get("heartbeat"), "finishing the task")
     if why is None:
         return body
     body.update(taskStatus="FAILED", endTime=ctx.now().timestamp(), failure=f"interrupted: {why}")
