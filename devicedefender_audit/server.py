@@ -27,7 +27,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
 import sys
@@ -52,7 +51,9 @@ from botocore.serialize import RestJSONSerializer
 from botocore.utils import parse_timestamp
 
 from devicedefender_audit.aws.clients import AwsTarget
+from devicedefender_audit.liveness import this_process
 from devicedefender_audit.service import OPERATIONS, ServiceContext, ServiceError
+from devicedefender_audit.service.mitigation_tasks import running_task_ids
 from devicedefender_audit.service.scheduled import Scheduler
 from devicedefender_audit.service.shapes import iot_model
 
@@ -482,18 +483,14 @@ class AuditServer(ThreadingHTTPServer):
         them to record themselves ``CANCELED``. Returns the task ids asked. Without it a stopped
         server's audits were left ``IN_PROGRESS`` (failed as interrupted by a later start) and its
         mitigation tasks ``IN_PROGRESS`` for good."""
-        here = (socket.gethostname(), os.getpid())
         asked = []
         with self.lock:  # no request is using the context's store connection
             self.stopping = True  # a connection still open may not start what would not be canceled
             for task, owner in self.ctx.store.in_progress_tasks():
-                if owner is not None and (owner.host, owner.pid) == here:
+                if owner is not None and (owner.host, owner.pid) == this_process():
                     self.ctx.store.request_cancel(task.task_id)
                     asked.append(task.task_id)
-            for thread in list(self.ctx.threads):
-                task_id = thread.name.removeprefix("mitigation-")  # how the service names a task's thread
-                if not thread.is_alive() or task_id == thread.name:
-                    continue
+            for task_id in running_task_ids(self.ctx):
                 try:
                     OPERATIONS["CancelAuditMitigationActionsTask"](self.ctx, taskId=task_id)
                 except ServiceError:  # it ended meanwhile

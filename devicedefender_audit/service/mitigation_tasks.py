@@ -67,6 +67,8 @@ TASK_KIND, TOKEN_KIND, CANCEL_KIND = "mitigation_task", "mitigation_task_token",
 IN_PROGRESS = "IN_PROGRESS"
 #: Device Defender's "audit mitigation action tasks running at the same time" limit.
 MAX_RUNNING_TASKS = 10
+#: A task's background thread is named this and its id (:func:`running_task_ids`).
+_THREAD_PREFIX = "mitigation-"
 log = logging.getLogger(__name__)
 
 
@@ -196,10 +198,16 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
         _run(ctx, store, mitigators, task_id)
         return task_id
     thread = threading.Thread(target=_run_in_background, args=(ctx, store, mitigators, task_id),
-                              name=f"mitigation-{task_id}", daemon=True)
+                              name=f"{_THREAD_PREFIX}{task_id}", daemon=True)
     ctx.threads.append(thread)
     thread.start()
     return task_id
+
+
+def running_task_ids(ctx: ServiceContext) -> list[str]:
+    """The tasks this process is running in the background now (``serve`` cancels them when it stops)."""
+    return [thread.name.removeprefix(_THREAD_PREFIX) for thread in list(ctx.threads)
+            if thread.is_alive() and thread.name.startswith(_THREAD_PREFIX)]
 
 
 def _clients_by_role(ctx: ServiceContext, used: Sequence[ActionDefinition]) -> dict[str | None, tuple[Any, Any]]:
