@@ -202,6 +202,19 @@ class PlannedCall(AwsModel):
     parameters: dict
 
 
+#: The ``iot`` model's ``ErrorMessage`` maximum (``AuditCheckDetails.message``,
+#: ``AuditMitigationActionExecutionMetadata.message``).
+MESSAGE_LIMIT = 2048
+
+
+def error_message(text: str | None) -> str | None:
+    """``text`` as an ``ErrorMessage`` may carry it: within :data:`MESSAGE_LIMIT`, a cut marked
+    with ``...``; None (the member left out) for no text."""
+    if not text:
+        return None
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 3] + "..."
+
+
 class MitigationExecution(AwsModel):
     """``AuditMitigationActionExecutionMetadata`` for one finding and one action, plus what only
     this service records: the action's type, whether it was a dry run and the AWS calls made."""
@@ -232,5 +245,5 @@ class MitigationExecution(AwsModel):
         """The model's ``AuditMitigationActionExecutionMetadata`` (timestamps as datetimes, as boto3 returns them)."""
         shape = {"taskId": self.task_id, "findingId": self.finding_id, "actionName": self.action_name,
                  "actionId": self.action_id, "status": self.status.value, "startTime": self.start_time,
-                 "endTime": self.end_time, "errorCode": self.error_code, "message": self.message[:2048] or None}
+                 "endTime": self.end_time, "errorCode": self.error_code, "message": error_message(self.message)}
         return {k: v for k, v in shape.items() if v is not None}

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from service_helpers import call
 from test_service_api import ROLE, enable, resource
 
-from devicedefender_audit.models import CHECK_NAME
+from devicedefender_audit.models import CHECK_NAME, MitigationActionType, MitigationExecution, MitigationStatus
 from devicedefender_audit.service import InvalidRequest, ServiceError, errors
 from devicedefender_audit.service.notifications import audit_notification
 from devicedefender_audit.service.shapes import iot_model, operation, output_problems
@@ -57,6 +57,19 @@ def test_output_validation_sees_model_maximums():
     shape = operation("DescribeAuditTask").output_shape
     assert output_problems(shape, {"auditDetails": {CHECK_NAME: {"message": "m" * 2049}}}) == [
         f"DescribeAuditTaskResponse.auditDetails[{CHECK_NAME}].message: 2049 characters, at most 2048"]
+
+
+def test_an_error_message_beyond_the_model_is_cut_alike_wherever_it_is_given():
+    """AuditCheckDetails.message and AuditMitigationActionExecutionMetadata.message are both the
+    model's ErrorMessage (at most 2048): cut once, one way, the cut marked."""
+    long = "x" * 3000
+    check = errors.check_error("CONNECTION_ERROR", long)["message"]
+    execution = MitigationExecution(task_id="t", finding_id="f", action_name="a", action_id="i",
+                                    action_type=MitigationActionType.PUBLISH_FINDING_TO_SNS,
+                                    status=MitigationStatus.FAILED, message=long).to_api()["message"]
+    assert check == execution and len(check) == 2048 and check.endswith("...")
+    assert not output_problems(operation("DescribeAuditTask").output_shape,
+                               {"auditDetails": {CHECK_NAME: {"message": check}}})
 
 
 def test_a_next_token_of_another_query_is_refused(ctx, account):

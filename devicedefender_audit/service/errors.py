@@ -6,11 +6,11 @@ that code has in the model, so every front (CLI, HTTP) reports it as AWS would.
 
 from __future__ import annotations
 
+from devicedefender_audit.models import error_message
+
 #: AWS error codes that mean the caller was denied (IoT, STS AssumeRole).
 DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedException"})
 INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
-#: AuditCheckDetails.message's maximum length in the model.
-MESSAGE_LIMIT = 2048
 
 
 def check_error(code: str | None, message: str | None) -> dict:
@@ -19,11 +19,11 @@ def check_error(code: str | None, message: str | None) -> dict:
     reads ``INSUFFICIENT_PERMISSIONS``, one of the two codes the model documents, so a script that
     alerts on it works here; AWS's own code leads the message. Our other codes
     (``RESOURCES_NOT_CHECKED``, ``CONNECTION_ERROR``, ``INTERRUPTED``, ...) name outcomes Device
-    Defender has no code for and are kept. The message is cut to the model's maximum."""
+    Defender has no code for and are kept. The message is cut to the model's maximum
+    (:func:`~devicedefender_audit.models.error_message`)."""
     if code in DENIED_CODES:
         code, message = INSUFFICIENT_PERMISSIONS, f"{code}: {message}" if message else code
-    if message is not None and len(message) > MESSAGE_LIMIT:
-        message = message[:MESSAGE_LIMIT - 3] + "..."
+    message = error_message(message)
     return {k: v for k, v in (("errorCode", code), ("message", message)) if v is not None}
 
 
