@@ -34,11 +34,6 @@ NOTIFY = {"publishFindingToSnsParams": {"topicArn": TOPIC}}
 weak_account = test_mitigation_tasks.weak_account
 
 
-def test_limit_exceeded_carries_the_code_and_http_status_of_the_model():
-    shape = iot_model().shape_for(errors.LimitExceeded.code)
-    assert shape.metadata["exception"] and shape.metadata["error"]["httpStatusCode"] == errors.LimitExceeded.status
-
-
 def test_every_action_type_of_the_model_can_be_defined(tmp_path):
     """CreateMitigationAction: "Only certain types of mitigation actions can be applied to specific
     check names." An action is defined apart from any check: a setup script that also creates

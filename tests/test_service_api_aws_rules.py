@@ -26,8 +26,10 @@ account, ctx = test_service_api.account, test_service_api.ctx
 
 
 def test_errors_carry_the_code_and_http_status_of_the_model():
-    for error in (errors.InvalidRequest, errors.ResourceNotFound, errors.ResourceAlreadyExists,
-                  errors.TaskAlreadyExists, errors.ServiceError):
+    """Every error the service raises, so one added later is held to it too."""
+    raised = [errors.ServiceError, *errors.ServiceError.__subclasses__()]
+    assert errors.LimitExceeded in raised
+    for error in raised:
         shape = iot_model().shape_for(error.code)
         assert shape.metadata["exception"] and shape.metadata["error"]["httpStatusCode"] == error.status
 

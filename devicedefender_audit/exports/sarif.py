@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
-from devicedefender_audit.exports.coverage import shortfalls
+from devicedefender_audit.exports.coverage import shortfalls, unchecked
 from devicedefender_audit.exports.safety import safe_text
 
 if TYPE_CHECKING:
@@ -125,14 +125,14 @@ def audit_sarif(task: AuditTask, findings: Iterable[AuditFinding], errors: Itera
     """An audit's findings (``error``) and unchecked certificates (``warning``) as one SARIF run."""
     results: list[dict[str, Any]] = []
     rules: dict[str, dict[str, Any]] = {}
-    unchecked = [error for error in errors if not error.left_scope]
+    not_checked = unchecked(errors)
     for finding in findings:
         _add_result(results, rules, finding.reason_for_non_compliance_code, "error",
                     finding.reason_for_non_compliance,
                     _certificate_location(finding.certificate_id, finding.certificate_arn), finding.is_suppressed)
-    for error in unchecked:
+    for error in not_checked:
         _add_result(results, rules, UNREADABLE_RULE, "warning", f"{error.error_code}: {error.message}",
                     _certificate_location(error.certificate_id, None))
     properties = {"auditTaskId": task.task_id, "taskStatus": task.task_status.value,
                   "checkRunStatus": {name: details.check_run_status for name, details in task.audit_details.items()}}
-    return _document(results, rules, properties, _invocation(task, unchecked))
+    return _document(results, rules, properties, _invocation(task, not_checked))
