@@ -134,6 +134,18 @@ def _task_message(task: AuditTask | None) -> str:
     return next((d.message for d in task.audit_details.values() if d.message), "") if task else ""
 
 
+def account_region_failure(exc: Exception) -> tuple[str, str]:
+    """(errorCode, message) of what ended one account-region's audit, as every front that audits
+    several (``run --regions``/``--organization``, the scheduled Lambda) reports it: AWS's code and
+    message, ``STORE_ERROR`` with the store's own message (its partition failed in use: locked,
+    throttled past retries, disk full), else ``INTERNAL_ERROR`` naming the exception (a bug)."""
+    if isinstance(exc, AWS_ERRORS):
+        return aws_error_code(exc), aws_error_message(exc)
+    if isinstance(exc, StoreError):
+        return "STORE_ERROR", str(exc)
+    return "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class FleetRun:
     """What every account-region's audit shares: the credentials, detectors, checks and settings."""
@@ -180,12 +192,8 @@ class FleetRun:
                     self._running.pop(item, None)
             result.findings = list(store.findings(result.task.task_id))
             result.resource_errors = list(store.errors(result.task.task_id))
-        except AWS_ERRORS as exc:
-            result.error_code, result.message = aws_error_code(exc), aws_error_message(exc)
-        except StoreError as exc:  # the partition failed in use (locked, disk full): the store's own message
-            result.error_code, result.message = "STORE_ERROR", str(exc)
         except Exception as exc:  # noqa: BLE001 - one account-region's failure must not end the others
-            result.error_code, result.message = "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"
+            result.error_code, result.message = account_region_failure(exc)
         finally:
             store.close()
         if self.on_result:

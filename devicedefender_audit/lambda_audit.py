@@ -46,6 +46,7 @@ from devicedefender_audit.checks import make_checks
 from devicedefender_audit.detectors import Detector
 from devicedefender_audit.exit_codes import EXIT_FAILED, EXIT_OK, task_exit_code
 from devicedefender_audit.exports.safety import safe_value
+from devicedefender_audit.fleet_run import account_region_failure
 from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
 from devicedefender_audit.store import Store, StoreError, open_store, partition_location
 
@@ -223,12 +224,8 @@ def _audit_partition(region: str, account_id: str, store: Store, location: str, 
         audit.task.account = account_id
         task_id = audit.task.task_id
         return _reported(audit.run(), store, target, account_id, settings)
-    except AWS_ERRORS as exc:
-        return _failure(region, aws_error_code(exc), aws_error_message(exc), task_id)
-    except StoreError as exc:  # the partition failed in use (throttled past retries, disk full): its own message
-        return _failure(region, "STORE_ERROR", str(exc), task_id)
     except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from being audited
-        return _failure(region, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}", task_id)
+        return _failure(region, *account_region_failure(exc), task_id)
     finally:
         store.close()
 
@@ -237,7 +234,7 @@ def run_due_region(region: str, account_id: str, detectors: Detectors, settings:
                    now: datetime | None = None) -> dict[str, Any]:
     """Start the scheduled audits of ``region``'s partition that are due (at ``now``, default the
     clock), each reported as a full audit is; schedules that could not start are notified."""
-    from devicedefender_audit.service.context import ServiceContext, utc_now
+    from devicedefender_audit.service.context import ServiceContext
     from devicedefender_audit.service.scheduled import run_due
 
     result: dict[str, Any] = {"region": region, "startedTasks": [], "failedSchedules": [], "audits": []}
@@ -249,22 +246,17 @@ def run_due_region(region: str, account_id: str, detectors: Detectors, settings:
         result["store"] = location
         target = AwsTarget(region=region)
         ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
-                             region=region, account_id=account_id, clock=(lambda: now) if now else utc_now,
-                             sns_client=lambda: target.client("sns"))
+                             region=region, account_id=account_id, sns_client=lambda: target.client("sns"))
         try:
-            due = run_due(ctx)
+            due = run_due(ctx, now)
             result["startedTasks"] = [{**s, "slot": s["slot"].isoformat()} for s in due["startedTasks"]]
             result["failedSchedules"] = due["failedSchedules"]
             for started in due["startedTasks"]:
                 task = store.get_task(started["taskId"])
                 if task is not None:
                     result["audits"].append(_reported(task, store, target, account_id, settings))
-        except AWS_ERRORS as exc:
-            result.update(_failure(region, aws_error_code(exc), aws_error_message(exc)))
-        except StoreError as exc:
-            result.update(_failure(region, "STORE_ERROR", str(exc)))
         except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from running
-            result.update(_failure(region, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"))
+            result.update(_failure(region, *account_region_failure(exc)))
         finally:
             store.close()
     if result["failedSchedules"] and "errorCode" not in result:
