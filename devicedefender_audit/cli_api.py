@@ -202,13 +202,11 @@ def _members(operation_name: str) -> Sequence[str]:
 
 
 
-def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None = None,
-             read_only: bool = False) -> Any:
+def _context(options: argparse.Namespace, read_only: bool = False) -> Any:
     """The service context for one command: the store, paced AWS clients, detectors on demand."""
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.cli import configured_region
     from devicedefender_audit.service import ServiceContext
-    from devicedefender_audit.service.context import utc_now
     from devicedefender_audit.store import open_store, partition_region, resolve_location
 
     # ``target`` reaches the store (a DynamoDB table in the stack's region); ``aws`` is where the
@@ -230,7 +228,7 @@ def _context(options: argparse.Namespace, clock: Callable[[], datetime] | None =
         return default_detectors(options.blocklists)
 
     return ServiceContext(store=store, iot_client=lambda: aws.client("iot"), detectors=detectors,
-                          region=region, clock=clock or utc_now,
+                          region=region,
                           sns_client=lambda: aws.client("sns"),
                           role_client=aws.client if options.assume_roles else None)
 
@@ -253,12 +251,13 @@ def run_due_command(args: argparse.Namespace) -> int:
 
     parser = argparse.ArgumentParser(prog="devicedefender_audit run-due", description=run_due_command.__doc__)
     parser.add_argument("--now", type=moment, default=None,
-                        help="take this moment (ISO 8601 or epoch seconds) as now: catch up or test a schedule")
+                        help="start the slots due at this moment (ISO 8601 or epoch seconds) to catch up or test a "
+                             "schedule; the audits run, and are recorded, now")
     _local_options(parser)
     options = parser.parse_args(args.api_args)
-    ctx = _context(options, clock=(lambda: options.now) if options.now else None)
+    ctx = _context(options)
     try:
-        result = run_due(ctx)
+        result = run_due(ctx, options.now)
     finally:
         ctx.store.close()
     print_response(result)

@@ -174,14 +174,20 @@ def latest_slot(body: dict, now: datetime) -> datetime | None:
     return None
 
 
-def run_due(ctx: ServiceContext) -> dict:
-    """Start every scheduled audit that is due at ``ctx.now()``; what started and what could not.
+def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
+    """Start every scheduled audit that is due at ``now`` (default ``ctx.now()``); what started
+    and what could not.
+
+    ``now`` (``run-due --now``, the Lambda's ``"now"``) only chooses the slots: the audits run at
+    ``ctx.now()`` and are recorded so, with the suppressions in force then, so a test with a future
+    moment never becomes the "latest audit" until that date.
 
     Not an API operation (Device Defender schedules internally): ``run-due`` for cron/EventBridge.
     """
+    moment = now or ctx.now()
     started, failed = [], []
     for name, body in ctx.store.records(SCHEDULED_AUDIT_KIND):
-        slot = latest_slot(body, ctx.now())
+        slot = latest_slot(body, moment)
         if slot is None or not ctx.store.insert_record(RUN_KIND, f"{name}@{slot.isoformat()}",
                                                        {"scheduledAuditName": name, "slot": slot.timestamp()}):
             continue
