@@ -221,9 +221,14 @@ class _Connection(sqlite3.Connection):
             raise _unavailable(self, exc) from exc
 
 
+def _locked(exc: BaseException | None) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock (``database is locked``)."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 def _unavailable(db: Any, exc: sqlite3.Error) -> StoreUnavailable:
     """One message for a failed statement: whose lock it waited for, or what SQLite said."""
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+    if _locked(exc):
         return StoreUnavailable(f"store {db.store_path} is locked by another process writing to it (waited "
                                 f"{db.lock_timeout:g} s); run again once that one is done")
     return StoreUnavailable(f"store {db.store_path} cannot be used: {exc}")
@@ -256,7 +261,7 @@ class SqliteStore:
         except StoreUnavailable as exc:
             self._db.close()
             cause = exc.__cause__
-            if isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause):
+            if _locked(cause):
                 raise  # a sound store another process is writing: say so, not "not usable"
             raise StoreError(f"store {self.path} is not a usable SQLite database: {cause or exc}") from exc
         self._depth = 0
