@@ -150,8 +150,15 @@ class AccountCredentials:
     region: str | None = None
     endpoint_url: str | None = None
 
-    def caller_session(self) -> boto3.session.Session:
-        return boto3.session.Session(profile_name=self.profile, region_name=self.region)
+    def caller_session(self, regions: Sequence[str] = ()) -> boto3.session.Session:
+        """The caller's session, in its configured region; with none configured, in one of the
+        ``regions`` audited (us-east-1 where listed, never a guess outside them): STS and
+        Organizations need one at an ``--endpoint-url``, where botocore has no global endpoint."""
+        session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        if session.region_name is None and regions:
+            fallback = "us-east-1" if "us-east-1" in regions else regions[0]
+            session = boto3.session.Session(profile_name=self.profile, region_name=fallback)
+        return session
 
     def target(self, item: AccountRegion, max_attempts: int, rates: Mapping[str, float]) -> AwsTarget:
         return AwsTarget(region=item.region, profile=self.profile, endpoint_url=self.endpoint_url,
@@ -161,7 +168,7 @@ class AccountCredentials:
 def plan(credentials: AccountCredentials, regions: Sequence[str], role_arn: str | None = None,
          organization_role: str | None = None) -> tuple[list[AccountRegion], list[SkippedAccount]]:
     """The account-regions to audit (accounts in listing order, each with every region)."""
-    session = credentials.caller_session()
+    session = credentials.caller_session(regions)
     if organization_role is not None:
         accounts, skipped = organization_accounts(session, credentials.endpoint_url, check_role_name(organization_role))
     elif role_arn is not None:
