@@ -25,6 +25,7 @@ from devicedefender_audit.inventory import (
     certificate_id_matches,
     describe,
     describe_error,
+    unknown_status,
     unreadable,
 )
 from devicedefender_audit.key_material import public_key_from_spki
@@ -118,10 +119,7 @@ def sync_ca_certificates(iot: Any, store: Store) -> CaSync:
     statuses = certificate_statuses(iot, "CACertificateStatus")
     for cert in listed.values():
         if cert.status not in statuses:  # neither in scope nor out of it: not checked, said so
-            sync.errors.append(ResourceError(
-                certificate_id=cert.certificate_id, error_code="MALFORMED_RESPONSE", resource_type=CA_RESOURCE_TYPE,
-                message=f"ListCACertificates gave status {cert.status!r}, none of {', '.join(sorted(statuses))}: "
-                        "not known to be out of scope"))
+            sync.errors.append(unknown_status(cert, "ListCACertificates", statuses, resource_type=CA_RESOURCE_TYPE))
             continue
         if cert.status not in CA_IN_SCOPE_STATUSES:
             continue

@@ -180,10 +180,8 @@ class InventorySync:
                 for cert in page:
                     if cert.status not in self.statuses:
                         result.unknown_status += 1
-                        done.append(_Described(cert, cert.status, None, ResourceError(
-                            certificate_id=cert.certificate_id, error_code="MALFORMED_RESPONSE",
-                            message=f"ListCertificates gave status {cert.status!r}, none of "
-                                    f"{', '.join(sorted(self.statuses))}: not known to be out of scope")))
+                        done.append(_Described(cert, cert.status, None,
+                                               unknown_status(cert, "ListCertificates", self.statuses)))
                 in_scope = [c for c in page if c.status in IN_SCOPE_STATUSES]
                 result.in_scope += len(in_scope)
                 missing = self.store.ids_without_description(c.certificate_id for c in in_scope)
@@ -277,6 +275,15 @@ class InventorySync:
         done.clear()
         if self.on_progress:
             self.on_progress(result)
+
+
+def unknown_status(cert: ListedCertificate, operation: str, statuses: frozenset[str],
+                   resource_type: str | None = None) -> ResourceError:
+    """The error of a listed certificate whose status is none of ``statuses`` (the model's): it
+    can be placed neither in nor out of the audit's scope, so it is reported as not checked."""
+    return ResourceError(certificate_id=cert.certificate_id, error_code="MALFORMED_RESPONSE",
+                         message=f"{operation} gave status {cert.status!r}, none of {', '.join(sorted(statuses))}: "
+                                 "not known to be out of scope", resource_type=resource_type)
 
 
 def unreadable(exc: Exception) -> str:

@@ -146,6 +146,20 @@ def register(iot, pem: str, status: str = "ACTIVE", thing: str | None = None) ->
     return cert
 
 
+class RawBody:
+    """An HTTP body as botocore reads one (``stream``/``read``), for a test that answers a call
+    itself (``before-send``) with bytes of its choosing."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_):
+        yield self._body
+
+    def read(self, *_):
+        return self._body
+
+
 @dataclass
 class Audited:
     """An audit run through the engine, with what it stored."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from conftest import DATA, REGION, run_audit
+from conftest import DATA, REGION, RawBody, run_audit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -28,23 +28,12 @@ from devicedefender_audit.store import open_store
 ROCA_PEM = (DATA / "roca" / "cert04.pem").read_text()
 
 
-class _Body:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_):
-        yield self._body
-
-    def read(self, *_):
-        return self._body
-
-
 def answer(iot, operation: str, body: Callable[[str], object] | object) -> None:
     """Answer every ``operation`` call of ``iot`` with HTTP 200 and ``body`` as JSON (or
     ``body(url)`` when it is callable)."""
     def send(request, **_):
         payload = body(request.url) if callable(body) else body
-        return AWSResponse(request.url, 200, {}, _Body(json.dumps(payload).encode()))
+        return AWSResponse(request.url, 200, {}, RawBody(json.dumps(payload).encode()))
 
     iot.meta.events.register(f"before-send.iot.{operation}", send)
 
@@ -236,7 +225,7 @@ def test_a_wall_of_throttling_ends_the_sync_and_the_next_run_goes_on(aws, fresh_
         answered.append(1)
         if len(answered) > 10:
             return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "ThrottlingException"},
-                               _Body(b'{"message": "Rate exceeded"}'))
+                               RawBody(b'{"message": "Rate exceeded"}'))
         return None
 
     iot.meta.events.register("before-send.iot.DescribeCertificate", throttle_after_ten)
@@ -269,7 +258,7 @@ def test_throttling_interleaved_with_answers_is_per_certificate(aws, fresh_rsa_k
         answered.append(1)
         if len(answered) % 2:
             return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "ThrottlingException"},
-                               _Body(b'{"message": "Rate exceeded"}'))
+                               RawBody(b'{"message": "Rate exceeded"}'))
         return None
 
     iot.meta.events.register("before-send.iot.DescribeCertificate", throttle_every_other)
@@ -289,7 +278,7 @@ def test_max_attempts_counts_every_attempt(aws):
 
     def failing(request, **_):
         attempts.append(1)
-        return AWSResponse(request.url, 500, {"x-amzn-ErrorType": "InternalFailure"}, _Body(b'{"message": "x"}'))
+        return AWSResponse(request.url, 500, {"x-amzn-ErrorType": "InternalFailure"}, RawBody(b'{"message": "x"}'))
 
     iot.meta.events.register("before-send.iot.ListCertificates", failing)
     with pytest.raises(ClientError):

@@ -12,7 +12,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 from botocore.stub import Stubber
-from conftest import DATA, REGION, issue_certificate, load_private_key, register, run_audit
+from conftest import DATA, REGION, RawBody, issue_certificate, load_private_key, register, run_audit
 
 from devicedefender_audit.audit import recover_interrupted
 from devicedefender_audit.aws.clients import AwsTarget
@@ -211,17 +211,6 @@ def test_certificate_deactivated_mid_scan_leaves_scope(iot):
     assert audited.findings == [] and audited.task.details.total_resources_count == 0
 
 
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_):
-        yield self._body
-
-    def read(self, *_):
-        return self._body
-
-
 def _throttle_first(client, operation: str, times: int) -> list[int]:
     """Answer the first ``times`` HTTP attempts of ``operation`` with a 429 ThrottlingException."""
     attempts = []
@@ -230,7 +219,7 @@ def _throttle_first(client, operation: str, times: int) -> list[int]:
         attempts.append(1)
         if len(attempts) <= times:
             body = b'{"message": "Rate exceeded"}'
-            return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "ThrottlingException"}, _Raw(body))
+            return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "ThrottlingException"}, RawBody(body))
         return None
 
     client.meta.events.register(f"before-send.iot.{operation}", handler)
