@@ -26,6 +26,8 @@ THROTTLING_CODES = frozenset(
 CONNECTION_ERROR = "CONNECTION_ERROR"
 #: The AWS errors that are not found by another name.
 NOT_FOUND_CODES = frozenset({"ResourceNotFoundException", "NotFoundException", "NotFound"})
+#: The AWS errors that say the caller was denied (IoT, STS AssumeRole).
+DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedException"})
 
 
 def is_connection_error(exc: BaseException) -> bool:

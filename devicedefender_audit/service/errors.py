@@ -6,10 +6,9 @@ that code has in the model, so every front (CLI, HTTP) reports it as AWS would.
 
 from __future__ import annotations
 
+from devicedefender_audit.aws.errors import DENIED_CODES
 from devicedefender_audit.models import error_message
 
-#: AWS error codes that mean the caller was denied (IoT, STS AssumeRole).
-DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedException"})
 INSUFFICIENT_PERMISSIONS = "INSUFFICIENT_PERMISSIONS"
 
 

@@ -33,12 +33,9 @@ ACTION_KIND = "mitigation_action"
 MAX_ACTIONS = 100
 #: Every member of the model's ``MitigationActionParams`` and the ``MitigationActionType`` it defines.
 ACTION_TYPE_OF_MEMBER = {
-    "updateDeviceCertificateParams": "UPDATE_DEVICE_CERTIFICATE",
-    "updateCACertificateParams": "UPDATE_CA_CERTIFICATE",
-    "addThingsToThingGroupParams": "ADD_THINGS_TO_THING_GROUP",
+    **{member: kind.value for kind, member in PARAMS_MEMBER.items()},  # the types the Mitigator applies
     "replaceDefaultPolicyVersionParams": "REPLACE_DEFAULT_POLICY_VERSION",
     "enableIoTLoggingParams": "ENABLE_IOT_LOGGING",
-    "publishFindingToSnsParams": "PUBLISH_FINDING_TO_SNS",
 }
 #: The types that act on a finding of the checks this service runs (the Mitigator applies them).
 APPLICABLE_TYPES = frozenset(kind.value for kind in PARAMS_MEMBER)
