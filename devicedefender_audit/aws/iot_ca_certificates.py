@@ -11,21 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from devicedefender_audit.aws.iot_certificates import (
-    PAGE_SIZE,
-    IncompleteDescription,
-    IncompleteListing,
-    ListedCertificate,
-    described_pem,
-    listed_rows,
-)
-
-__all__ = ["IncompleteDescription", "IncompleteListing", "describe_ca_certificate_pem", "list_ca_certificate_pages"]
+from devicedefender_audit.aws.iot_certificates import PAGE_SIZE, ListedCertificate, described_pem, listed_rows
 
 
 def list_ca_certificate_pages(iot: Any, page_size: int = PAGE_SIZE) -> Iterator[list[ListedCertificate]]:
     """Every CA certificate of the account and region, one page at a time; raises what boto3
-    raises, and :class:`IncompleteListing` for a row without an id or ARN."""
+    raises, and :class:`~.iot_certificates.IncompleteListing` for a row without an id or ARN."""
     paginator = iot.get_paginator("list_ca_certificates")
     for page in paginator.paginate(PaginationConfig={"PageSize": page_size}):
         yield list(listed_rows(page, "ListCACertificates"))
@@ -33,6 +24,5 @@ def list_ca_certificate_pages(iot: Any, page_size: int = PAGE_SIZE) -> Iterator[
 
 def describe_ca_certificate_pem(iot: Any, certificate_id: str) -> tuple[str, str]:
     """(status, PEM) of one CA certificate; raises what boto3 raises, and
-    :class:`IncompleteDescription` for a response without a PEM (not any ``KeyError`` from
-    inside boto3, which is a bug to report as such)."""
+    :class:`~.iot_certificates.IncompleteDescription` for a response without a PEM as text."""
     return described_pem(iot.describe_ca_certificate(certificateId=certificate_id), "DescribeCACertificate")
