@@ -86,12 +86,25 @@ def service_context(target: AwsTarget, store_path: Path | str, blocklists: Path 
     if named is not None and named != configured:
         # One target reaches both the store and AWS IoT here: a partition is served in its region.
         raise StoreError(f"store {store_path} is region {named}'s partition; serve it with --region {named}")
-    # The store is bound to the region the server acts in; the fallback names ARNs only.
-    return ServiceContext(store=open_store(store_path, target, configured), iot_client=lambda: target.client("iot"),
+    # The store is checked against the region the server acts in here, and bound to it only once the
+    # server listens (_bind_store); the fallback names ARNs only.
+    return ServiceContext(store=open_store(store_path, target, configured, bind=False),
+                          iot_client=lambda: target.client("iot"),
                           detectors=detectors, region=configured or "us-east-1", background=True,
                           open_worker_store=lambda: open_store(store_path, target),
                           sns_client=lambda: target.client("sns"),
                           role_client=target.client if assume_roles else None)
+
+
+def _bind_store(ctx: ServiceContext, store_path: Path | str) -> None:
+    """Bind the store to the region served (``ctx.region``: make_server refuses a server with
+    none) once the server listens: a ``serve`` that cannot start (no credentials, a refused
+    address, a port in use) binds nothing, as a ``run`` that cannot start binds nothing, so a
+    failed start never locks a store to a region it never served."""
+    from devicedefender_audit.store import partition_region
+    from devicedefender_audit.store.region_binding import check_region
+
+    check_region(ctx.store, ctx.region, str(store_path), True, partition_region(store_path))
 
 
 @contextmanager
@@ -138,6 +151,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ctx.store.close()
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        try:
+            _bind_store(ctx, store_path)
+        except BaseException:
+            server.server_close()
+            ctx.store.close()
+            raise
         print(f"serving the Device Defender audit API on {server.url} (region {target.region_name}; other iot "
               f"operations go to {server.forwarder.endpoint_url}; "
               f"{'own credentials' if args.own_credentials else 'acting as the configured roles'}; "
