@@ -162,7 +162,7 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     text = str(location)
     if not create and not text.startswith("dynamodb:") and text != ":memory:" and not Path(text).exists():
         raise StoreError(f"no store at {text}: no audit has been recorded there; run an audit first (or check "
-                         "--store / $DDA_STORE)")
+                         f"--store / $DDA_STORE){_demo_hint(text)}")
     store = _open(location, target)
     if region is not None:
         from devicedefender_audit.store.region_binding import check_region
@@ -173,6 +173,16 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
             store.close()
             raise
     return store
+
+
+def _demo_hint(location: str) -> str:
+    """Where the demo's audits are, when the store missing is the default one and the demo has
+    run: they are kept apart (:func:`demo_store_path`), and "run an audit first" alone would
+    mislead someone who just ran ``run --demo``."""
+    demo = demo_store_path()
+    if Path(location) == _data_dir() / "audits.sqlite3" and demo.exists():
+        return f"; the demo's audits are in its own store: --store {demo}"
+    return ""
 
 
 def _open(location: Path | str, target: AwsTarget | None) -> Store:
