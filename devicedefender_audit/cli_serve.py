@@ -157,13 +157,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server.server_close()
             ctx.store.close()
             raise
-        print(f"serving the Device Defender audit API on {server.url} (region {target.region_name}; other iot "
-              f"operations go to {server.forwarder.endpoint_url}; "
-              f"{'own credentials' if args.own_credentials else 'acting as the configured roles'}; "
-              f"{'no scheduler' if args.no_scheduler else f'scheduled audits checked every {args.schedule_interval:g} s'}"
-              ")", file=sys.stderr, flush=True)
-        restore = _stop_on_sigterm()
+        restore = _stop_on_sigterm()  # before the line that tells a supervisor the server is up
         try:
+            print(f"serving the Device Defender audit API on {server.url} (region {target.region_name}; other iot "
+                  f"operations go to {server.forwarder.endpoint_url}; "
+                  f"{'own credentials' if args.own_credentials else 'acting as the configured roles'}; "
+                  f"{'no scheduler' if args.no_scheduler else f'scheduled audits checked every {args.schedule_interval:g} s'}"
+                  ")", file=sys.stderr, flush=True)
             server.serve_forever()
         except (KeyboardInterrupt, _Stopped):
             pass

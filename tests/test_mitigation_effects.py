@@ -255,8 +255,8 @@ def test_an_organization_listing_with_a_malformed_account_id_is_one_clear_error(
     org.create_organization(FeatureSet="ALL")
     original = accounts.AccountCredentials.caller_session
 
-    def session_listing_a_bad_id(self):
-        session = original(self)
+    def session_listing_a_bad_id(self, regions=()):
+        session = original(self, regions)
 
         def add_bad(parsed, **_):
             parsed["Accounts"].append({"Id": "12345", "Name": "odd", "State": "ACTIVE", "Status": "ACTIVE"})
