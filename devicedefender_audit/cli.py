@@ -188,7 +188,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
                        metavar="CHECK[,CHECK]",
                        help=f"checks run on each key: {', '.join(CHECK_COMMAND_CHECKS)} (default: both). The "
                        "factorable check's per-key tests (close primes, small factors, insecure parameters) cost "
-                       "~2 ms an RSA key; its comparison across the fleet needs run")
+                       "~1.4 ms an RSA key; its comparison across the fleet needs run")
     _blocklists(check)
 
 
