@@ -58,6 +58,16 @@ _SYSTEMIC = {
                   "quota is taken by other callers, or lower than --rate); what was described is kept and the "
                   "next run goes on from there"),
 }
+def _aborted_because(codes: list[str]) -> str:
+    """Why a run of endpoint failures ended the sync: one kind's own words, or both kinds named
+    (a run mixing lost connections and throttling is neither alone)."""
+    if len(set(codes)) == 1:
+        return _SYSTEMIC[codes[0]].format(n=len(codes))
+    return (f"AWS IoT failed {len(codes)} calls in a row: {codes.count('CONNECTION_ERROR')} got no response, "
+            f"{codes.count('THROTTLED')} were still throttled after all retries; what was described is kept and "
+            "the next run goes on from there")
+
+
 #: The longest ``certificatePem`` the ``iot`` model allows (``CertificatePem``, max 65,536): an
 #: unparsable PEM is kept for a later parser only up to this (a 1 MB answer would be kept whole,
 #: and is beyond DynamoDB's 400 KB item).
@@ -162,7 +172,7 @@ class InventorySync:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="describe")
         pending: set[Future[_Described]] = set()
         done: list[_Described] = []
-        endpoint_failures = 0
+        endpoint_failures: list[str] = []  # the codes of the current run of endpoint failures
         try:
             pages = list_certificate_pages(self.iot)
             while True:
@@ -209,18 +219,17 @@ class InventorySync:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _drain(self, pending: set[Future[_Described]], done: list[_Described], result: SyncResult,
-               endpoint_failures: int) -> int:
+               endpoint_failures: list[str]) -> list[str]:
         finished, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
         for future in finished:
             pending.discard(future)
             item = future.result()
             done.append(item)
             systemic = item.error is not None and item.error.error_code in _SYSTEMIC
-            endpoint_failures = endpoint_failures + 1 if systemic else 0
-            if systemic and endpoint_failures >= CONNECTION_LOSS_LIMIT:
+            endpoint_failures = [*endpoint_failures, item.error.error_code] if systemic and item.error else []
+            if len(endpoint_failures) >= CONNECTION_LOSS_LIMIT:
                 self._commit(done, result)
-                code = item.error.error_code if item.error else ""
-                raise SyncAborted(code, _SYSTEMIC[code].format(n=CONNECTION_LOSS_LIMIT)
+                raise SyncAborted(endpoint_failures[-1], _aborted_because(endpoint_failures)
                                   + f" (last: {item.error.message if item.error else ''})")
         if len(done) >= BATCH_SIZE:
             self._commit(done, result)

@@ -242,6 +242,35 @@ def test_a_wall_of_throttling_ends_the_sync_and_the_next_run_goes_on(aws, fresh_
     assert later.task.details.check_run_status == "COMPLETED_COMPLIANT"
 
 
+def test_a_run_of_lost_connections_and_throttling_is_named_as_both(aws, fresh_rsa_key):
+    """A run mixing the two endpoint failures ends the sync as either alone does, and its message
+    counts both (it named the last one's kind: "throttled 20 calls in a row" when 10 were)."""
+    from botocore.config import Config
+    from botocore.exceptions import EndpointConnectionError
+    from conftest import issue_certificate, register
+
+    from devicedefender_audit.inventory import CONNECTION_LOSS_LIMIT
+
+    good = issue_certificate(fresh_rsa_key, "good")
+    for i in range(CONNECTION_LOSS_LIMIT + 5):
+        register(boto3.client("iot", region_name=REGION), f"# device {i}\n{good}")
+    iot = boto3.client("iot", region_name=REGION, config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    calls = []
+
+    def fail_alternately(request, **_):
+        calls.append(1)
+        if len(calls) % 2:
+            raise EndpointConnectionError(endpoint_url=request.url)
+        return AWSResponse(request.url, 429, {"x-amzn-ErrorType": "ThrottlingException"},
+                           RawBody(b'{"message": "Rate exceeded"}'))
+
+    iot.meta.events.register("before-send.iot.DescribeCertificate", fail_alternately)
+    details = run_audit(iot, [RocaDetector()], open_store(":memory:"), workers=1).task.details
+    assert details.check_run_status == "FAILED"
+    assert f"failed {CONNECTION_LOSS_LIMIT} calls in a row: 10 got no response, 10 were still throttled" in (
+        details.message)
+
+
 def test_throttling_interleaved_with_answers_is_per_certificate(aws, fresh_rsa_key):
     from botocore.config import Config
     from conftest import issue_certificate, register
