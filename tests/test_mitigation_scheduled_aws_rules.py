@@ -272,3 +272,28 @@ def test_an_iot_logging_action_cannot_disable_logging(tmp_path):
     with pytest.raises(InvalidRequest, match="DISABLED"):
         call(ctx, "UpdateMitigationAction", actionName="logging", actionParams=disabled)
     ctx.store.close()
+
+
+def test_a_task_this_process_runs_is_left_to_it_however_slow(tmp_path, aws_env):
+    """A task of this process silent for more than 15 minutes was failed by a Describe, then
+    written back IN_PROGRESS by its own thread at its next finding; it is left to that thread,
+    as an audit of this process is."""
+    import time
+
+    from devicedefender_audit.liveness import STALE_AFTER_S, this_process
+    from devicedefender_audit.service.mitigation_tasks import TASK_KIND
+
+    path = tmp_path / "audits.sqlite3"
+    audit_task_id, _ = synthetic_audit(path, 1)
+    ctx = context(path)
+    call(ctx, "CreateMitigationAction", actionName="notify", roleArn=ROLE, actionParams=NOTIFY)
+    call(ctx, "StartAuditMitigationActionsTask", taskId="slow", target={"auditTaskId": audit_task_id},
+         auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="slow", dry_run=True)
+    body = ctx.store.get_record(TASK_KIND, "slow")
+    host, pid = this_process()
+    silent = {"host": host, "pid": pid, "heartbeat": time.time() - STALE_AFTER_S - 60}
+    ctx.store.put_record(TASK_KIND, "slow", {**body, "taskStatus": "IN_PROGRESS", "owner": silent})
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="slow")["taskStatus"] == "IN_PROGRESS"
+    ctx.store.put_record(TASK_KIND, "slow", {**body, "taskStatus": "IN_PROGRESS", "owner": {**silent, "host": "other"}})
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="slow")["taskStatus"] == "FAILED"
+    ctx.store.close()

@@ -80,10 +80,12 @@ def _owner() -> dict:
 
 def _ended_if_abandoned(ctx: ServiceContext, body: dict) -> dict:
     """``body``, set ``FAILED`` (and stored) when it is IN_PROGRESS and its runner is gone
-    (:mod:`~devicedefender_audit.liveness`, the rule of audit tasks and mitigation claims)."""
-    if body["taskStatus"] != IN_PROGRESS:
-        return body
+    (:mod:`~devicedefender_audit.liveness`, the rule of audit tasks and mitigation claims). A
+    task this process runs is left to its thread, as an audit's is (``recover_interrupted``):
+    only slow, it would otherwise be failed here and written back IN_PROGRESS at its next finding."""
     owner = body.get("owner", {})
+    if body["taskStatus"] != IN_PROGRESS or (owner.get("host"), owner.get("pid")) == this_process():
+        return body
     why = owner_gone(owner.get("host"), owner.get("pid"), owner.get("heartbeat"), "finishing the task")
     if why is None:
         return body
