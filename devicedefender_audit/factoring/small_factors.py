@@ -18,11 +18,11 @@ The finding says which rule caught the key, never the factor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import gmpy2
 
-from devicedefender_audit.debian_weak.modexp import powmod
 from devicedefender_audit.detectors.base import DetectorResult, Verdict
 from devicedefender_audit.factoring.codes import SMALL_FACTOR
 from devicedefender_audit.key_material import PublicKeyInfo
@@ -36,6 +36,15 @@ def _small_primes_product() -> gmpy2.mpz:
     return gmpy2.primorial(SMALL_PRIME_BOUND)
 
 
+@cache
+def _powmod() -> Callable[[gmpy2.mpz, gmpy2.mpz, gmpy2.mpz], gmpy2.mpz]:
+    """OpenSSL's modexp, loaded on the first RSA key tested: loading libcrypto (and its self-test)
+    would otherwise be paid by every start of ``check``, EC keys and bad files included."""
+    from devicedefender_audit.debian_weak.modexp import powmod
+
+    return powmod
+
+
 def small_factor_problem(modulus: int) -> str | None:
     """Why ``modulus`` is trivially factored, or None when none of these rules applies."""
     n = gmpy2.mpz(modulus)
@@ -43,7 +52,7 @@ def small_factor_problem(modulus: int) -> str | None:
         return "the modulus is even"
     if gmpy2.gcd(n, _small_primes_product()) != 1:
         return f"the modulus has a prime factor no larger than {SMALL_PRIME_BOUND}"
-    if powmod(_TWO, n - 1, n) == 1 and gmpy2.is_prime(n):  # 2**(N-1) != 1 (mod N) proves N composite
+    if _powmod()(_TWO, n - 1, n) == 1 and gmpy2.is_prime(n):  # 2**(N-1) != 1 (mod N) proves N composite
         return "the modulus is prime, so the private exponent follows from N - 1"
     return None
 
