@@ -101,10 +101,9 @@ def _bind_store(ctx: ServiceContext, store_path: Path | str) -> None:
     none) once the server listens: a ``serve`` that cannot start (no credentials, a refused
     address, a port in use) binds nothing, as a ``run`` that cannot start binds nothing, so a
     failed start never locks a store to a region it never served."""
-    from devicedefender_audit.store import partition_region
     from devicedefender_audit.store.region_binding import check_region
 
-    check_region(ctx.store, ctx.region, str(store_path), True, partition_region(store_path))
+    check_region(ctx.store, ctx.region, str(store_path), True)
 
 
 @contextmanager

@@ -168,7 +168,7 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
         from devicedefender_audit.store.region_binding import check_region
 
         try:
-            check_region(store, region, str(location), bind, partition_region(location))
+            check_region(store, region, str(location), bind)
         except BaseException:
             store.close()
             raise

@@ -16,21 +16,24 @@ from __future__ import annotations
 
 from functools import cache
 
+from devicedefender_audit.store import partition_region
 from devicedefender_audit.store.base import Store, StoreError
 
 #: api_records kind and key of the binding.
 BINDING_KIND, BINDING_KEY = "store_binding", "region"
 
 
-def check_region(store: Store, region: str, location: str, bind: bool, named: str | None) -> None:
+def check_region(store: Store, region: str, location: str, bind: bool) -> None:
     """Raise :class:`StoreError` when ``store`` holds another region's audits than ``region``.
 
-    ``named`` is the region a partition's location names (a SQLite partition is compared with
-    it; a DynamoDB partition is reached with the table's region, so nothing is compared). With
+    An account-region's partition is the region its location names (:func:`partition_region`:
+    a SQLite partition is compared with it; a DynamoDB partition is reached with the table's
+    region, so nothing is compared). With
     ``bind``, a store not bound yet is bound: to the region of its latest audit (a store from
     before the binding), else to ``region``, in either case only a region botocore knows (a
     mistyped one's audit failed, and binds nothing).
     """
+    named = partition_region(location)
     if named is not None:
         if not location.startswith("dynamodb:") and named != region:
             raise _other_region(location, named, region)
