@@ -13,10 +13,11 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from devicedefender_audit.exit_codes import EXIT_FAILED, EXIT_USAGE
 
 if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
@@ -147,7 +148,7 @@ class OutputError(Exception):
 
     def __init__(self, message: str, cause: OSError | None = None) -> None:
         super().__init__(message)
-        self.exit_code = 1 if cause is not None and cause.errno in _WRITE_FAILURES else 2
+        self.exit_code = EXIT_FAILED if cause is not None and cause.errno in _WRITE_FAILURES else EXIT_USAGE
 
 
 #: errno values of a write that failed for the file system's sake, not the path's.
@@ -171,6 +172,8 @@ def write_output(path: Path, text: str) -> None:
     temporary file once that is written (a disk that fills up mid-write must not leave a
     truncated CSV, fewer rows than findings, where the last export was); it keeps the mode of
     the file it replaces. A device or pipe (``/dev/stdout``) is written directly."""
+    import tempfile  # here, not at import: every command's parser imports this module
+
     try:
         if path.exists() and not path.is_file():
             path.write_text(text, encoding="utf-8")
