@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -74,10 +75,6 @@ MAX_CONNECTIONS = 64
 #: How long a stopped server waits for its running audits and mitigation tasks to record
 #: themselves canceled; one still running then is failed as interrupted by the next start.
 SHUTDOWN_WAIT_S = 30.0
-#: What a connection beyond :data:`MAX_CONNECTIONS` is answered before it is closed.
-_BUSY_BODY = b'{"__type": "ServiceUnavailableException", "message": "too many connections; try again"}'
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-         b"Content-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 #: Headers that describe one hop, not the message: never copied when forwarding.
 _HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host", "date",
                           "server", "authorization", "x-amz-date", "x-amz-security-token", "expect"})
@@ -337,6 +334,18 @@ def error_response(error: ServiceError) -> tuple[int, dict, bytes]:
     return error.status, headers, json.dumps({"message": error.message}).encode()
 
 
+@cache
+def _busy_answer() -> bytes:
+    """What a connection beyond :data:`MAX_CONNECTIONS` is answered before it is closed: the
+    503 error as :func:`error_response` writes every error, on the wire at once (no handler
+    thread reads the request)."""
+    status, headers, body = error_response(HttpError(503, "ServiceUnavailableException",
+                                                     "too many connections; try again"))
+    lines = [f"HTTP/1.1 {status} Service Unavailable", *(f"{k}: {v}" for k, v in headers.items()),
+             f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
 # authentication and forwarding ----------------------------------------------------------------------
 
 
@@ -507,7 +516,7 @@ class AuditServer(ThreadingHTTPServer):
             log.warning("connection from %s refused: %d connections are being served", client_address[0],
                         self.max_connections)
             try:
-                request.sendall(_BUSY)
+                request.sendall(_busy_answer())
             except OSError:
                 pass
             self.shutdown_request(request)
