@@ -43,6 +43,7 @@ from devicedefender_audit.models import (
     NonCompliantResource,
     ResourceError,
     ResourceIdentifier,
+    unchecked,
     utcnow,
 )
 from devicedefender_audit.store import Store, StoreError
@@ -253,11 +254,11 @@ class Audit:
                 self.unrunnable[check.name] = (exc.error_code, str(exc))
             return None
         self.store.add_errors(self.task.task_id, ca.errors)
-        unchecked = [error for error in ca.errors if not error.left_scope]
-        self.left_scope += len(ca.errors) - len(unchecked)
+        not_checked = unchecked(ca.errors)
+        self.left_scope += len(ca.errors) - len(not_checked)
         for check in self.ca_checks:
-            self.counts[check.name].failed += len(unchecked)
-            self.task.audit_details[check.name].total_resources_count = len(ca.records) + len(unchecked)
+            self.counts[check.name].failed += len(not_checked)
+            self.task.audit_details[check.name].total_resources_count = len(ca.records) + len(not_checked)
         return ca
 
     def _ca_fleet_scan(self, ca: CaSync, partners: list[tuple[str, int]],

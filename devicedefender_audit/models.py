@@ -8,6 +8,7 @@ so findings can be fed to anything that already reads Device Defender output.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from enum import Enum
 
@@ -106,6 +107,13 @@ class ResourceError(AwsModel):
     left_scope: bool = False
     #: ``CA_CERTIFICATE`` for a CA certificate; absent for device certificates.
     resource_type: str | None = None
+
+
+def unchecked(errors: Iterable[ResourceError]) -> list[ResourceError]:
+    """The certificates the audit could not check (one that left scope during the scan is not
+    a certificate of the account any more): what the audit counts failed and every export
+    reports as not checked."""
+    return [error for error in errors if not error.left_scope]
 
 
 class TaskStatistics(AwsModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from devicedefender_audit.models import AuditTask, AuditTaskStatus, ResourceError
+from devicedefender_audit.models import AuditTask, AuditTaskStatus, ResourceError, unchecked
 
 #: The check run statuses of a check that ran over every in-scope certificate.
 _COMPLETED = frozenset({"COMPLETED_COMPLIANT", "COMPLETED_NON_COMPLIANT"})
@@ -49,12 +49,6 @@ def complete_checks(task: AuditTask) -> set[str]:
         return set()
     incomplete = {check.check_name for check in incomplete_checks(task)}
     return {name for name in task.audit_details if name not in incomplete}
-
-
-def unchecked(errors: Iterable[ResourceError]) -> list[ResourceError]:
-    """The certificates the audit could not check (one that left scope during the scan is not
-    a certificate of the account any more)."""
-    return [error for error in errors if not error.left_scope]
 
 
 def shortfalls(task: AuditTask, errors: Iterable[ResourceError]) -> list[str]:

@@ -16,9 +16,9 @@ import csv
 import io
 from collections.abc import Iterable
 
-from devicedefender_audit.exports.coverage import incomplete_checks, unchecked
+from devicedefender_audit.exports.coverage import incomplete_checks
 from devicedefender_audit.exports.safety import exported_info, safe_text
-from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
+from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError, unchecked
 
 COLUMNS = ("taskId", "findingId", "findingTime", "checkName", "severity", "certificateId", "certificateArn",
            "certificateStatus", "keyAlgorithm", "keySize", "things", "reasonCode", "reason", "isSuppressed",

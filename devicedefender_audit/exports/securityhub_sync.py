@@ -17,8 +17,8 @@ from typing import Any
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
 from devicedefender_audit.aws.securityhub import ImportResult, active_findings, import_findings
 from devicedefender_audit.exports.asff import AsffContext, id_prefix, resolved_findings
-from devicedefender_audit.exports.coverage import complete_checks, unchecked
-from devicedefender_audit.models import AuditTask, ResourceError
+from devicedefender_audit.exports.coverage import complete_checks
+from devicedefender_audit.models import AuditTask, ResourceError, unchecked
 
 
 @dataclass
