@@ -207,22 +207,26 @@ def _default_mode() -> int:
 
 def _to_securityhub(target: AwsTarget, task: AuditTask, errors: list[ResourceError], context: AsffContext,
                     findings: list[dict[str, Any]]) -> int:
-    """Import the audit's findings and archive those it shows resolved (:mod:`.securityhub_sync`);
-    exit 1 when a finding was rejected or the resolved ones could not be looked up
-    (``securityhub:GetFindings`` refused)."""
+    """Import the audit's findings, carry suppressions made or ended since their import over,
+    and archive those it shows resolved (:mod:`.securityhub_sync`); exit 1 when a finding was
+    refused or a call was (``securityhub:GetFindings`` or ``BatchUpdateFindings``)."""
     from devicedefender_audit import cli
     from devicedefender_audit.exports.securityhub_sync import sync_audit
 
     result = sync_audit(target.client("securityhub"), task, findings, errors, context)
-    imported, archived = result.imported, result.archived
-    print(f"Security Hub ({target.region_name}): imported {imported.success_count} of {len(findings)} finding(s) "
+    imported, archived, where = result.imported, result.archived, f"Security Hub ({target.region_name})"
+    print(f"{where}: imported {imported.success_count} of {len(findings)} finding(s) "
           f"in {imported.batches} request(s); {len(imported.failed)} failed")
+    for status, done in (("SUPPRESSED", "suppressed"), ("NEW", "reopened (suppression ended)")):
+        if status in result.workflow:
+            updated = result.workflow[status]
+            print(f"{where}: {done} {updated.success_count} finding(s); {len(updated.failed)} failed")
     if archived.batches:
-        print(f"Security Hub ({target.region_name}): archived {archived.success_count} finding(s) no longer "
-              f"reported; {len(archived.failed)} failed")
-    for failure in imported.failed + archived.failed:
+        print(f"{where}: archived {archived.success_count} finding(s) no longer reported; {len(archived.failed)} failed")
+    for failure in result.failures:
         print(f"error: {failure.get('Id')}: {failure.get('ErrorCode')}: {failure.get('ErrorMessage')}",
               file=sys.stderr)
-    if result.archive_error:
-        print(f"error: resolved findings not archived: {result.archive_error}", file=sys.stderr)
+    if result.error:
+        print(f"error: Security Hub not brought up to date (suppressions, resolved findings): {result.error}",
+              file=sys.stderr)
     return cli.EXIT_FAILED if result.failed else cli.EXIT_OK

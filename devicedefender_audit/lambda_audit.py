@@ -150,7 +150,7 @@ def notify(topic_arn: str, report: dict[str, Any], title: str) -> None:
 
 def _to_securityhub(target: AwsTarget, account_id: str, task: AuditTask, findings: Sequence[AuditFinding],
                     errors: Sequence[ResourceError]) -> dict[str, Any]:
-    """Import the audit's findings and archive the ones it shows resolved
+    """Import the audit's findings, carry suppressions over and archive the ones it shows resolved
     (:func:`~devicedefender_audit.exports.securityhub_sync.sync_audit`, as ``export --to-securityhub``)."""
     from devicedefender_audit.exports.asff import AsffContext, asff_findings
     from devicedefender_audit.exports.securityhub_sync import sync_audit

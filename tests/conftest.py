@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import moto_securityhub
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +25,8 @@ from devicedefender_audit.store import Store, open_store
 
 # moto lacks ListCACertificates, which the CA checks need: every test's moto has it.
 moto_ca_listing.install()
+# moto lets BatchImportFindings overwrite a finding's workflow and lacks BatchUpdateFindings.
+moto_securityhub.install()
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent

@@ -105,6 +105,7 @@ def test_asff_suppressed_finding_is_created_suppressed_in_security_hub(suppresse
     document = asff_finding(make_finding(AuditTask(region=REGION), suppressed=suppressed), AsffContext(ACCOUNT, REGION))
     assert_importable([document])
     assert document.get("Workflow") == ({"Status": "SUPPRESSED"} if suppressed else None)
+    assert (document.get("Note") or {}).get("UpdatedBy") == ("devicedefender-audit" if suppressed else None)
     assert document["RecordState"] == "ACTIVE"
 
 
@@ -356,7 +357,99 @@ def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_
     assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
     captured = capsys.readouterr()
     assert "imported 1 of 1" in captured.out
-    assert "error: resolved findings not archived: securityhub:GetFindings: AccessDeniedException" in captured.err
+    assert ("error: Security Hub not brought up to date (suppressions, resolved findings): "
+            "securityhub:GetFindings: AccessDeniedException" in captured.err)
+
+
+def _workflows(hub) -> dict[int, tuple[str, str | None]]:
+    """(workflow status, note author) of each finding in Security Hub, by certificate number."""
+    return {int(f["Resources"][0]["Details"]["Other"]["deviceCertificateId"], 16):
+            (f["Workflow"]["Status"], f.get("Note", {}).get("UpdatedBy")) for f in _hub_findings(hub).values()}
+
+
+def test_to_securityhub_carries_suppressions_made_or_ended_after_the_import(aws, tmp_path, capsys):
+    """Security Hub takes a provider's workflow only when it creates a finding, so a finding
+    suppressed in the audit after its import stayed an open critical NEW finding there for
+    ever. The export now sets it as a customer does (BatchUpdateFindings, with a note of this
+    tool's), reopens what this tool suppressed when the suppression ends, and leaves alone what
+    someone resolved or suppressed in Security Hub by hand."""
+    import boto3
+
+    from devicedefender_audit.cli import EXIT_OK, main
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+
+    def export() -> str:
+        capsys.readouterr()
+        assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+        return capsys.readouterr().out
+
+    def audit(suppressed: set[int], numbers=(1, 2, 3, 4, 5)) -> None:
+        _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n in suppressed) for n in numbers])
+
+    audit(set(), numbers=(1, 2, 3, 4))
+    export()
+    assert set(_workflows(hub).values()) == {("NEW", None)}
+    # An analyst resolves 3 and suppresses 4 in Security Hub.
+    by_number = {int(f["Resources"][0]["Details"]["Other"]["deviceCertificateId"], 16): f
+                 for f in _hub_findings(hub).values()}
+    for number, status in ((3, "RESOLVED"), (4, "SUPPRESSED")):
+        hub.batch_update_findings(FindingIdentifiers=[{"Id": by_number[number]["Id"],
+                                                       "ProductArn": by_number[number]["ProductArn"]}],
+                                  Workflow={"Status": status}, Note={"Text": "seen", "UpdatedBy": "alice"})
+
+    audit({1, 2, 3, 5})  # 1, 2 and 3 suppressed since their import; 5 is new, and suppressed
+    assert "suppressed 2 finding(s); 0 failed" in export()
+    ours = "devicedefender-audit"
+    assert _workflows(hub) == {1: ("SUPPRESSED", ours), 2: ("SUPPRESSED", ours), 3: ("RESOLVED", "alice"),
+                               4: ("SUPPRESSED", "alice"), 5: ("SUPPRESSED", ours)}
+
+    audit({2})  # the suppressions of 1, 3 and 5 end; 4 was never suppressed in the audit
+    assert "reopened (suppression ended) 2 finding(s); 0 failed" in export()
+    assert _workflows(hub) == {1: ("NEW", ours), 2: ("SUPPRESSED", ours), 3: ("RESOLVED", "alice"),
+                               4: ("SUPPRESSED", "alice"), 5: ("NEW", ours)}
+    assert "suppressed" not in export() and "reopened" not in export()  # nothing changed: no call
+
+
+def test_to_securityhub_without_batch_update_findings_says_so_and_still_archives(aws, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """A role without securityhub:BatchUpdateFindings (a stack from before it was needed) fails
+    the export with one line naming the call; the import and the archiving are still done."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from devicedefender_audit.cli import EXIT_FAILED, EXIT_OK, main
+    from devicedefender_audit.exports import securityhub_sync
+    from devicedefender_audit.models import AuditCheckDetails
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2)])
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+
+    def denied(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}},
+                          "BatchUpdateFindings")
+
+    monkeypatch.setattr(securityhub_sync, "update_workflow", denied)
+
+    def complete(task: AuditTask) -> list[AuditFinding]:  # 1 is suppressed now, 2 was fixed
+        task.audit_details = {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+            check_run_status="COMPLETED_NON_COMPLIANT", check_compliant=False, total_resources_count=2,
+            non_compliant_resources_count=1)}
+        return [make_finding(task, 1, suppressed=True)]
+
+    _store_audit(store_path, complete)
+    capsys.readouterr()
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "imported 1 of 1" in captured.out and "archived 1 finding(s)" in captured.out
+    assert ("error: Security Hub not brought up to date (suppressions, resolved findings): "
+            "securityhub:BatchUpdateFindings: AccessDeniedException: not authorized") in captured.err
+    assert _workflows(hub)[1] == ("NEW", None)
 
 
 def test_output_that_fails_mid_write_leaves_the_previous_file_whole(aws_env, tmp_path):

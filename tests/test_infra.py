@@ -118,6 +118,48 @@ def test_the_audit_policy_allows_every_call_an_audit_of_every_check_makes(iot, f
     assert calls <= documented
 
 
+def test_the_audit_role_allows_every_call_a_security_hub_sync_makes(aws):
+    """The Lambda's Security Hub sync imports, looks its findings up, sets the workflow of one
+    suppressed since its import and archives a resolved one: every call it makes is granted."""
+    from devicedefender_audit.exports.asff import AsffContext, asff_finding
+    from devicedefender_audit.exports.securityhub_sync import sync_audit
+    from devicedefender_audit.models import (
+        AuditCheckDetails,
+        AuditFinding,
+        AuditTask,
+        NonCompliantResource,
+        ResourceIdentifier,
+    )
+
+    account = boto3.client("sts").get_caller_identity()["Account"]
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    context = AsffContext(account, REGION)
+
+    def finding(task: AuditTask, n: int, suppressed: bool) -> dict:
+        certificate = f"{n:064x}"
+        return asff_finding(AuditFinding(
+            task_id=task.task_id, task_start_time=task.task_start_time, is_suppressed=suppressed,
+            non_compliant_resource=NonCompliantResource(resource_identifier=ResourceIdentifier(
+                device_certificate_id=certificate,
+                device_certificate_arn=f"arn:aws:iot:{REGION}:{account}:cert/{certificate}")),
+            reason_for_non_compliance="weak", reason_for_non_compliance_code="CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"),
+            context)
+
+    first = AuditTask(region=REGION, task_status="COMPLETED")
+    sync_audit(hub, first, [finding(first, 1, False), finding(first, 2, False)], [], context)
+    calls: set[str] = set()
+    hub.meta.events.register("before-call.securityhub.*", lambda model, **_: calls.add(f"securityhub:{model.name}"))
+    second = AuditTask(region=REGION, task_status="COMPLETED")
+    second.audit_details = {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+        check_run_status="COMPLETED_NON_COMPLIANT", check_compliant=False, total_resources_count=2,
+        non_compliant_resources_count=1)}
+    result = sync_audit(hub, second, [finding(second, 1, True)], [], context)
+    assert (result.workflow["SUPPRESSED"].success_count, result.archived.success_count, result.failed) == (1, 1, False)
+    assert calls == {"securityhub:BatchImportFindings", "securityhub:GetFindings", "securityhub:BatchUpdateFindings"}
+    assert calls <= _policy_actions("AuditRole", "securityhub:")
+
+
 def test_run_due_has_its_own_schedule_on_the_audit_function():
     """The stack's schedule runs full audits; a second one (unless its expression is empty) asks
     the same function for the scheduled audits defined through the API that are due."""

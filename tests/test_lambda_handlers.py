@@ -52,7 +52,8 @@ def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, io
         REGION, "COMPLETED_NON_COMPLIANT", 1, 3)
     assert east["findings"] == [{"checkName": DEVICE_CERTIFICATE_KEY_QUALITY_CHECK, "certificateId": roca["certificateId"],
                                  "reasonCode": ROCA, "things": "meter"}]
-    assert east["securityHub"] == {"imported": 1, "failed": [], "archived": 0, "archiveFailed": []}
+    assert east["securityHub"] == {"imported": 1, "failed": [], "suppressed": 0, "reopened": 0, "workflowFailed": [],
+                                   "archived": 0, "archiveFailed": []}
     # Without an account audit configuration every check runs, each reported with its counts.
     assert list(east["checks"]) == list(AUDIT_CHECKS)
     assert east["checks"][DEVICE_CERTIFICATE_KEY_QUALITY_CHECK]["totalResourcesCount"] == 2

@@ -1,8 +1,9 @@
-"""Sending ASFF findings to AWS Security Hub with ``BatchImportFindings``.
+"""Sending ASFF findings to AWS Security Hub (``BatchImportFindings``), finding this tool's
+(``GetFindings``) and setting their workflow as a customer does (``BatchUpdateFindings``).
 
-The API takes at most 100 findings per call and reports per-finding failures in
-``FailedFindings`` rather than failing the call, so failures are collected and returned for the
-caller to report: one rejected finding neither stops the others nor passes unnoticed.
+Both batch APIs take at most 100 findings per call and report per-finding failures in the
+answer rather than failing the call, so failures are collected and returned for the caller to
+report: one rejected finding neither stops the others nor passes unnoticed.
 """
 
 from __future__ import annotations
@@ -11,21 +12,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: ``BatchImportFindings`` accepts 1..100 findings per request.
+#: ``BatchImportFindings`` and ``BatchUpdateFindings`` accept 1..100 findings per request.
 BATCH_SIZE = 100
 
 
 @dataclass
-class ImportResult:
+class BatchResult:
+    """What a series of batch calls did."""
+
     success_count: int = 0
-    #: ``FailedFindings`` entries as AWS returns them: ``Id``, ``ErrorCode``, ``ErrorMessage``.
+    #: The findings refused, as ``BatchImportFindings``' ``FailedFindings`` entries: ``Id``,
+    #: ``ErrorCode``, ``ErrorMessage``.
     failed: list[dict[str, str]] = field(default_factory=list)
     batches: int = 0
 
 
-def import_findings(securityhub: Any, findings: Sequence[dict[str, Any]]) -> ImportResult:
+def import_findings(securityhub: Any, findings: Sequence[dict[str, Any]]) -> BatchResult:
     """Import ``findings`` in batches of :data:`BATCH_SIZE`; per-finding failures are returned."""
-    result = ImportResult()
+    result = BatchResult()
     for start in range(0, len(findings), BATCH_SIZE):
         response = securityhub.batch_import_findings(Findings=list(findings[start:start + BATCH_SIZE]))
         result.batches += 1
@@ -45,3 +49,20 @@ def active_findings(securityhub: Any, product_arn: str, account_id: str, id_pref
     for page in securityhub.get_paginator("get_findings").paginate(Filters=filters,
                                                                    PaginationConfig={"PageSize": 100}):
         yield from page.get("Findings", [])
+
+
+def update_workflow(securityhub: Any, findings: Sequence[dict[str, Any]], status: str,
+                    note: dict[str, str]) -> BatchResult:
+    """Set the workflow status of ``findings`` (as ``GetFindings`` returns them) to ``status``
+    with ``note`` (``Text`` and ``UpdatedBy``), in batches of :data:`BATCH_SIZE`; the findings
+    Security Hub did not process are returned as failures."""
+    result = BatchResult()
+    for start in range(0, len(findings), BATCH_SIZE):
+        identifiers = [{"Id": f["Id"], "ProductArn": f["ProductArn"]} for f in findings[start:start + BATCH_SIZE]]
+        response = securityhub.batch_update_findings(FindingIdentifiers=identifiers, Workflow={"Status": status},
+                                                     Note=note)
+        result.batches += 1
+        result.success_count += len(response.get("ProcessedFindings", []))
+        result.failed += [{"Id": (u.get("FindingIdentifier") or {}).get("Id", ""), "ErrorCode": u.get("ErrorCode", ""),
+                           "ErrorMessage": u.get("ErrorMessage", "")} for u in response.get("UnprocessedFindings", [])]
+    return result

@@ -6,10 +6,12 @@ Every required top-level attribute is set (``SchemaVersion``, ``Id``, ``ProductA
 product for custom findings. ``Id`` is stable per account, region, certificate and flaw -- not per
 audit task -- so a scheduled audit that finds the same weak key again updates one Security Hub
 finding (its ``UpdatedAt``) instead of adding a duplicate every day. A finding suppressed in the
-audit is created with ``Workflow.Status`` ``SUPPRESSED`` (Security Hub takes a provider's workflow
-status only when it creates a finding). :func:`resolved_findings` archives what a later complete
-check no longer reports (a certificate deactivated or replaced), so Security Hub's active findings
-are the fleet's current ones.
+audit is created with ``Workflow.Status`` ``SUPPRESSED`` and a note of this tool's. Security Hub
+takes a provider's workflow and note only when it creates a finding, so a suppression made or
+ended after the import is carried over as a customer carries it, with ``BatchUpdateFindings``
+(:func:`workflow_changes`). :func:`resolved_findings` archives what a later complete check no
+longer reports (a certificate deactivated or replaced), so Security Hub's active findings are the
+fleet's current ones.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ CA_RECOMMENDATION = (
     "devices, generate a new CA key pair with a sound random number generator, register the new CA, "
     "and re-issue the device certificates it signed. Anyone can derive the private key of this CA."
 )
+
+#: ``Note.UpdatedBy`` of the notes this tool writes: a suppression is lifted in Security Hub only
+#: where this tool made it, never where someone suppressed a finding there by hand.
+NOTE_AUTHOR = PRODUCT
+SUPPRESSED_NOTE = ("Accepted with an audit suppression in devicedefender-audit (CreateAuditSuppression); "
+                   "the finding is reopened here when the suppression ends.")
+REOPENED_NOTE = "The audit suppression in devicedefender-audit ended: the finding is open again."
 
 #: A device certificate's ARN (``cert/``) or a CA certificate's (``cacert/``).
 _CERT_ARN = re.compile(r"arn:(?P<partition>[\w-]+):iot:(?P<region>[\w-]+):(?P<account>\d{12}):(?:ca)?cert/[0-9a-fA-F]+")
@@ -141,6 +150,7 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
     }
     if finding.is_suppressed:
         document["Workflow"] = {"Status": "SUPPRESSED"}
+        document["Note"] = {"Text": SUPPRESSED_NOTE, "UpdatedBy": NOTE_AUTHOR, "UpdatedAt": document["UpdatedAt"]}
     if cve:
         document["Vulnerabilities"] = [{"Id": cve.group(),
                                         "ReferenceUrls": [f"https://nvd.nist.gov/vuln/detail/{cve.group()}"]}]
@@ -162,6 +172,39 @@ _PROVIDER_MEMBERS = ("SchemaVersion", "Id", "ProductArn", "GeneratorId", "AwsAcc
 def id_prefix(account_id: str, region: str) -> str:
     """The start of every finding ``Id`` of one account and region (see :func:`asff_finding`)."""
     return f"{PRODUCT}/{account_id}/{region}/"
+
+
+def _ours(finding: dict[str, Any], context: AsffContext, prefix: str) -> bool:
+    """Whether a finding ``GetFindings`` returned is an active one of this tool, account and
+    region (checked again here, as a filter that an endpoint ignores must not widen what a sync
+    changes)."""
+    return (finding.get("RecordState") == "ACTIVE" and finding.get("ProductArn") == context.product_arn
+            and finding.get("AwsAccountId") == context.account_id and finding.get("Id", "").startswith(prefix))
+
+
+def workflow_changes(active: Iterable[dict[str, Any]], sent: Iterable[dict[str, Any]], region: str,
+                     context: AsffContext) -> dict[str, list[dict[str, Any]]]:
+    """The Security Hub findings (``active``, as ``GetFindings`` returns them) whose workflow
+    status must change for the audit findings just imported (``sent``), by the status to set.
+
+    A finding suppressed in the audit but ``NEW`` or ``NOTIFIED`` in Security Hub (suppressed
+    after its import) becomes ``SUPPRESSED``; one no longer suppressed in the audit that this
+    tool suppressed (its note is :data:`NOTE_AUTHOR`'s) becomes ``NEW`` again. A finding
+    someone resolved or suppressed in Security Hub by hand is left as they left it.
+    """
+    suppressed = {document["Id"]: "Workflow" in document for document in sent}
+    prefix = id_prefix(context.account_id, region)
+    changes: dict[str, list[dict[str, Any]]] = {"SUPPRESSED": [], "NEW": []}
+    for finding in active:
+        if not _ours(finding, context, prefix) or finding["Id"] not in suppressed:
+            continue
+        status = (finding.get("Workflow") or {}).get("Status", "NEW")
+        if suppressed[finding["Id"]] and status in ("NEW", "NOTIFIED"):
+            changes["SUPPRESSED"].append(finding)
+        elif (not suppressed[finding["Id"]] and status == "SUPPRESSED"
+              and (finding.get("Note") or {}).get("UpdatedBy") == NOTE_AUTHOR):
+            changes["NEW"].append(finding)
+    return {status: findings for status, findings in changes.items() if findings}
 
 
 def _found_after(created_at: str, moment: datetime) -> bool:
@@ -188,9 +231,7 @@ def resolved_findings(active: Iterable[dict[str, Any]], task: AuditTask, reporte
     for finding in active:
         other = (finding.get("Resources") or [{}])[0].get("Details", {}).get("Other", {})
         certificate = other.get("deviceCertificateId") or other.get("caCertificateId")
-        if (finding.get("RecordState") != "ACTIVE" or finding.get("ProductArn") != context.product_arn
-                or finding.get("AwsAccountId") != context.account_id or not finding.get("Id", "").startswith(prefix)
-                or finding["Id"] in reported_ids or not certificate or certificate in unchecked_ids
+        if (not _ours(finding, context, prefix) or finding["Id"] in reported_ids or not certificate or certificate in unchecked_ids
                 or finding.get("ProductFields", {}).get(f"{PRODUCT}/CheckName") not in complete
                 or _found_after(finding.get("CreatedAt", ""), task.task_start_time)):
             continue

@@ -1,66 +1,104 @@
-"""Bringing Security Hub up to date with one audit: its findings imported, and this tool's
-findings that the audit shows resolved archived.
+"""Bringing Security Hub up to date with one audit: its findings imported, the workflow of those
+suppressed or no longer suppressed since their import set, and this tool's findings that the
+audit shows resolved archived.
 
 Both fronts that send findings to Security Hub (``export --to-securityhub`` and the scheduled
-Lambda) call :func:`sync_audit`, so that a deactivated or replaced certificate's finding is
-archived wherever the audits are sent from, and an audit with no findings left still archives
-the ones it resolved. What may be archived is decided by :func:`.asff.resolved_findings`; the
-import and the lookup are :mod:`~devicedefender_audit.aws.securityhub`'s.
+Lambda) call :func:`sync_audit`, so that a suppression reaches Security Hub and a deactivated or
+replaced certificate's finding is archived wherever the audits are sent from, and an audit with
+no findings left still archives the ones it resolved. What changes is decided by
+:func:`.asff.workflow_changes` and :func:`.asff.resolved_findings`; the calls are
+:mod:`~devicedefender_audit.aws.securityhub`'s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
-from devicedefender_audit.aws.securityhub import ImportResult, active_findings, import_findings
-from devicedefender_audit.exports.asff import AsffContext, id_prefix, resolved_findings
+from devicedefender_audit.aws.securityhub import BatchResult, active_findings, import_findings, update_workflow
+from devicedefender_audit.exports.asff import (
+    NOTE_AUTHOR,
+    REOPENED_NOTE,
+    SUPPRESSED_NOTE,
+    AsffContext,
+    id_prefix,
+    resolved_findings,
+    workflow_changes,
+)
 from devicedefender_audit.exports.coverage import complete_checks
 from devicedefender_audit.models import AuditTask, ResourceError, unchecked
+
+#: The note each workflow status is set with.
+_NOTES = {"SUPPRESSED": SUPPRESSED_NOTE, "NEW": REOPENED_NOTE}
 
 
 @dataclass
 class SyncResult:
-    """What one sync did: the import of the audit's findings, and the archiving of resolved ones."""
+    """What one sync did: the import of the audit's findings, the workflow statuses it set, and
+    the archiving of resolved findings."""
 
-    imported: ImportResult
+    imported: BatchResult
+    #: ``BatchUpdateFindings`` by the status set: ``SUPPRESSED`` (suppressed since the import)
+    #: and ``NEW`` (this tool's suppression ended).
+    workflow: dict[str, BatchResult] = field(default_factory=dict)
     #: The archiving import (``RecordState`` ``ARCHIVED``); empty when nothing was resolved.
-    archived: ImportResult
-    #: Why resolved findings could not be looked up (``GetFindings`` refused), else None.
-    archive_error: str | None = None
+    archived: BatchResult = field(default_factory=BatchResult)
+    #: Why this tool's findings could not be looked up or their workflow set (a call refused).
+    error: str | None = None
+
+    @property
+    def failures(self) -> list[dict[str, str]]:
+        """Every finding refused, by any call."""
+        return [failure for part in (self.imported, *self.workflow.values(), self.archived) for failure in part.failed]
 
     @property
     def failed(self) -> bool:
-        return bool(self.imported.failed or self.archived.failed or self.archive_error)
+        return bool(self.failures or self.error)
 
     def to_json(self) -> dict[str, Any]:
         """The Lambda report's ``securityHub`` member."""
         report: dict[str, Any] = {"imported": self.imported.success_count, "failed": self.imported.failed,
+                                  "suppressed": self.workflow.get("SUPPRESSED", BatchResult()).success_count,
+                                  "reopened": self.workflow.get("NEW", BatchResult()).success_count,
+                                  "workflowFailed": [f for part in self.workflow.values() for f in part.failed],
                                   "archived": self.archived.success_count, "archiveFailed": self.archived.failed}
-        if self.archive_error:
-            report["archiveError"] = self.archive_error
+        if self.error:
+            report["error"] = self.error
         return report
 
 
 def sync_audit(hub: Any, task: AuditTask, findings: Sequence[dict[str, Any]], errors: Sequence[ResourceError],
                context: AsffContext) -> SyncResult:
-    """Import ``findings`` (the task's, as ASFF) into ``hub`` (a ``securityhub`` client), then
-    archive this tool's active findings there that ``task`` shows resolved. An audit that did
-    not complete every check archives nothing, and looks nothing up (``GetFindings`` is needed
-    only when something could be resolved)."""
-    result = SyncResult(imported=import_findings(hub, findings), archived=ImportResult())
-    if not complete_checks(task):
+    """Import ``findings`` (the task's, as ASFF) into ``hub`` (a ``securityhub`` client), set the
+    workflow of those whose suppression changed since their import, then archive this tool's
+    active findings there that ``task`` shows resolved. An audit with no findings that did not
+    complete every check looks nothing up (``GetFindings`` is needed only when a workflow could
+    change or something could be resolved), and only a complete one archives anything."""
+    result = SyncResult(imported=import_findings(hub, findings))
+    complete = complete_checks(task)
+    if not findings and not complete:
+        return result
+    region = task.region or context.region
+    try:
+        active = list(active_findings(hub, context.product_arn, context.account_id, id_prefix(context.account_id, region)))
+    except AWS_ERRORS as exc:
+        result.error = _call_error("GetFindings", exc)
         return result
     try:
-        active = list(active_findings(hub, context.product_arn, context.account_id,
-                                      id_prefix(context.account_id, task.region or context.region)))
+        for status, changed in workflow_changes(active, findings, region, context).items():
+            result.workflow[status] = update_workflow(hub, changed, status,
+                                                      {"Text": _NOTES[status], "UpdatedBy": NOTE_AUTHOR})
     except AWS_ERRORS as exc:
-        result.archive_error = f"securityhub:GetFindings: {aws_error_code(exc)}: {aws_error_message(exc)}"
-        return result
-    resolved = resolved_findings(active, task, {f["Id"] for f in findings},
-                                 {e.certificate_id for e in unchecked(errors)}, context)
-    if resolved:
-        result.archived = import_findings(hub, resolved)
+        result.error = _call_error("BatchUpdateFindings", exc)
+    if complete:
+        resolved = resolved_findings(active, task, {f["Id"] for f in findings},
+                                     {e.certificate_id for e in unchecked(errors)}, context)
+        if resolved:
+            result.archived = import_findings(hub, resolved)
     return result
+
+
+def _call_error(operation: str, exc: Exception) -> str:
+    return f"securityhub:{operation}: {aws_error_code(exc)}: {aws_error_message(exc)}"
