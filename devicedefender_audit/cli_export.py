@@ -104,10 +104,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.to_securityhub:
         target = cli._target(args)
         target.require_credentials()
-    document: Any
+    context = None
     if fmt == "asff":
-        from devicedefender_audit.exports.asff import asff_findings
-
         context = _asff_context(args, task, findings, target)
         if isinstance(context, str):
             print(f"error: {context}", file=sys.stderr)
@@ -117,8 +115,29 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"account {', '.join(foreign)}, not {context.account_id}: export with that account's "
                   "credentials (--profile, or a role in it)", file=sys.stderr)
             return cli.EXIT_USAGE
-        document = {"Findings": asff_findings(findings, context)}
         _warn_shortfalls(task, errors)
+    # Sent to Security Hub without --output, the findings are turned into ASFF a batch at a time.
+    if args.output is not None or target is None:
+        text = _document_text(fmt, task, findings, errors, context)
+        if args.output is not None:
+            write_output(args.output, text)
+        else:
+            print(text, end="")
+    if target is None:
+        return cli.EXIT_OK
+    assert context is not None  # --to-securityhub exports ASFF
+    return _to_securityhub(target, task, errors, context, findings)
+
+
+def _document_text(fmt: str, task: AuditTask, findings: list[AuditFinding], errors: list[ResourceError],
+                   context: AsffContext | None) -> str:
+    """The export in ``fmt`` (``context`` for ASFF), ending with a newline."""
+    document: Any
+    if fmt == "asff":
+        from devicedefender_audit.exports.asff import asff_findings
+
+        assert context is not None
+        document = {"Findings": asff_findings(findings, context)}
     elif fmt == "sarif":
         from devicedefender_audit.exports.sarif import audit_sarif
 
@@ -132,13 +151,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         document = audit_document(task, findings, errors)
     text = document if isinstance(document, str) else json.dumps(document, indent=2)
-    if args.output is not None:
-        write_output(args.output, text if text.endswith("\n") else text + "\n")
-    elif not args.to_securityhub:
-        print(text, end="" if text.endswith("\n") else "\n")
-    if target is None:
-        return cli.EXIT_OK
-    return _to_securityhub(target, task, errors, context, document["Findings"])
+    return text if text.endswith("\n") else text + "\n"
 
 
 class OutputError(Exception):
@@ -206,7 +219,7 @@ def _default_mode() -> int:
 
 
 def _to_securityhub(target: AwsTarget, task: AuditTask, errors: list[ResourceError], context: AsffContext,
-                    findings: list[dict[str, Any]]) -> int:
+                    findings: list[AuditFinding]) -> int:
     """Import the audit's findings, carry suppressions made or ended since their import over,
     and archive those it shows resolved (:mod:`.securityhub_sync`); exit 1 when a finding was
     refused or a call was (``securityhub:GetFindings`` or ``BatchUpdateFindings``)."""

@@ -152,11 +152,11 @@ def _to_securityhub(target: AwsTarget, account_id: str, task: AuditTask, finding
                     errors: Sequence[ResourceError]) -> dict[str, Any]:
     """Import the audit's findings, carry suppressions over and archive the ones it shows resolved
     (:func:`~devicedefender_audit.exports.securityhub_sync.sync_audit`, as ``export --to-securityhub``)."""
-    from devicedefender_audit.exports.asff import AsffContext, asff_findings
+    from devicedefender_audit.exports.asff import AsffContext
     from devicedefender_audit.exports.securityhub_sync import sync_audit
 
     context = AsffContext(account_id=account_id, region=target.region_name or "")
-    return sync_audit(target.client("securityhub"), task, asff_findings(findings, context), errors, context).to_json()
+    return sync_audit(target.client("securityhub"), task, findings, errors, context).to_json()
 
 
 def configured_checks(store: Store) -> list[str]:

@@ -91,17 +91,49 @@ def test_export_to_securityhub_in_batches_of_100(aws, tmp_path, capsys):
         f"arn:aws:securityhub:{REGION}:{ACCOUNT}:product/{ACCOUNT}/default"}
 
 
-def test_failed_findings_are_reported_not_dropped(aws, capsys):
+def test_security_hub_sync_turns_findings_into_asff_a_batch_at_a_time(aws, monkeypatch):
+    """A product line with a ROCA chip gives as many findings as devices: the sync converts and
+    sends 100 at a time instead of holding every ASFF finding (2-3 KB each) at once."""
+    from devicedefender_audit.exports import securityhub_sync
+
     hub = boto3.client("securityhub", region_name=REGION)
     hub.enable_security_hub()
-    good = asff_finding(_finding(AuditTask(region=REGION), 1), AsffContext(ACCOUNT, REGION))
+    events: list[str] = []
+
+    def converted(finding, context):
+        events.append("asff")
+        return asff_finding(finding, context)
+
+    monkeypatch.setattr(securityhub_sync, "asff_finding", converted)
+    hub.meta.events.register("before-call.securityhub.BatchImportFindings", lambda **_: events.append("import"))
+    task = AuditTask(region=REGION)
+    result = securityhub_sync.sync_audit(hub, task, [_finding(task, n) for n in range(250)], [],
+                                         AsffContext(ACCOUNT, REGION))
+    assert (result.imported.success_count, result.failed) == (250, False)
+    assert events == ["asff"] * 100 + ["import"] + ["asff"] * 100 + ["import"] + ["asff"] * 50 + ["import"]
+
+
+def test_failed_findings_are_reported_not_dropped(aws, capsys, monkeypatch):
+    from devicedefender_audit.exports import securityhub_sync
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    task = AuditTask(region=REGION)
+    good = asff_finding(_finding(task, 1), AsffContext(ACCOUNT, REGION))
     bad = {**good, "Id": "bad", "Resources": []}
     result = import_findings(hub, [good, bad])
     assert result.success_count == 1 and [f["Id"] for f in result.failed] == ["bad"]
-    task = AuditTask(region=REGION)
-    assert _to_securityhub(AwsTarget(region=REGION), task, [], AsffContext(ACCOUNT, REGION), [good, bad]) == EXIT_FAILED
+
+    def rejected_second(finding, context):  # Security Hub refuses the second finding
+        document = asff_finding(finding, context)
+        return {**document, "Id": "bad", "Resources": []} if finding.certificate_id == f"{2:064x}" else document
+
+    monkeypatch.setattr(securityhub_sync, "asff_finding", rejected_second)
+    findings = [_finding(task, 1), _finding(task, 2)]
+    assert _to_securityhub(AwsTarget(region=REGION), task, [], AsffContext(ACCOUNT, REGION), findings) == EXIT_FAILED
     captured = capsys.readouterr()
-    assert "1 failed" in captured.out and "error: bad: InvalidInput" in captured.err
+    assert "imported 1 of 2" in captured.out and "1 failed" in captured.out
+    assert "error: bad: InvalidInput" in captured.err
 
 
 def test_to_securityhub_only_sends_asff(aws_env, tmp_path, capsys):

@@ -121,7 +121,7 @@ def test_the_audit_policy_allows_every_call_an_audit_of_every_check_makes(iot, f
 def test_the_audit_role_allows_every_call_a_security_hub_sync_makes(aws):
     """The Lambda's Security Hub sync imports, looks its findings up, sets the workflow of one
     suppressed since its import and archives a resolved one: every call it makes is granted."""
-    from devicedefender_audit.exports.asff import AsffContext, asff_finding
+    from devicedefender_audit.exports.asff import AsffContext
     from devicedefender_audit.exports.securityhub_sync import sync_audit
     from devicedefender_audit.models import (
         AuditCheckDetails,
@@ -136,15 +136,14 @@ def test_the_audit_role_allows_every_call_a_security_hub_sync_makes(aws):
     hub.enable_security_hub()
     context = AsffContext(account, REGION)
 
-    def finding(task: AuditTask, n: int, suppressed: bool) -> dict:
+    def finding(task: AuditTask, n: int, suppressed: bool) -> AuditFinding:
         certificate = f"{n:064x}"
-        return asff_finding(AuditFinding(
+        return AuditFinding(
             task_id=task.task_id, task_start_time=task.task_start_time, is_suppressed=suppressed,
             non_compliant_resource=NonCompliantResource(resource_identifier=ResourceIdentifier(
                 device_certificate_id=certificate,
                 device_certificate_arn=f"arn:aws:iot:{REGION}:{account}:cert/{certificate}")),
-            reason_for_non_compliance="weak", reason_for_non_compliance_code="CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361"),
-            context)
+            reason_for_non_compliance="weak", reason_for_non_compliance_code="CERTIFICATE_KEY_VULNERABILITY_CVE-2017-15361")
 
     first = AuditTask(region=REGION, task_status="COMPLETED")
     sync_audit(hub, first, [finding(first, 1, False), finding(first, 2, False)], [], context)

@@ -8,9 +8,12 @@ report: one rejected finding neither stops the others nor passes unnoticed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: ``BatchImportFindings`` and ``BatchUpdateFindings`` accept 1..100 findings per request.
 BATCH_SIZE = 100
@@ -27,11 +30,19 @@ class BatchResult:
     batches: int = 0
 
 
-def import_findings(securityhub: Any, findings: Sequence[dict[str, Any]]) -> BatchResult:
+def batches(items: Iterable[T], size: int = BATCH_SIZE) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), drawn as they are needed: an audit
+    of a fleet with many weak keys never holds all its ASFF findings, or Security Hub's, at once."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def import_findings(securityhub: Any, findings: Iterable[dict[str, Any]]) -> BatchResult:
     """Import ``findings`` in batches of :data:`BATCH_SIZE`; per-finding failures are returned."""
     result = BatchResult()
-    for start in range(0, len(findings), BATCH_SIZE):
-        response = securityhub.batch_import_findings(Findings=list(findings[start:start + BATCH_SIZE]))
+    for batch in batches(findings):
+        response = securityhub.batch_import_findings(Findings=batch)
         result.batches += 1
         result.success_count += response.get("SuccessCount", 0)
         result.failed += response.get("FailedFindings", [])
@@ -51,14 +62,14 @@ def active_findings(securityhub: Any, product_arn: str, account_id: str, id_pref
         yield from page.get("Findings", [])
 
 
-def update_workflow(securityhub: Any, findings: Sequence[dict[str, Any]], status: str,
+def update_workflow(securityhub: Any, findings: Iterable[dict[str, Any]], status: str,
                     note: dict[str, str]) -> BatchResult:
     """Set the workflow status of ``findings`` (as ``GetFindings`` returns them) to ``status``
     with ``note`` (``Text`` and ``UpdatedBy``), in batches of :data:`BATCH_SIZE`; the findings
     Security Hub did not process are returned as failures."""
     result = BatchResult()
-    for start in range(0, len(findings), BATCH_SIZE):
-        identifiers = [{"Id": f["Id"], "ProductArn": f["ProductArn"]} for f in findings[start:start + BATCH_SIZE]]
+    for batch in batches(findings):
+        identifiers = [{"Id": f["Id"], "ProductArn": f["ProductArn"]} for f in batch]
         response = securityhub.batch_update_findings(FindingIdentifiers=identifiers, Workflow={"Status": status},
                                                      Note=note)
         result.batches += 1

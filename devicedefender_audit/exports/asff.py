@@ -17,7 +17,7 @@ fleet's current ones.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -107,11 +107,23 @@ def _other_value(value: str) -> str:
     return ",".join(kept) + f" (+{len(names) - len(kept)} more)" if kept else value[:MAX_OTHER_VALUE]
 
 
+def _account_region(finding: AuditFinding, context: AsffContext) -> tuple[str, str]:
+    """The account and region a finding is about: its certificate ARN's, else the context's."""
+    parts = certificate_arn_parts(finding.certificate_arn)
+    return (parts.account, parts.region) if parts else (context.account_id, context.region)
+
+
+def asff_id(finding: AuditFinding, context: AsffContext) -> str:
+    """The finding's ``Id``: one per account, region, check, certificate and flaw."""
+    account, region = _account_region(finding, context)
+    return (f"{PRODUCT}/{account}/{region}/{finding.check_name}/{finding.certificate_id}/"
+            f"{finding.reason_for_non_compliance_code}")
+
+
 def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
     """One ``AwsSecurityFinding`` for one audit finding."""
     parts = certificate_arn_parts(finding.certificate_arn)
-    account = parts.account if parts else context.account_id
-    region = parts.region if parts else context.region
+    account, region = _account_region(finding, context)
     code = finding.reason_for_non_compliance_code
     cve = _CVE.search(code)
     ca = finding.resource_type == "CA_CERTIFICATE"
@@ -120,7 +132,7 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
                   for key, value in exported_info(finding.non_compliant_resource.additional_info).items()}}
     document: dict[str, Any] = {
         "SchemaVersion": SCHEMA_VERSION,
-        "Id": f"{PRODUCT}/{account}/{region}/{finding.check_name}/{finding.certificate_id}/{code}",
+        "Id": asff_id(finding, context),
         "ProductArn": context.product_arn,
         "GeneratorId": f"{PRODUCT}/{finding.check_name}",
         "AwsAccountId": account,
@@ -182,17 +194,17 @@ def _ours(finding: dict[str, Any], context: AsffContext, prefix: str) -> bool:
             and finding.get("AwsAccountId") == context.account_id and finding.get("Id", "").startswith(prefix))
 
 
-def workflow_changes(active: Iterable[dict[str, Any]], sent: Iterable[dict[str, Any]], region: str,
+def workflow_changes(active: Iterable[dict[str, Any]], suppressed: Mapping[str, bool], region: str,
                      context: AsffContext) -> dict[str, list[dict[str, Any]]]:
     """The Security Hub findings (``active``, as ``GetFindings`` returns them) whose workflow
-    status must change for the audit findings just imported (``sent``), by the status to set.
+    status must change for the audit findings just imported (``suppressed``: whether each is
+    suppressed in the audit, by ``Id``), by the status to set.
 
     A finding suppressed in the audit but ``NEW`` or ``NOTIFIED`` in Security Hub (suppressed
     after its import) becomes ``SUPPRESSED``; one no longer suppressed in the audit that this
     tool suppressed (its note is :data:`NOTE_AUTHOR`'s) becomes ``NEW`` again. A finding
     someone resolved or suppressed in Security Hub by hand is left as they left it.
     """
-    suppressed = {document["Id"]: "Workflow" in document for document in sent}
     prefix = id_prefix(context.account_id, region)
     changes: dict[str, list[dict[str, Any]]] = {"SUPPRESSED": [], "NEW": []}
     for finding in active:
@@ -218,8 +230,8 @@ def _found_after(created_at: str, moment: datetime) -> bool:
     return (found if found.tzinfo else found.replace(tzinfo=utc)) > (moment if moment.tzinfo else moment.replace(tzinfo=utc))
 
 
-def resolved_findings(active: Iterable[dict[str, Any]], task: AuditTask, reported_ids: set[str],
-                      unchecked_ids: set[str], context: AsffContext) -> list[dict[str, Any]]:
+def resolved_findings(active: Iterable[dict[str, Any]], task: AuditTask, reported_ids: Container[str],
+                      unchecked_ids: Container[str], context: AsffContext) -> list[dict[str, Any]]:
     """Security Hub findings of this tool (``active``, as ``GetFindings`` returns them) that
     ``task`` shows resolved, sent back ``ARCHIVED``. Only a check that ran over every certificate
     resolves anything, and only for certificates it checked: a finding of a certificate that

@@ -8,6 +8,11 @@ replaced certificate's finding is archived wherever the audits are sent from, an
 no findings left still archives the ones it resolved. What changes is decided by
 :func:`.asff.workflow_changes` and :func:`.asff.resolved_findings`; the calls are
 :mod:`~devicedefender_audit.aws.securityhub`'s.
+
+A fleet with many weak keys (a ROCA chip in a product line) has as many findings: they are
+turned into ASFF and sent a batch at a time, and Security Hub's copies are read a page at a
+time, keeping only what is to change, so memory does not grow with them. Nothing is changed
+while the pages are read, as a finding archived under a paginator could shift its pages.
 """
 
 from __future__ import annotations
@@ -17,18 +22,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
-from devicedefender_audit.aws.securityhub import BatchResult, active_findings, import_findings, update_workflow
+from devicedefender_audit.aws.securityhub import (
+    BatchResult,
+    active_findings,
+    batches,
+    import_findings,
+    update_workflow,
+)
 from devicedefender_audit.exports.asff import (
     NOTE_AUTHOR,
     REOPENED_NOTE,
     SUPPRESSED_NOTE,
     AsffContext,
+    asff_finding,
+    asff_id,
     id_prefix,
     resolved_findings,
     workflow_changes,
 )
 from devicedefender_audit.exports.coverage import complete_checks
-from devicedefender_audit.models import AuditTask, ResourceError, unchecked
+from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError, unchecked
 
 #: The note each workflow status is set with.
 _NOTES = {"SUPPRESSED": SUPPRESSED_NOTE, "NEW": REOPENED_NOTE}
@@ -69,34 +82,39 @@ class SyncResult:
         return report
 
 
-def sync_audit(hub: Any, task: AuditTask, findings: Sequence[dict[str, Any]], errors: Sequence[ResourceError],
+def sync_audit(hub: Any, task: AuditTask, findings: Sequence[AuditFinding], errors: Sequence[ResourceError],
                context: AsffContext) -> SyncResult:
-    """Import ``findings`` (the task's, as ASFF) into ``hub`` (a ``securityhub`` client), set the
+    """Import ``findings`` (the task's) into ``hub`` (a ``securityhub`` client) as ASFF, set the
     workflow of those whose suppression changed since their import, then archive this tool's
     active findings there that ``task`` shows resolved. An audit with no findings that did not
     complete every check looks nothing up (``GetFindings`` is needed only when a workflow could
     change or something could be resolved), and only a complete one archives anything."""
-    result = SyncResult(imported=import_findings(hub, findings))
+    result = SyncResult(imported=import_findings(hub, (asff_finding(f, context) for f in findings)))
     complete = complete_checks(task)
     if not findings and not complete:
         return result
     region = task.region or context.region
+    suppressed = {asff_id(f, context): f.is_suppressed for f in findings}
+    unchecked_ids = {e.certificate_id for e in unchecked(errors)}
+    changes: dict[str, list[dict[str, str]]] = {}
+    resolved: list[dict[str, Any]] = []
     try:
-        active = list(active_findings(hub, context.product_arn, context.account_id, id_prefix(context.account_id, region)))
+        for page in batches(active_findings(hub, context.product_arn, context.account_id, id_prefix(context.account_id, region))):
+            for status, changed in workflow_changes(page, suppressed, region, context).items():
+                changes.setdefault(status, []).extend({"Id": f["Id"], "ProductArn": f["ProductArn"]} for f in changed)
+            if complete:
+                resolved += resolved_findings(page, task, suppressed, unchecked_ids, context)
     except AWS_ERRORS as exc:
         result.error = _call_error("GetFindings", exc)
         return result
     try:
-        for status, changed in workflow_changes(active, findings, region, context).items():
+        for status, changed in changes.items():
             result.workflow[status] = update_workflow(hub, changed, status,
                                                       {"Text": _NOTES[status], "UpdatedBy": NOTE_AUTHOR})
     except AWS_ERRORS as exc:
         result.error = _call_error("BatchUpdateFindings", exc)
-    if complete:
-        resolved = resolved_findings(active, task, {f["Id"] for f in findings},
-                                     {e.certificate_id for e in unchecked(errors)}, context)
-        if resolved:
-            result.archived = import_findings(hub, resolved)
+    if resolved:
+        result.archived = import_findings(hub, resolved)
     return result
 
 
