@@ -227,19 +227,22 @@ def _to_securityhub(target: AwsTarget, task: AuditTask, errors: list[ResourceErr
     from devicedefender_audit.exports.securityhub_sync import sync_audit
 
     result = sync_audit(target.client("securityhub"), task, findings, errors, context)
-    imported, archived, where = result.imported, result.archived, f"Security Hub ({target.region_name})"
-    print(f"{where}: imported {imported.success_count} of {len(findings)} finding(s) "
-          f"in {imported.batches} request(s); {len(imported.failed)} failed")
+    where = f"Security Hub ({target.region_name})"
+    print(f"{where}: imported {result.imported.success_count} of {len(findings)} finding(s) "
+          f"in {result.imported.batches} request(s); {len(result.imported.failed)} failed")
     for status, done in (("SUPPRESSED", "suppressed"), ("NEW", "reopened (suppression ended)")):
         if status in result.workflow:
             updated = result.workflow[status]
             print(f"{where}: {done} {updated.success_count} finding(s); {len(updated.failed)} failed")
-    if archived.batches:
-        print(f"{where}: archived {archived.success_count} finding(s) no longer reported; {len(archived.failed)} failed")
+    if result.archived.batches:
+        print(f"{where}: archived {result.archived.success_count} finding(s) no longer reported; "
+              f"{len(result.archived.failed)} failed")
     for failure in result.failures:
         print(f"error: {failure.get('Id')}: {failure.get('ErrorCode')}: {failure.get('ErrorMessage')}",
               file=sys.stderr)
-    if result.error:
-        print(f"error: Security Hub not brought up to date (suppressions, resolved findings): {result.error}",
-              file=sys.stderr)
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if result.lookup_error:
+        print("error: this tool's findings in Security Hub could not be looked up: no suppression was carried "
+              "over and nothing was archived", file=sys.stderr)
     return cli.EXIT_FAILED if result.failed else cli.EXIT_OK

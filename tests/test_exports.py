@@ -113,6 +113,31 @@ def test_security_hub_sync_turns_findings_into_asff_a_batch_at_a_time(aws, monke
     assert events == ["asff"] * 100 + ["import"] + ["asff"] * 100 + ["import"] + ["asff"] * 50 + ["import"]
 
 
+def test_an_import_call_refused_midway_keeps_the_count_of_the_batches_before_it(aws, monkeypatch):
+    """A BatchImportFindings call that fails as a whole (denied, throttled past the retries)
+    raised out of the sync, losing the count of the findings Security Hub already held."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.securityhub.models import SecurityHubBackend
+
+    from devicedefender_audit.exports.securityhub_sync import sync_audit
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    original, calls = SecurityHubBackend.batch_import_findings, []
+
+    def second_refused(self, findings):
+        calls.append(len(findings))
+        if len(calls) == 2:
+            raise JsonRESTError("AccessDeniedException", "not authorized")
+        return original(self, findings)
+
+    monkeypatch.setattr(SecurityHubBackend, "batch_import_findings", second_refused)
+    task = AuditTask(region=REGION)
+    result = sync_audit(hub, task, [_finding(task, n) for n in range(250)], [], AsffContext(ACCOUNT, REGION))
+    assert calls == [100, 100] and result.imported.success_count == 100 and result.failed
+    assert result.errors == ["securityhub:BatchImportFindings: AccessDeniedException: not authorized"]
+
+
 def test_failed_findings_are_reported_not_dropped(aws, capsys, monkeypatch):
     from devicedefender_audit.exports import securityhub_sync
 

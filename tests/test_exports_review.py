@@ -357,8 +357,8 @@ def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_
     assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
     captured = capsys.readouterr()
     assert "imported 1 of 1" in captured.out
-    assert ("error: Security Hub not brought up to date (suppressions, resolved findings): "
-            "securityhub:GetFindings: AccessDeniedException" in captured.err)
+    assert "error: securityhub:GetFindings: AccessDeniedException: not authorized" in captured.err
+    assert "could not be looked up: no suppression was carried over and nothing was archived" in captured.err
 
 
 def _workflows(hub) -> dict[int, tuple[str, str | None]]:
@@ -413,15 +413,29 @@ def test_to_securityhub_carries_suppressions_made_or_ended_after_the_import(aws,
     assert "suppressed" not in export() and "reopened" not in export()  # nothing changed: no call
 
 
+def _refuse_batch_update_findings(monkeypatch, refused) -> None:
+    """Security Hub answers the ``BatchUpdateFindings`` calls for which ``refused(workflow)`` is
+    true with AccessDeniedException (a role without the permission, or one call of a series)."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.securityhub.models import SecurityHubBackend
+
+    original = SecurityHubBackend.batch_update_findings
+
+    def answer(self, identifiers, workflow, note):
+        if refused(workflow):
+            raise JsonRESTError("AccessDeniedException", "not authorized")
+        return original(self, identifiers, workflow, note)
+
+    monkeypatch.setattr(SecurityHubBackend, "batch_update_findings", answer)
+
+
 def test_to_securityhub_without_batch_update_findings_says_so_and_still_archives(aws, tmp_path, capsys,
                                                                                  monkeypatch):
     """A role without securityhub:BatchUpdateFindings (a stack from before it was needed) fails
     the export with one line naming the call; the import and the archiving are still done."""
     import boto3
-    from botocore.exceptions import ClientError
 
     from devicedefender_audit.cli import EXIT_FAILED, EXIT_OK, main
-    from devicedefender_audit.exports import securityhub_sync
     from devicedefender_audit.models import AuditCheckDetails
 
     hub = boto3.client("securityhub", region_name=REGION)
@@ -429,12 +443,7 @@ def test_to_securityhub_without_batch_update_findings_says_so_and_still_archives
     store_path = tmp_path / "a.sqlite3"
     _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2)])
     assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
-
-    def denied(*args, **kwargs):
-        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}},
-                          "BatchUpdateFindings")
-
-    monkeypatch.setattr(securityhub_sync, "update_workflow", denied)
+    _refuse_batch_update_findings(monkeypatch, lambda workflow: True)
 
     def complete(task: AuditTask) -> list[AuditFinding]:  # 1 is suppressed now, 2 was fixed
         task.audit_details = {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
@@ -447,9 +456,89 @@ def test_to_securityhub_without_batch_update_findings_says_so_and_still_archives
     assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
     captured = capsys.readouterr()
     assert "imported 1 of 1" in captured.out and "archived 1 finding(s)" in captured.out
-    assert ("error: Security Hub not brought up to date (suppressions, resolved findings): "
-            "securityhub:BatchUpdateFindings: AccessDeniedException: not authorized") in captured.err
+    assert "suppressed 0 finding(s)" in captured.out
+    assert "error: securityhub:BatchUpdateFindings: AccessDeniedException: not authorized" in captured.err
     assert _workflows(hub)[1] == ("NEW", None)
+
+
+def test_a_failed_workflow_call_keeps_what_the_calls_before_it_did(aws, tmp_path, capsys, monkeypatch):
+    """One BatchUpdateFindings call failing as a whole lost the count of the batches before it
+    (which Security Hub had applied) and kept the other status from being set at all."""
+    import boto3
+
+    from devicedefender_audit.cli import EXIT_FAILED, EXIT_OK, main
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    numbers = [*range(1, 151), 900]
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n == 900) for n in numbers])
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+    calls: list[str] = []
+
+    def second_suppression_call(workflow) -> bool:
+        calls.append(workflow["Status"])
+        return workflow["Status"] == "SUPPRESSED" and calls.count("SUPPRESSED") == 2
+
+    _refuse_batch_update_findings(monkeypatch, second_suppression_call)
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n != 900) for n in numbers])
+    capsys.readouterr()
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "suppressed 100 finding(s); 0 failed" in captured.out
+    assert "reopened (suppression ended) 1 finding(s); 0 failed" in captured.out
+    assert "error: securityhub:BatchUpdateFindings: AccessDeniedException" in captured.err
+    states = _workflows(hub)
+    assert sum(state == ("SUPPRESSED", "devicedefender-audit") for state in states.values()) == 100
+    assert states[900] == ("NEW", "devicedefender-audit")
+
+
+def test_a_workflow_set_by_hand_after_this_tools_is_left_as_it_is(aws, tmp_path, capsys):
+    """This tool's note stays on a finding when someone changes its status without one (the
+    console does), so the note alone cannot say who set the status: an analyst who reopened a
+    finding the tool suppressed, or suppressed one it had reopened, was overruled by the next
+    export, and the analyst's own note erased."""
+    import boto3
+
+    from devicedefender_audit.cli import EXIT_OK, main
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+
+    def export() -> str:
+        capsys.readouterr()
+        assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+        return capsys.readouterr().out
+
+    def by_hand(number: int, status: str, note: dict[str, str] | None = None) -> None:
+        [finding] = [f for f in _hub_findings(hub).values()
+                     if f["Resources"][0]["Details"]["Other"]["deviceCertificateId"] == f"{number:064x}"]
+        hub.batch_update_findings(FindingIdentifiers=[{"Id": finding["Id"], "ProductArn": finding["ProductArn"]}],
+                                  Workflow={"Status": status}, **({"Note": note} if note else {}))
+
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n in (1, 2)) for n in (1, 2, 3)])
+    export()  # 1 and 2 are created suppressed by this tool; 3 is open
+    by_hand(1, "NEW")  # reopened in the console: this tool's note stays
+    by_hand(2, "NEW", {"Text": "not accepted: replace the devices", "UpdatedBy": "alice"})
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n in (1, 2)) for n in (1, 2, 3)])
+    assert "suppressed" not in export()
+    ours = "devicedefender-audit"
+    assert _workflows(hub) == {1: ("NEW", ours), 2: ("NEW", "alice"), 3: ("NEW", None)}
+
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n == 3) for n in (1, 2, 3)])
+    assert "suppressed 1 finding(s)" in export()  # 3: nobody had set its workflow
+    by_hand(3, "NEW")
+    _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2, 3)])
+    assert "reopened" not in export()  # reopened by hand already
+    assert _workflows(hub) == {1: ("NEW", ours), 2: ("NEW", "alice"), 3: ("NEW", ours)}
+    # A status set by hand to the very one this tool's note was written with cannot be told
+    # from the tool's own: it is taken for the tool's, and reopened when the audit has it open,
+    # so the ambiguity shows a finding rather than hides one.
+    by_hand(1, "SUPPRESSED")
+    _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2, 3)])
+    assert "reopened (suppression ended) 1 finding(s)" in export()
+    assert _workflows(hub)[1] == ("NEW", ours)
 
 
 def test_output_that_fails_mid_write_leaves_the_previous_file_whole(aws_env, tmp_path):

@@ -3,7 +3,9 @@
 
 Both batch APIs take at most 100 findings per call and report per-finding failures in the
 answer rather than failing the call, so failures are collected and returned for the caller to
-report: one rejected finding neither stops the others nor passes unnoticed.
+report: one rejected finding neither stops the others nor passes unnoticed. A call that fails as
+a whole (denied, throttled past the retries, no connection) ends its series; what the batches
+before it did is kept and reported beside the error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, TypeVar
+
+from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
 
 T = TypeVar("T")
 
@@ -24,10 +28,13 @@ class BatchResult:
     """What a series of batch calls did."""
 
     success_count: int = 0
-    #: The findings refused, as ``BatchImportFindings``' ``FailedFindings`` entries: ``Id``,
-    #: ``ErrorCode``, ``ErrorMessage``.
+    #: The findings refused, each as ``Id``, ``ErrorCode``, ``ErrorMessage`` (``BatchImportFindings``'
+    #: ``FailedFindings`` entries; ``BatchUpdateFindings``' ``UnprocessedFindings`` in that shape).
     failed: list[dict[str, str]] = field(default_factory=list)
     batches: int = 0
+    #: Why a call failed as a whole (``securityhub:Operation: Code: message``); the findings of
+    #: its batch and of those after it were not sent.
+    error: str | None = None
 
 
 def batches(items: Iterable[T], size: int = BATCH_SIZE) -> Iterator[list[T]]:
@@ -42,7 +49,11 @@ def import_findings(securityhub: Any, findings: Iterable[dict[str, Any]]) -> Bat
     """Import ``findings`` in batches of :data:`BATCH_SIZE`; per-finding failures are returned."""
     result = BatchResult()
     for batch in batches(findings):
-        response = securityhub.batch_import_findings(Findings=batch)
+        try:
+            response = securityhub.batch_import_findings(Findings=batch)
+        except AWS_ERRORS as exc:
+            result.error = call_error("BatchImportFindings", exc)
+            break
         result.batches += 1
         result.success_count += response.get("SuccessCount", 0)
         result.failed += response.get("FailedFindings", [])
@@ -70,10 +81,19 @@ def update_workflow(securityhub: Any, findings: Iterable[dict[str, Any]], status
     result = BatchResult()
     for batch in batches(findings):
         identifiers = [{"Id": f["Id"], "ProductArn": f["ProductArn"]} for f in batch]
-        response = securityhub.batch_update_findings(FindingIdentifiers=identifiers, Workflow={"Status": status},
-                                                     Note=note)
+        try:
+            response = securityhub.batch_update_findings(FindingIdentifiers=identifiers, Workflow={"Status": status},
+                                                         Note=note)
+        except AWS_ERRORS as exc:
+            result.error = call_error("BatchUpdateFindings", exc)
+            break
         result.batches += 1
         result.success_count += len(response.get("ProcessedFindings", []))
         result.failed += [{"Id": (u.get("FindingIdentifier") or {}).get("Id", ""), "ErrorCode": u.get("ErrorCode", ""),
                            "ErrorMessage": u.get("ErrorMessage", "")} for u in response.get("UnprocessedFindings", [])]
     return result
+
+
+def call_error(operation: str, exc: Exception) -> str:
+    """One line for a Security Hub call that failed as a whole, naming the call."""
+    return f"securityhub:{operation}: {aws_error_code(exc)}: {aws_error_message(exc)}"

@@ -47,9 +47,11 @@ CA_RECOMMENDATION = (
 #: ``Note.UpdatedBy`` of the notes this tool writes: a suppression is lifted in Security Hub only
 #: where this tool made it, never where someone suppressed a finding there by hand.
 NOTE_AUTHOR = PRODUCT
-SUPPRESSED_NOTE = ("Accepted with an audit suppression in devicedefender-audit (CreateAuditSuppression); "
-                   "the finding is reopened here when the suppression ends.")
+SUPPRESSED_NOTE = ("Accepted with an audit suppression in devicedefender-audit (CreateAuditSuppression). "
+                   "While this note and status stand, the tool reopens the finding when the suppression ends.")
 REOPENED_NOTE = "The audit suppression in devicedefender-audit ended: the finding is open again."
+#: The workflow status each of this tool's notes is written with.
+_NOTE_STATUS = {SUPPRESSED_NOTE: "SUPPRESSED", REOPENED_NOTE: "NEW"}
 
 #: A device certificate's ARN (``cert/``) or a CA certificate's (``cacert/``).
 _CERT_ARN = re.compile(r"arn:(?P<partition>[\w-]+):iot:(?P<region>[\w-]+):(?P<account>\d{12}):(?:ca)?cert/[0-9a-fA-F]+")
@@ -198,12 +200,14 @@ def workflow_changes(active: Iterable[dict[str, Any]], suppressed: Mapping[str, 
                      context: AsffContext) -> dict[str, list[dict[str, Any]]]:
     """The Security Hub findings (``active``, as ``GetFindings`` returns them) whose workflow
     status must change for the audit findings just imported (``suppressed``: whether each is
-    suppressed in the audit, by ``Id``), by the status to set.
+    suppressed in the audit, by ``Id``), by the status to set: ``SUPPRESSED`` for one suppressed
+    in the audit since its import, ``NEW`` for one whose suppression in the audit ended.
 
-    A finding suppressed in the audit but ``NEW`` or ``NOTIFIED`` in Security Hub (suppressed
-    after its import) becomes ``SUPPRESSED``; one no longer suppressed in the audit that this
-    tool suppressed (its note is :data:`NOTE_AUTHOR`'s) becomes ``NEW`` again. A finding
-    someone resolved or suppressed in Security Hub by hand is left as they left it.
+    Only a workflow that is this tool's to change is changed: one nobody has set (no note,
+    ``NEW`` or ``NOTIFIED``), or one this tool set, as its note says (the note is
+    :data:`NOTE_AUTHOR`'s and the status the one written with it). A note of someone else's,
+    a status changed by hand since this tool's note (the console changes it without one), or a
+    finding resolved or suppressed by hand is a person's decision, and is left as it is.
     """
     prefix = id_prefix(context.account_id, region)
     changes: dict[str, list[dict[str, Any]]] = {"SUPPRESSED": [], "NEW": []}
@@ -211,10 +215,15 @@ def workflow_changes(active: Iterable[dict[str, Any]], suppressed: Mapping[str, 
         if not _ours(finding, context, prefix) or finding["Id"] not in suppressed:
             continue
         status = (finding.get("Workflow") or {}).get("Status", "NEW")
-        if suppressed[finding["Id"]] and status in ("NEW", "NOTIFIED"):
+        note = finding.get("Note") or {}
+        if note:
+            if note.get("UpdatedBy") != NOTE_AUTHOR or _NOTE_STATUS.get(note.get("Text", "")) != status:
+                continue
+        elif status not in ("NEW", "NOTIFIED"):
+            continue
+        if suppressed[finding["Id"]] and status != "SUPPRESSED":
             changes["SUPPRESSED"].append(finding)
-        elif (not suppressed[finding["Id"]] and status == "SUPPRESSED"
-              and (finding.get("Note") or {}).get("UpdatedBy") == NOTE_AUTHOR):
+        elif not suppressed[finding["Id"]] and status == "SUPPRESSED":
             changes["NEW"].append(finding)
     return {status: findings for status, findings in changes.items() if findings}
 

@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devicedefender_audit.aws.errors import AWS_ERRORS, aws_error_code, aws_error_message
+from devicedefender_audit.aws.errors import AWS_ERRORS
 from devicedefender_audit.aws.securityhub import (
     BatchResult,
     active_findings,
     batches,
+    call_error,
     import_findings,
     update_workflow,
 )
@@ -58,17 +59,26 @@ class SyncResult:
     workflow: dict[str, BatchResult] = field(default_factory=dict)
     #: The archiving import (``RecordState`` ``ARCHIVED``); empty when nothing was resolved.
     archived: BatchResult = field(default_factory=BatchResult)
-    #: Why this tool's findings could not be looked up or their workflow set (a call refused).
-    error: str | None = None
+    #: Why this tool's findings in Security Hub could not be looked up (``GetFindings``), so
+    #: that no workflow was set and nothing archived.
+    lookup_error: str | None = None
+
+    def _parts(self) -> list[BatchResult]:
+        return [self.imported, *self.workflow.values(), self.archived]
 
     @property
     def failures(self) -> list[dict[str, str]]:
         """Every finding refused, by any call."""
-        return [failure for part in (self.imported, *self.workflow.values(), self.archived) for failure in part.failed]
+        return [failure for part in self._parts() for failure in part.failed]
+
+    @property
+    def errors(self) -> list[str]:
+        """Every call that failed as a whole."""
+        return [e for e in [*(part.error for part in self._parts()), self.lookup_error] if e]
 
     @property
     def failed(self) -> bool:
-        return bool(self.failures or self.error)
+        return bool(self.failures or self.errors)
 
     def to_json(self) -> dict[str, Any]:
         """The Lambda report's ``securityHub`` member."""
@@ -77,8 +87,8 @@ class SyncResult:
                                   "reopened": self.workflow.get("NEW", BatchResult()).success_count,
                                   "workflowFailed": [f for part in self.workflow.values() for f in part.failed],
                                   "archived": self.archived.success_count, "archiveFailed": self.archived.failed}
-        if self.error:
-            report["error"] = self.error
+        if self.errors:
+            report["errors"] = self.errors
         return report
 
 
@@ -88,7 +98,8 @@ def sync_audit(hub: Any, task: AuditTask, findings: Sequence[AuditFinding], erro
     workflow of those whose suppression changed since their import, then archive this tool's
     active findings there that ``task`` shows resolved. An audit with no findings that did not
     complete every check looks nothing up (``GetFindings`` is needed only when a workflow could
-    change or something could be resolved), and only a complete one archives anything."""
+    change or something could be resolved), and only a complete one archives anything. Each
+    step is done even when one before it failed, as far as it can be."""
     result = SyncResult(imported=import_findings(hub, (asff_finding(f, context) for f in findings)))
     complete = complete_checks(task)
     if not findings and not complete:
@@ -105,18 +116,10 @@ def sync_audit(hub: Any, task: AuditTask, findings: Sequence[AuditFinding], erro
             if complete:
                 resolved += resolved_findings(page, task, suppressed, unchecked_ids, context)
     except AWS_ERRORS as exc:
-        result.error = _call_error("GetFindings", exc)
+        result.lookup_error = call_error("GetFindings", exc)
         return result
-    try:
-        for status, changed in changes.items():
-            result.workflow[status] = update_workflow(hub, changed, status,
-                                                      {"Text": _NOTES[status], "UpdatedBy": NOTE_AUTHOR})
-    except AWS_ERRORS as exc:
-        result.error = _call_error("BatchUpdateFindings", exc)
+    for status, changed in changes.items():
+        result.workflow[status] = update_workflow(hub, changed, status, {"Text": _NOTES[status], "UpdatedBy": NOTE_AUTHOR})
     if resolved:
         result.archived = import_findings(hub, resolved)
     return result
-
-
-def _call_error(operation: str, exc: Exception) -> str:
-    return f"securityhub:{operation}: {aws_error_code(exc)}: {aws_error_message(exc)}"
