@@ -36,7 +36,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devicedefender_audit.audit import Audit
 from devicedefender_audit.aws.clients import AwsTarget
@@ -49,6 +49,9 @@ from devicedefender_audit.exports.safety import safe_value
 from devicedefender_audit.fleet_run import account_region_failure
 from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
 from devicedefender_audit.store import Store, StoreError, open_store, partition_location
+
+if TYPE_CHECKING:
+    from devicedefender_audit.exports.securityhub_sync import SyncResult
 
 #: Findings named in one notification; the rest are counted (SNS messages are capped at 256 KB).
 NOTIFIED_FINDINGS = 50
@@ -149,14 +152,14 @@ def notify(topic_arn: str, report: dict[str, Any], title: str) -> None:
 
 
 def _to_securityhub(target: AwsTarget, account_id: str, task: AuditTask, findings: Sequence[AuditFinding],
-                    errors: Sequence[ResourceError]) -> dict[str, Any]:
+                    errors: Sequence[ResourceError]) -> SyncResult:
     """Import the audit's findings, carry suppressions over and archive the ones it shows resolved
     (:func:`~devicedefender_audit.exports.securityhub_sync.sync_audit`, as ``export --to-securityhub``)."""
     from devicedefender_audit.exports.asff import AsffContext
     from devicedefender_audit.exports.securityhub_sync import sync_audit
 
     context = AsffContext(account_id=account_id, region=target.region_name or "")
-    return sync_audit(target.client("securityhub"), task, findings, errors, context).to_json()
+    return sync_audit(target.client("securityhub"), task, findings, errors, context)
 
 
 def configured_checks(store: Store) -> list[str]:
@@ -184,14 +187,20 @@ def _open_partition(settings: AuditSettings, account_id: str, region: str) -> tu
 
 def _reported(task: AuditTask, store: Store, target: AwsTarget, account_id: str,
               settings: AuditSettings) -> dict[str, Any]:
-    """One finished audit's summary, notified when it found something or could not check
-    everything, its findings imported into Security Hub when asked."""
+    """One finished audit's summary, its findings imported into Security Hub when asked, notified
+    when it found something or could not check everything, or Security Hub could not be brought
+    up to date: a scheduled invocation's result is read by no one, so a sync that failed (a role
+    without a permission it needs) would otherwise leave Security Hub stale in silence. The sync
+    comes first, so that the notification says how it went."""
     findings = list(store.findings(task.task_id))
     report = summary(task, findings)
-    if settings.sns_topic_arn and report["exitCode"] != EXIT_OK:
-        notify(settings.sns_topic_arn, report, f"devicedefender-audit {account_id} {task.region}")
+    sync_failed = False
     if settings.to_securityhub:  # also with no findings: the ones this audit resolved are archived
-        report["securityHub"] = _to_securityhub(target, account_id, task, findings, list(store.errors(task.task_id)))
+        sync = _to_securityhub(target, account_id, task, findings, list(store.errors(task.task_id)))
+        report["securityHub"], sync_failed = sync.to_json(), sync.failed
+    if settings.sns_topic_arn and (report["exitCode"] != EXIT_OK or sync_failed):
+        title = f"devicedefender-audit {account_id} {task.region}"
+        notify(settings.sns_topic_arn, report, f"{title}: Security Hub sync failed" if sync_failed else title)
     return report
 
 

@@ -76,6 +76,34 @@ def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, io
     assert finding["RecordState"] == "ARCHIVED"
 
 
+def test_a_security_hub_sync_that_failed_is_notified_even_after_a_clean_audit(monkeypatch, tmp_path, iot, topic_arn,
+                                                                              fresh_rsa_key):
+    """A scheduled invocation's result is read by no one: a role that may not read this tool's
+    findings back (GetFindings) left Security Hub stale in silence after a clean audit, and a
+    weak-key notification went out before the sync, without saying how it went."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.securityhub.models import SecurityHubBackend
+
+    def refused(self, **_):
+        raise JsonRESTError("AccessDeniedException", "not authorized")
+
+    monkeypatch.setattr(SecurityHubBackend, "get_findings", refused)
+    register(iot, issue_certificate(fresh_rsa_key))
+    boto3.client("securityhub", region_name=REGION).enable_security_hub()
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("DDA_STORE", str(tmp_path / "lambda.sqlite3"))
+    monkeypatch.setenv("DDA_SNS_TOPIC_ARN", topic_arn)
+    monkeypatch.setenv("DDA_SECURITYHUB", "true")
+
+    [report] = scheduled_audit({"regions": [REGION]}, None)["audits"]
+
+    assert (report["exitCode"], report["checkRunStatus"]) == (0, "COMPLETED_COMPLIANT")
+    assert report["securityHub"]["errors"] == ["securityhub:GetFindings: AccessDeniedException: not authorized"]
+    [(subject, message)] = sns_notifications(topic_arn)
+    assert subject.startswith(f"devicedefender-audit {ACCOUNT} {REGION}: Security Hub sync failed: 0 non-compliant")
+    assert "securityhub:GetFindings: AccessDeniedException" in message
+
+
 def test_scheduled_audit_defaults_to_the_functions_region(monkeypatch, tmp_path, aws):
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("DDA_STORE", str(tmp_path / "lambda.sqlite3"))
