@@ -493,6 +493,45 @@ def test_a_failed_workflow_call_keeps_what_the_calls_before_it_did(aws, tmp_path
     assert states[900] == ("NEW", "devicedefender-audit")
 
 
+def test_a_finding_refused_for_a_passing_reason_is_sent_once_more(aws, tmp_path, capsys, monkeypatch):
+    """Security Hub refuses an update that meets an import still being processed
+    (ConcurrentUpdateError), and the sync updates findings it has just imported: each such
+    finding is sent once more after a pause, and only a second refusal is a failure."""
+    import boto3
+    from moto.securityhub.models import SecurityHubBackend
+
+    from devicedefender_audit.aws import securityhub
+    from devicedefender_audit.cli import EXIT_FAILED, EXIT_OK, main
+
+    monkeypatch.setattr(securityhub, "RETRY_PAUSE", 0)
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2, 3)])
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+    original, calls = SecurityHubBackend.batch_update_findings, []
+    busy = {1: 1, 2: 2}  # how many attempts Security Hub refuses, by certificate
+
+    def concurrent(self, identifiers, workflow, note):
+        calls.append(len(identifiers))
+        refused = [i for i in identifiers if busy.get(int(i["Id"].split("/")[4], 16), 0) > 0]
+        for identifier in refused:
+            busy[int(identifier["Id"].split("/")[4], 16)] -= 1
+        processed, unprocessed = original(self, [i for i in identifiers if i not in refused], workflow, note)
+        return processed, unprocessed + [{"FindingIdentifier": i, "ErrorCode": "ConcurrentUpdateError",
+                                          "ErrorMessage": "busy"} for i in refused]
+
+    monkeypatch.setattr(SecurityHubBackend, "batch_update_findings", concurrent)
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=True) for n in (1, 2, 3)])
+    capsys.readouterr()
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert calls == [3, 2]  # all three, then the two refused
+    assert "suppressed 2 finding(s); 1 failed" in captured.out
+    assert f"/{2:064x}/" in captured.err and "ConcurrentUpdateError: busy" in captured.err
+    assert {n: state[0] for n, state in _workflows(hub).items()} == {1: "SUPPRESSED", 2: "NEW", 3: "SUPPRESSED"}
+
+
 def test_a_workflow_set_by_hand_after_this_tools_is_left_as_it_is(aws, tmp_path, capsys):
     """This tool's note stays on a finding when someone changes its status without one (the
     console does), so the note alone cannot say who set the status: an analyst who reopened a

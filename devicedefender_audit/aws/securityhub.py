@@ -10,6 +10,7 @@ before it did is kept and reported beside the error.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -29,7 +30,8 @@ class BatchResult:
 
     success_count: int = 0
     #: The findings refused, each as ``Id``, ``ErrorCode``, ``ErrorMessage`` (``BatchImportFindings``'
-    #: ``FailedFindings`` entries; ``BatchUpdateFindings``' ``UnprocessedFindings`` in that shape).
+    #: ``FailedFindings`` entries; ``BatchUpdateFindings``' ``UnprocessedFindings`` in that shape,
+    #: with the finding's ``ProductArn``).
     failed: list[dict[str, str]] = field(default_factory=list)
     batches: int = 0
     #: Why a call failed as a whole (``securityhub:Operation: Code: message``); the findings of
@@ -73,11 +75,34 @@ def active_findings(securityhub: Any, product_arn: str, account_id: str, id_pref
         yield from page.get("Findings", [])
 
 
+#: ``UnprocessedFindings`` codes a later attempt may not meet: Security Hub answers
+#: ``ConcurrentUpdateError`` when an update meets an import still being processed, and the sync
+#: updates findings it has just imported. Such findings are sent once more after
+#: :data:`RETRY_PAUSE` seconds; a second refusal is reported (the next sync tries again).
+TRANSIENT_CODES = frozenset({"ConcurrentUpdateError", "InternalFailure"})
+RETRY_PAUSE = 2.0
+
+
 def update_workflow(securityhub: Any, findings: Iterable[dict[str, Any]], status: str,
                     note: dict[str, str]) -> BatchResult:
-    """Set the workflow status of ``findings`` (as ``GetFindings`` returns them) to ``status``
-    with ``note`` (``Text`` and ``UpdatedBy``), in batches of :data:`BATCH_SIZE`; the findings
-    Security Hub did not process are returned as failures."""
+    """Set the workflow status of ``findings`` (``Id`` and ``ProductArn``, as ``GetFindings``
+    returns them) to ``status`` with ``note`` (``Text`` and ``UpdatedBy``), in batches of
+    :data:`BATCH_SIZE`; the findings Security Hub did not process, after one more attempt for
+    those refused for a passing reason (:data:`TRANSIENT_CODES`), are returned as failures."""
+    result = _update_workflow(securityhub, findings, status, note)
+    transient = [failure for failure in result.failed if failure["ErrorCode"] in TRANSIENT_CODES]
+    if transient and result.error is None:
+        time.sleep(RETRY_PAUSE)
+        again = _update_workflow(securityhub, transient, status, note)
+        result.failed = [failure for failure in result.failed if failure not in transient] + again.failed
+        result.success_count += again.success_count
+        result.batches += again.batches
+        result.error = again.error
+    return result
+
+
+def _update_workflow(securityhub: Any, findings: Iterable[dict[str, Any]], status: str,
+                     note: dict[str, str]) -> BatchResult:
     result = BatchResult()
     for batch in batches(findings):
         identifiers = [{"Id": f["Id"], "ProductArn": f["ProductArn"]} for f in batch]
@@ -89,8 +114,9 @@ def update_workflow(securityhub: Any, findings: Iterable[dict[str, Any]], status
             break
         result.batches += 1
         result.success_count += len(response.get("ProcessedFindings", []))
-        result.failed += [{"Id": (u.get("FindingIdentifier") or {}).get("Id", ""), "ErrorCode": u.get("ErrorCode", ""),
-                           "ErrorMessage": u.get("ErrorMessage", "")} for u in response.get("UnprocessedFindings", [])]
+        result.failed += [{**{key: (u.get("FindingIdentifier") or {}).get(key, "") for key in ("Id", "ProductArn")},
+                           "ErrorCode": u.get("ErrorCode", ""), "ErrorMessage": u.get("ErrorMessage", "")}
+                          for u in response.get("UnprocessedFindings", [])]
     return result
 
 
