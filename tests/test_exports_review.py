@@ -361,6 +361,15 @@ def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_
     assert "could not be looked up: no suppression was carried over and nothing was archived" in captured.err
 
 
+def _exported(store_path, capsys) -> str:
+    """What ``export --to-securityhub`` of the store's latest audit printed; it must succeed."""
+    from devicedefender_audit.cli import EXIT_OK, main
+
+    capsys.readouterr()
+    assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
+    return capsys.readouterr().out
+
+
 def _workflows(hub) -> dict[int, tuple[str, str | None]]:
     """(workflow status, note author) of each finding in Security Hub, by certificate number."""
     return {int(f["Resources"][0]["Details"]["Other"]["deviceCertificateId"], 16):
@@ -375,16 +384,13 @@ def test_to_securityhub_carries_suppressions_made_or_ended_after_the_import(aws,
     someone resolved or suppressed in Security Hub by hand."""
     import boto3
 
-    from devicedefender_audit.cli import EXIT_OK, main
 
     hub = boto3.client("securityhub", region_name=REGION)
     hub.enable_security_hub()
     store_path = tmp_path / "a.sqlite3"
 
     def export() -> str:
-        capsys.readouterr()
-        assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
-        return capsys.readouterr().out
+        return _exported(store_path, capsys)
 
     def audit(suppressed: set[int], numbers=(1, 2, 3, 4, 5)) -> None:
         _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n in suppressed) for n in numbers])
@@ -539,16 +545,13 @@ def test_a_workflow_set_by_hand_after_this_tools_is_left_as_it_is(aws, tmp_path,
     export, and the analyst's own note erased."""
     import boto3
 
-    from devicedefender_audit.cli import EXIT_OK, main
 
     hub = boto3.client("securityhub", region_name=REGION)
     hub.enable_security_hub()
     store_path = tmp_path / "a.sqlite3"
 
     def export() -> str:
-        capsys.readouterr()
-        assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_OK
-        return capsys.readouterr().out
+        return _exported(store_path, capsys)
 
     def by_hand(number: int, status: str, note: dict[str, str] | None = None) -> None:
         [finding] = [f for f in _hub_findings(hub).values()

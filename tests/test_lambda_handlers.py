@@ -36,14 +36,19 @@ def _registration_event(certificate_id: str) -> dict:
             "certificateRegistrationTimestamp": "1735689600000"}
 
 
-def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, iot, topic_arn, fresh_rsa_key):
-    roca = register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter")
-    register(iot, issue_certificate(fresh_rsa_key))
+def _audit_function_to_security_hub(monkeypatch, tmp_path, topic_arn: str) -> None:
+    """The audit function's settings, notifying ``topic_arn`` and importing into an enabled hub."""
     boto3.client("securityhub", region_name=REGION).enable_security_hub()
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("DDA_STORE", str(tmp_path / "lambda.sqlite3"))
     monkeypatch.setenv("DDA_SNS_TOPIC_ARN", topic_arn)
     monkeypatch.setenv("DDA_SECURITYHUB", "true")
+
+
+def test_scheduled_audit_notifies_and_imports_findings(monkeypatch, tmp_path, iot, topic_arn, fresh_rsa_key):
+    roca = register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter")
+    register(iot, issue_certificate(fresh_rsa_key))
+    _audit_function_to_security_hub(monkeypatch, tmp_path, topic_arn)
 
     result = scheduled_audit({"regions": [REGION, "eu-west-1"]}, None)
 
@@ -89,11 +94,7 @@ def test_a_security_hub_sync_that_failed_is_notified_even_after_a_clean_audit(mo
 
     monkeypatch.setattr(SecurityHubBackend, "get_findings", refused)
     register(iot, issue_certificate(fresh_rsa_key))
-    boto3.client("securityhub", region_name=REGION).enable_security_hub()
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("DDA_STORE", str(tmp_path / "lambda.sqlite3"))
-    monkeypatch.setenv("DDA_SNS_TOPIC_ARN", topic_arn)
-    monkeypatch.setenv("DDA_SECURITYHUB", "true")
+    _audit_function_to_security_hub(monkeypatch, tmp_path, topic_arn)
 
     [report] = scheduled_audit({"regions": [REGION]}, None)["audits"]
 
