@@ -139,9 +139,7 @@ class KeyCheck:
     def _reparse(description: Description, outcome: KeyOutcome) -> PublicKeyInfo:
         """Try today's parser on a PEM an older one could not read; raises if it still cannot."""
         if description.unparsed_pem is None:  # not kept (a private key, an oversized answer): as first reported
-            error = KeyMaterialError(description.error_message or "no key stored")
-            error.error_code = description.error_code or error.error_code
-            raise error
+            raise KeyMaterialError(description.error_message or "no key stored", description.error_code)
         key = certificate_public_key(description.unparsed_pem)
         outcome.reparsed = Description(description.certificate_id, spki=key.spki, key_algorithm=key.algorithm,
                                        key_bits=key.bits)

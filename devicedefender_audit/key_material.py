@@ -64,9 +64,16 @@ _ENCRYPTED_HINT = (
 
 
 class KeyMaterialError(ValueError):
-    """Input that cannot be turned into a checkable public key."""
+    """Input that cannot be turned into a checkable public key. ``error_code`` is the class's
+    unless given: an error reported earlier and stored (a key not kept) is raised again with
+    the code it was first reported with."""
 
     error_code = "MALFORMED_CERTIFICATE"
+
+    def __init__(self, message: str, error_code: str | None = None) -> None:
+        super().__init__(message)
+        if error_code:
+            self.error_code = error_code
 
 
 class KeyTooLargeError(KeyMaterialError):

@@ -105,9 +105,15 @@ def test_an_oversized_certificate_pem_is_not_kept_and_a_dynamodb_store_survives_
 def test_a_certificate_pem_that_is_not_text_is_a_resource_error(client, pem):
     listed = row()
     fleet_of_one(client, pem, listed)
-    audited = run_audit(client, [RocaDetector()], workers=1)
+    store = open_store(":memory:")
+    audited = run_audit(client, [RocaDetector()], store, workers=1)
     assert [(e.certificate_id, e.error_code) for e in audited.errors] == [(listed["certificateId"],
                                                                           "MALFORMED_RESPONSE")]
+    # The next audit reads the certificate from the store and reports it with the same code.
+    again = run_audit(client, [RocaDetector()], store, workers=1)
+    assert again.task.progress.described_certificates == 0
+    assert [(e.certificate_id, e.error_code) for e in again.errors] == [(listed["certificateId"],
+                                                                        "MALFORMED_RESPONSE")]
     assert audited.task.task_status is AuditTaskStatus.COMPLETED
     assert audited.task.details.check_run_status == "FAILED"
 
@@ -117,9 +123,15 @@ def test_an_unparsable_timestamp_in_a_description_is_a_resource_error(client):
     answer(client, "ListCertificates", {"certificates": [listed]})
     answer(client, "DescribeCertificate", {"certificateDescription": {
         "certificatePem": ROCA_PEM, "status": "ACTIVE", "creationDate": "yesterday-ish"}})
-    audited = run_audit(client, [RocaDetector()], workers=1)
+    store = open_store(":memory:")
+    audited = run_audit(client, [RocaDetector()], store, workers=1)
     assert [(e.certificate_id, e.error_code) for e in audited.errors] == [(listed["certificateId"],
                                                                           "MALFORMED_RESPONSE")]
+    # The next audit reads the certificate from the store and reports it with the same code.
+    again = run_audit(client, [RocaDetector()], store, workers=1)
+    assert again.task.progress.described_certificates == 0
+    assert [(e.certificate_id, e.error_code) for e in again.errors] == [(listed["certificateId"],
+                                                                        "MALFORMED_RESPONSE")]
     assert "ValueError" in audited.errors[0].message
 
 
