@@ -122,19 +122,19 @@ def as_utc(value: datetime | str | float) -> datetime:
         raise InvalidRequest(f"{value!r} is not a timestamp (ISO 8601 or epoch seconds)") from exc
 
 
-def page(items: Iterable[Any], next_token: str | None, max_results: int | None, default: int,
-         query: Mapping[str, Any]) -> dict:
-    """One page of ``items`` as ``{"items": [...], "nextToken": ...}`` (the token only when more
-    follow). Tokens are opaque offsets into the operation's stable ordering.
+def page(items: Iterable[Any], operation: str, request: Mapping[str, Any], default: int = 25) -> dict:
+    """One page of ``items`` for ``operation``'s ``request`` (its ``nextToken`` and
+    ``maxResults``, else ``default`` items), as ``{"items": [...], "nextToken": ...}`` (the token
+    only when more follow). Tokens are opaque offsets into the operation's stable ordering.
 
-    A token names the query it continues (``query``: the operation's name and request), and a
-    token of another query (other filters, or another operation) is refused with
+    A token names the query it continues (the operation's name and request), and a token of
+    another query (other filters, or another operation) is refused with
     ``InvalidRequestException`` as AWS refuses it, rather than read as an offset into the wrong
     list. ``nextToken`` and ``maxResults`` are not part of the query: a later page may change its
     size."""
-    scope = _query_digest(query)
-    offset = _offset(next_token, scope)
-    size = max_results or default
+    scope = _query_digest({"operation": operation, **request})
+    offset = _offset(request.get("nextToken"), scope)
+    size = request.get("maxResults") or default
     window = list(islice(iter(items), offset, offset + size + 1))
     result: dict[str, Any] = {"items": window[:size]}
     if len(window) > size:

@@ -75,8 +75,7 @@ def _matching(ctx: ServiceContext, request: dict) -> Iterator[AuditFinding]:
 def list_audit_findings(ctx: ServiceContext, **request: Any) -> dict:
     """``listSuppressedFindings`` absent lists both; true only suppressed; false only the others."""
     check_request("ListAuditFindings", request)
-    result = page(_matching(ctx, request), request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListAuditFindings", **request})
+    result = page(_matching(ctx, request), "ListAuditFindings", request)
     return drop_none({"findings": [finding_shape(f) for f in result["items"]], "nextToken": result.get("nextToken")})
 
 
@@ -95,6 +94,5 @@ def describe_audit_finding(ctx: ServiceContext, **request: Any) -> dict:
 def list_related_resources_for_audit_finding(ctx: ServiceContext, **request: Any) -> dict:
     check_request("ListRelatedResourcesForAuditFinding", request)
     related = related_resources(_finding(ctx, request["findingId"]))
-    result = page(related, request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListRelatedResourcesForAuditFinding", **request})
+    result = page(related, "ListRelatedResourcesForAuditFinding", request)
     return drop_none({"relatedResources": result["items"], "nextToken": result.get("nextToken")})

@@ -149,8 +149,7 @@ def list_mitigation_actions(ctx: ServiceContext, **request: Any) -> dict:
     check_request("ListMitigationActions", request)
     bodies = [body for _, body in ctx.store.records(ACTION_KIND)
               if request.get("actionType") in (None, body["actionType"])]
-    result = page(bodies, request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListMitigationActions", **request})
+    result = page(bodies, "ListMitigationActions", request)
     return drop_none({
         "actionIdentifiers": [
             {"actionName": b["actionName"], "actionArn": b["actionArn"], "creationDate": _moment(b["creationDate"])}

@@ -360,8 +360,7 @@ def list_audit_mitigation_actions_tasks(ctx: ServiceContext, **request: Any) -> 
         and request.get("auditTaskId") in (None, *b["auditTaskIds"])
         and request.get("findingId") in (None, *b["findingIds"])
     )
-    result = page(matching, request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListAuditMitigationActionsTasks", **request})
+    result = page(matching, "ListAuditMitigationActionsTasks", request)
     return drop_none({
         "tasks": [{"taskId": b["taskId"], "startTime": from_epoch(b["startTime"]), "taskStatus": b["taskStatus"]}
                   for b in result["items"]],
@@ -387,8 +386,7 @@ def list_audit_mitigation_actions_executions(ctx: ServiceContext, **request: Any
         e for e in ctx.store.executions(request["taskId"])
         if e.finding_id == request["findingId"] and request.get("actionStatus") in (None, e.status.value)
     )
-    result = page(executions, request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListAuditMitigationActionsExecutions", **request})
+    result = page(executions, "ListAuditMitigationActionsExecutions", request)
     return drop_none({"actionsExecutions": [e.to_api() for e in result["items"]],
                       "nextToken": result.get("nextToken")})
 

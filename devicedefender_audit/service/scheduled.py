@@ -128,8 +128,7 @@ def delete_scheduled_audit(ctx: ServiceContext, **request: Any) -> dict:
 def list_scheduled_audits(ctx: ServiceContext, **request: Any) -> dict:
     check_request("ListScheduledAudits", request)
     bodies = [body for _, body in ctx.store.records(SCHEDULED_AUDIT_KIND)]
-    result = page(bodies, request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListScheduledAudits", **request})
+    result = page(bodies, "ListScheduledAudits", request)
     return drop_none({
         "scheduledAudits": [
             {k: b[k] for k in ("scheduledAuditName", "scheduledAuditArn", "frequency", "dayOfMonth", "dayOfWeek")

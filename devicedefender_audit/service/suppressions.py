@@ -126,6 +126,5 @@ def list_audit_suppressions(ctx: ServiceContext, **request: Any) -> dict:
     ]
     bodies.sort(key=lambda b: b.get("expirationDate") or float("inf"),
                 reverse=request.get("ascendingOrder") is False)
-    result = page(bodies, request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListAuditSuppressions", **request})
+    result = page(bodies, "ListAuditSuppressions", request)
     return drop_none({"suppressions": [_shape(b) for b in result["items"]], "nextToken": result.get("nextToken")})

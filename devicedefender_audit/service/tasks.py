@@ -142,8 +142,7 @@ def list_audit_tasks(ctx: ServiceContext, **request: Any) -> dict:
         if request.get("taskType") in (None, t.task_type)
         and request.get("taskStatus") in (None, t.task_status.value)
     )
-    result = page(tasks, request.get("nextToken"), request.get("maxResults"), default=25,
-                  query={"operation": "ListAuditTasks", **request})
+    result = page(tasks, "ListAuditTasks", request)
     return drop_none({
         "tasks": [{"taskId": t.task_id, "taskStatus": t.task_status.value, "taskType": t.task_type}
                   for t in result["items"]],
