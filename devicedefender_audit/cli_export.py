@@ -49,7 +49,7 @@ def add_export_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int
 def _asff_context(args: argparse.Namespace, task: AuditTask, findings: list[AuditFinding],
                   target: AwsTarget | None) -> AsffContext | str:
     """Where the findings are imported (product ARN), or why that cannot be told."""
-    from devicedefender_audit.exports.asff import AsffContext, certificate_arn_parts
+    from devicedefender_audit.exports.asff import AsffContext, certificate_arn_parts, region_partition
 
     parts = next((p for p in (certificate_arn_parts(f.certificate_arn) for f in findings) if p), None)
     if target is not None:
@@ -61,7 +61,8 @@ def _asff_context(args: argparse.Namespace, task: AuditTask, findings: list[Audi
         region = args.region or task.region or (parts.region if parts else None)
     if not account or not region:
         return "cannot tell the AWS account or region of this audit: give --account-id and --region"
-    return AsffContext(account_id=account, region=region, partition=parts.partition if parts else "aws")
+    return AsffContext(account_id=account, region=region,
+                       partition=parts.partition if parts else region_partition(region))
 
 
 def _warn_shortfalls(task: AuditTask, errors: list[ResourceError]) -> None:

@@ -155,10 +155,11 @@ def _to_securityhub(target: AwsTarget, account_id: str, task: AuditTask, finding
                     errors: Sequence[ResourceError]) -> SyncResult:
     """Import the audit's findings, carry suppressions over and archive the ones it shows resolved
     (:func:`~devicedefender_audit.exports.securityhub_sync.sync_audit`, as ``export --to-securityhub``)."""
-    from devicedefender_audit.exports.asff import AsffContext
+    from devicedefender_audit.exports.asff import AsffContext, region_partition
     from devicedefender_audit.exports.securityhub_sync import sync_audit
 
-    context = AsffContext(account_id=account_id, region=target.region_name or "")
+    region = target.region_name or ""
+    context = AsffContext(account_id=account_id, region=region, partition=region_partition(region))
     return sync_audit(target.client("securityhub"), task, findings, errors, context)
 
 
@@ -187,20 +188,21 @@ def _open_partition(settings: AuditSettings, account_id: str, region: str) -> tu
 
 def _reported(task: AuditTask, store: Store, target: AwsTarget, account_id: str,
               settings: AuditSettings) -> dict[str, Any]:
-    """One finished audit's summary, its findings imported into Security Hub when asked, notified
-    when it found something or could not check everything, or Security Hub could not be brought
-    up to date: a scheduled invocation's result is read by no one, so a sync that failed (a role
-    without a permission it needs) would otherwise leave Security Hub stale in silence. The sync
-    comes first, so that the notification says how it went."""
+    """One finished audit's summary, notified when it found something or could not check
+    everything, its findings then imported into Security Hub when asked (the alert goes first:
+    a sync that runs out of the function's time never holds it back). A sync that failed (a role
+    without a permission it needs) is notified too, even after a clean audit: a scheduled
+    invocation's result is read by no one, so Security Hub would otherwise go stale in silence."""
     findings = list(store.findings(task.task_id))
     report = summary(task, findings)
-    sync_failed = False
+    title = f"devicedefender-audit {account_id} {task.region}"
+    if settings.sns_topic_arn and report["exitCode"] != EXIT_OK:
+        notify(settings.sns_topic_arn, report, title)
     if settings.to_securityhub:  # also with no findings: the ones this audit resolved are archived
         sync = _to_securityhub(target, account_id, task, findings, list(store.errors(task.task_id)))
-        report["securityHub"], sync_failed = sync.to_json(), sync.failed
-    if settings.sns_topic_arn and (report["exitCode"] != EXIT_OK or sync_failed):
-        title = f"devicedefender-audit {account_id} {task.region}"
-        notify(settings.sns_topic_arn, report, f"{title}: Security Hub sync failed" if sync_failed else title)
+        report["securityHub"] = sync.to_json()
+        if settings.sns_topic_arn and sync.failed:
+            notify(settings.sns_topic_arn, report, f"{title}: Security Hub sync failed")
     return report
 
 

@@ -109,6 +109,26 @@ def test_asff_suppressed_finding_is_created_suppressed_in_security_hub(suppresse
     assert document["RecordState"] == "ACTIVE"
 
 
+def test_a_finding_found_before_the_audit_is_archived_whatever_the_python(monkeypatch):
+    """Security Hub writes CreatedAt with a "Z", which Python before 3.11 does not parse: the
+    finding was taken for one found later, and nothing was ever archived there."""
+    from datetime import datetime, timezone
+
+    from devicedefender_audit.exports import asff
+
+    class Python310Datetime(datetime):
+        @classmethod
+        def fromisoformat(cls, text):
+            if text.endswith("Z"):
+                raise ValueError(f"Invalid isoformat string: {text!r}")
+            return datetime.fromisoformat(text)
+
+    monkeypatch.setattr(asff, "datetime", Python310Datetime)
+    started = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    assert asff._found_after("2026-07-01T00:00:00.000Z", started)
+    assert not asff._found_after("2026-05-01T00:00:00.000Z", started)
+
+
 def _store_audit(path, findings_for, errors=(), status: str = "COMPLETED") -> AuditTask:
     """A stored audit whose findings ``findings_for(task)`` makes."""
     from devicedefender_audit.models import AuditTaskStatus

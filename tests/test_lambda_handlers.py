@@ -20,6 +20,7 @@ from devicedefender_audit.check_names import (
 from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.lambda_fleet import audit_account_region, list_account_regions
 from devicedefender_audit.lambda_handlers import registration_gate, scheduled_audit
+from devicedefender_audit.models import AuditTask
 from devicedefender_audit.service.configuration import update_account_audit_configuration
 from devicedefender_audit.service.context import ServiceContext
 from devicedefender_audit.service.scheduled import create_scheduled_audit
@@ -103,6 +104,53 @@ def test_a_security_hub_sync_that_failed_is_notified_even_after_a_clean_audit(mo
     [(subject, message)] = sns_notifications(topic_arn)
     assert subject.startswith(f"devicedefender-audit {ACCOUNT} {REGION}: Security Hub sync failed: 0 non-compliant")
     assert "securityhub:GetFindings: AccessDeniedException" in message
+
+
+def test_the_weak_key_alert_goes_out_before_the_security_hub_sync(monkeypatch, tmp_path, iot, topic_arn):
+    """A sync near the function's time limit must not hold the alert back: weak keys are
+    notified first, and a sync that then failed is a second notification."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.securityhub.models import SecurityHubBackend
+
+    order: list[str] = []
+
+    def refused(self, **_):
+        order.append("GetFindings")
+        raise JsonRESTError("AccessDeniedException", "not authorized")
+
+    monkeypatch.setattr(SecurityHubBackend, "get_findings", refused)
+    register(iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter")
+    _audit_function_to_security_hub(monkeypatch, tmp_path, topic_arn)
+    from devicedefender_audit import lambda_audit
+
+    publish = lambda_audit.notify
+    monkeypatch.setattr(lambda_audit, "notify", lambda *args: (order.append("notify"), publish(*args)))
+
+    [report] = scheduled_audit({"regions": [REGION]}, None)["audits"]
+
+    assert report["exitCode"] == 3 and order == ["notify", "GetFindings", "notify"]
+    alert, failed_sync = sns_notifications(topic_arn)
+    assert "1 non-compliant" in alert[0] and "Security Hub" not in alert[0]
+    assert failed_sync[0].startswith(f"devicedefender-audit {ACCOUNT} {REGION}: Security Hub sync failed")
+
+
+def test_findings_go_to_the_product_of_the_regions_partition(monkeypatch):
+    """The product ARN named partition aws in every region: in China and GovCloud, Security Hub
+    refused every finding, and the lookup of findings to archive found none."""
+    from devicedefender_audit import lambda_audit
+    from devicedefender_audit.exports.asff import region_partition
+
+    assert [region_partition(r) for r in ("cn-north-1", "us-gov-west-1", "eu-west-1", "no-such-1")] == [
+        "aws-cn", "aws-us-gov", "aws", "aws"]
+    seen: list[str] = []
+
+    def sync(hub, task, findings, errors, context):
+        seen.append(context.product_arn)
+
+    monkeypatch.setattr("devicedefender_audit.exports.securityhub_sync.sync_audit", sync)
+    target = type("Target", (), {"region_name": "cn-north-1", "client": lambda self, name: None})()
+    lambda_audit._to_securityhub(target, ACCOUNT, AuditTask(region="cn-north-1"), [], [])
+    assert seen == [f"arn:aws-cn:securityhub:cn-north-1:{ACCOUNT}:product/{ACCOUNT}/default"]
 
 
 def test_scheduled_audit_defaults_to_the_functions_region(monkeypatch, tmp_path, aws):

@@ -71,6 +71,19 @@ def certificate_arn_parts(arn: str | None) -> ArnParts | None:
     return ArnParts(match["partition"], match["region"], match["account"]) if match else None
 
 
+def region_partition(region: str) -> str:
+    """The partition of ``region`` (``aws-cn``, ``aws-us-gov``, ...), by botocore's endpoint
+    data: the product ARN must name it, or Security Hub refuses every finding there; ``aws``
+    for a region botocore does not know."""
+    import boto3
+    from botocore.exceptions import UnknownRegionError
+
+    try:
+        return boto3.session.Session().get_partition_for_region(region)
+    except UnknownRegionError:
+        return "aws"
+
+
 @dataclass(frozen=True)
 class AsffContext:
     """Who imports the findings, where, and when (the product ARN and ``UpdatedAt``)."""
@@ -231,8 +244,8 @@ def workflow_changes(active: Iterable[dict[str, Any]], suppressed: Mapping[str, 
 def _found_after(created_at: str, moment: datetime) -> bool:
     """Whether an imported finding was found after ``moment`` (by a later audit); a timestamp
     that cannot be read counts as later, so that the finding is left alone."""
-    try:
-        found = datetime.fromisoformat(created_at)
+    try:  # Python before 3.11 does not read a "Z" offset, which Security Hub writes
+        found = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
     except ValueError:
         return True
     utc = timezone.utc
