@@ -97,10 +97,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = cli._open_store(args, cli.ACTS_IN_REGION if args.to_securityhub else cli.READS_LOCALLY)
     try:
         task = cli._resolve_task(store, args.task_id)
+        latest = store.latest_task_id()
         findings = list(store.findings(task.task_id))
         errors = list(store.errors(task.task_id))
     finally:
         store.close()
+    if args.to_securityhub and task.task_id != latest:
+        # Security Hub holds the account's current findings: an older audit would put back the
+        # suppressions and findings that later ones changed.
+        print(f"error: audit {task.task_id} is not the latest ({latest}): Security Hub gets the latest audit's "
+              "findings, as an older one would undo what later ones changed; leave out the task id",
+              file=sys.stderr)
+        return cli.EXIT_USAGE
     target = None
     if args.to_securityhub:
         target = cli._target(args)

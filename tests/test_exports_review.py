@@ -558,6 +558,63 @@ def test_a_finding_refused_for_a_passing_reason_is_sent_once_more(aws, tmp_path,
     assert {n: state[0] for n, state in _workflows(hub).items()} == {1: "SUPPRESSED", 2: "NEW", 3: "SUPPRESSED"}
 
 
+def test_a_suppression_made_or_ended_is_carried_over_whatever_the_note(aws, tmp_path, capsys):
+    """The owner of a workflow was judged by its note alone, so a finding stayed hidden when the
+    audit no longer suppressed it: one created suppressed by the previous release (no note), or
+    one an analyst commented on (Security Hub keeps one note). A suppression made or ended in
+    the audit is a decision and is carried over, whatever the note; a NOTIFIED set by hand stays
+    until such a decision."""
+    import boto3
+
+    from devicedefender_audit.exports.asff import AsffContext, asff_finding
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    # 1 as the previous release created a suppressed finding: SUPPRESSED, and no note.
+    legacy = asff_finding(make_finding(AuditTask(region=REGION), 1, suppressed=True), AsffContext(ACCOUNT, REGION))
+    hub.batch_import_findings(Findings=[{k: v for k, v in legacy.items() if k != "Note"}])
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n in (1, 2)) for n in (1, 2, 3)])
+    _exported(store_path, capsys)
+    by_number = {int(f["Resources"][0]["Details"]["Other"]["deviceCertificateId"], 16): f
+                 for f in _hub_findings(hub).values()}
+    assert (by_number[1]["Workflow"]["Status"], by_number[1].get("Note")) == ("SUPPRESSED", None)
+    hub.batch_update_findings(FindingIdentifiers=[{"Id": by_number[2]["Id"], "ProductArn": by_number[2]["ProductArn"]}],
+                              Note={"Text": "ticket SEC-42", "UpdatedBy": "alice"})  # a comment, status unchanged
+    hub.batch_update_findings(FindingIdentifiers=[{"Id": by_number[3]["Id"], "ProductArn": by_number[3]["ProductArn"]}],
+                              Workflow={"Status": "NOTIFIED"})  # set by hand in the console: no note
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n in (1, 2)) for n in (1, 2, 3)])
+    assert "suppressed" not in _exported(store_path, capsys)  # no decision: NOTIFIED stays
+
+    _store_audit(store_path, lambda task: [make_finding(task, n, suppressed=n == 3) for n in (1, 2, 3)])
+    out = _exported(store_path, capsys)
+    assert "reopened (suppression ended) 2 finding(s)" in out and "suppressed 1 finding(s)" in out
+    states = _workflows(hub)
+    assert (states[1][0], states[2][0], states[3][0]) == ("NEW", "NEW", "SUPPRESSED")
+
+
+def test_to_securityhub_refuses_an_audit_that_is_not_the_latest(aws, tmp_path, capsys):
+    """Exporting an older audit to Security Hub put back the suppressions (and findings) that
+    later audits had changed: the latest audit's findings are what Security Hub holds."""
+    import boto3
+
+    from devicedefender_audit.cli import EXIT_USAGE, main
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    older = _store_audit(store_path, lambda task: [make_finding(task, 1, suppressed=True)])
+    _store_audit(store_path, lambda task: [make_finding(task, 1)])
+    _exported(store_path, capsys)
+    assert main(["export", older.task_id, "--store", str(store_path), "--to-securityhub",
+                 "--region", REGION]) == EXIT_USAGE
+    assert f"audit {older.task_id} is not the latest" in capsys.readouterr().err
+    assert _workflows(hub) == {1: ("NEW", None)}
+    # Written to a file, an older audit is still exported.
+    assert main(["export", older.task_id, "--store", str(store_path), "--format", "asff",
+                 "--output", str(tmp_path / "older.json")]) == 0
+
+
 def test_a_workflow_set_by_hand_after_this_tools_is_left_as_it_is(aws, tmp_path, capsys):
     """This tool's note stays on a finding when someone changes its status without one (the
     console does), so the note alone cannot say who set the status: an analyst who reopened a

@@ -211,16 +211,20 @@ def _ours(finding: dict[str, Any], context: AsffContext, prefix: str) -> bool:
 
 def workflow_changes(active: Iterable[dict[str, Any]], suppressed: Mapping[str, bool], region: str,
                      context: AsffContext) -> dict[str, list[dict[str, Any]]]:
-    """The Security Hub findings (``active``, as ``GetFindings`` returns them) whose workflow
-    status must change for the audit findings just imported (``suppressed``: whether each is
-    suppressed in the audit, by ``Id``), by the status to set: ``SUPPRESSED`` for one suppressed
-    in the audit since its import, ``NEW`` for one whose suppression in the audit ended.
+    """The Security Hub findings (``active``, as ``GetFindings`` returns them before this sync's
+    import) whose workflow status must change for the audit's findings (``suppressed``: whether
+    each is suppressed in the audit, by ``Id``), by the status to set.
 
-    Only a workflow that is this tool's to change is changed: one nobody has set (no note,
-    ``NEW`` or ``NOTIFIED``), or one this tool set, as its note says (the note is
-    :data:`NOTE_AUTHOR`'s and the status the one written with it). A note of someone else's,
-    a status changed by hand since this tool's note (the console changes it without one), or a
-    finding resolved or suppressed by hand is a person's decision, and is left as it is.
+    A suppression made or ended in the audit is a decision, and is carried over whatever the
+    finding's note: ``SUPPRESSED`` when the audit suppresses a finding that was not suppressed
+    at the last import (its ``Suppressed`` product field) and is open in Security Hub (``NEW``
+    or ``NOTIFIED``); ``NEW`` when the audit no longer suppresses one that was, and Security Hub
+    shows it ``SUPPRESSED`` (a comment someone wrote over this tool's note changes nothing).
+    Between decisions, a workflow is still brought in line where it is this tool's to set: an
+    untouched ``NEW`` (no note) of a suppressed finding, and one this tool set but whose change
+    was lost (its own note, with the status written with it: a call that failed, or a sync that
+    could not look the findings up). Anything else is a person's decision and stays: a status
+    changed by hand (the console writes no note), a finding resolved or suppressed by hand.
     """
     prefix = id_prefix(context.account_id, region)
     changes: dict[str, list[dict[str, Any]]] = {"SUPPRESSED": [], "NEW": []}
@@ -229,14 +233,12 @@ def workflow_changes(active: Iterable[dict[str, Any]], suppressed: Mapping[str, 
             continue
         status = (finding.get("Workflow") or {}).get("Status", "NEW")
         note = finding.get("Note") or {}
-        if note:
-            if note.get("UpdatedBy") != NOTE_AUTHOR or _NOTE_STATUS.get(note.get("Text", "")) != status:
-                continue
-        elif status not in ("NEW", "NOTIFIED"):
-            continue
-        if suppressed[finding["Id"]] and status != "SUPPRESSED":
-            changes["SUPPRESSED"].append(finding)
-        elif not suppressed[finding["Id"]] and status == "SUPPRESSED":
+        noted = _NOTE_STATUS.get(note.get("Text", "")) if note.get("UpdatedBy") == NOTE_AUTHOR else None
+        before = (finding.get("ProductFields") or {}).get(f"{PRODUCT}/Suppressed")
+        if suppressed[finding["Id"]]:
+            if status in ("NEW", "NOTIFIED") and (before == "false" or (status == "NEW" and (not note or noted == "NEW"))):
+                changes["SUPPRESSED"].append(finding)
+        elif status == "SUPPRESSED" and (before == "true" or noted == "SUPPRESSED"):
             changes["NEW"].append(finding)
     return {status: findings for status, findings in changes.items() if findings}
 

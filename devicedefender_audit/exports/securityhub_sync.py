@@ -94,32 +94,40 @@ class SyncResult:
 
 def sync_audit(hub: Any, task: AuditTask, findings: Sequence[AuditFinding], errors: Sequence[ResourceError],
                context: AsffContext) -> SyncResult:
-    """Import ``findings`` (the task's) into ``hub`` (a ``securityhub`` client) as ASFF, set the
-    workflow of those whose suppression changed since their import, then archive this tool's
-    active findings there that ``task`` shows resolved. An audit with no findings that did not
-    complete every check looks nothing up (``GetFindings`` is needed only when a workflow could
-    change or something could be resolved), and only a complete one archives anything. Each
-    step is done even when one before it failed, as far as it can be."""
-    result = SyncResult(imported=import_findings(hub, (asff_finding(f, context) for f in findings)))
+    """Bring ``hub`` (a ``securityhub`` client) up to date with ``task``: look this tool's active
+    findings up, set the workflow of those whose suppression changed, import ``findings`` (the
+    task's) as ASFF, then archive the findings ``task`` shows resolved.
+
+    The lookup comes first, as the suppression each finding had at the last import (its
+    ``Suppressed`` product field, :func:`.asff.workflow_changes`) is replaced by the import, and
+    the workflow is set before the import, which Security Hub may still be processing when an
+    update comes (``ConcurrentUpdateError``). An audit with no findings that did not complete
+    every check looks nothing up, and only a complete one archives anything. A lookup that
+    failed sets no workflow and archives nothing, but the findings are still imported.
+    """
     complete = complete_checks(task)
-    if not findings and not complete:
-        return result
-    region = task.region or context.region
-    suppressed = {asff_id(f, context): f.is_suppressed for f in findings}
-    unchecked_ids = {e.certificate_id for e in unchecked(errors)}
     changes: dict[str, list[dict[str, str]]] = {}
     resolved: list[dict[str, Any]] = []
-    try:
-        for page in batches(active_findings(hub, context.product_arn, context.account_id, id_prefix(context.account_id, region))):
-            for status, changed in workflow_changes(page, suppressed, region, context).items():
-                changes.setdefault(status, []).extend({"Id": f["Id"], "ProductArn": f["ProductArn"]} for f in changed)
-            if complete:
-                resolved += resolved_findings(page, task, suppressed, unchecked_ids, context)
-    except AWS_ERRORS as exc:
-        result.lookup_error = call_error("GetFindings", exc)
-        return result
-    for status, changed in changes.items():
-        result.workflow[status] = update_workflow(hub, changed, status, {"Text": _NOTES[status], "UpdatedBy": NOTE_AUTHOR})
+    lookup_error = None
+    if findings or complete:
+        region = task.region or context.region
+        suppressed = {asff_id(f, context): f.is_suppressed for f in findings}
+        unchecked_ids = {e.certificate_id for e in unchecked(errors)}
+        try:
+            for page in batches(active_findings(hub, context.product_arn, context.account_id,
+                                                id_prefix(context.account_id, region))):
+                for status, changed in workflow_changes(page, suppressed, region, context).items():
+                    changes.setdefault(status, []).extend({"Id": f["Id"], "ProductArn": f["ProductArn"]}
+                                                          for f in changed)
+                if complete:
+                    resolved += resolved_findings(page, task, suppressed, unchecked_ids, context)
+        except AWS_ERRORS as exc:
+            lookup_error = call_error("GetFindings", exc)
+            changes, resolved = {}, []
+    workflow = {status: update_workflow(hub, changed, status, {"Text": _NOTES[status], "UpdatedBy": NOTE_AUTHOR})
+                for status, changed in changes.items()}
+    result = SyncResult(imported=import_findings(hub, (asff_finding(f, context) for f in findings)),
+                        workflow=workflow, lookup_error=lookup_error)
     if resolved:
         result.archived = import_findings(hub, resolved)
     return result
