@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from devicedefender_audit.aws.clients import AwsTarget
     from devicedefender_audit.exports.asff import AsffContext
     from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
+    from devicedefender_audit.store import Store
 
 FORMATS = ("asff", "sarif", "csv", "json")
 
@@ -74,6 +75,17 @@ def _warn_shortfalls(task: AuditTask, errors: list[ResourceError]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
+def _later_completed_audit(store: Store, task: AuditTask) -> str | None:
+    """The id of an audit that started after ``task`` and completed, if any (one that failed or
+    is still running does not replace what ``task`` found)."""
+    from datetime import datetime, timezone
+
+    later = store.tasks_started_between(task.task_start_time, datetime.max.replace(tzinfo=timezone.utc))
+    return next((t.task_id for t in later
+                 if t.task_id != task.task_id and t.task_start_time > task.task_start_time
+                 and t.task_status.value == "COMPLETED"), None)
+
+
 def _other_accounts(findings: list[AuditFinding], account: str) -> list[str]:
     """The accounts of ``findings`` other than ``account``: with the default product ARN,
     ``BatchImportFindings`` takes a finding only when its ``AwsAccountId`` is the caller's, so
@@ -97,16 +109,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = cli._open_store(args, cli.ACTS_IN_REGION if args.to_securityhub else cli.READS_LOCALLY)
     try:
         task = cli._resolve_task(store, args.task_id)
-        latest = store.latest_task_id()
+        later = _later_completed_audit(store, task)
         findings = list(store.findings(task.task_id))
         errors = list(store.errors(task.task_id))
     finally:
         store.close()
-    if args.to_securityhub and task.task_id != latest:
-        # Security Hub holds the account's current findings: an older audit would put back the
-        # suppressions and findings that later ones changed.
-        print(f"error: audit {task.task_id} is not the latest ({latest}): Security Hub gets the latest audit's "
-              "findings, as an older one would undo what later ones changed; leave out the task id",
+    if args.to_securityhub and later is not None:
+        print(f"error: audit {later} completed after {task.task_id}: Security Hub gets the latest complete "
+              "picture, as an older audit would undo the suppressions and findings later ones changed",
               file=sys.stderr)
         return cli.EXIT_USAGE
     target = None
@@ -252,6 +262,6 @@ def _to_securityhub(target: AwsTarget, task: AuditTask, errors: list[ResourceErr
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     if result.lookup_error:
-        print("error: this tool's findings in Security Hub could not be looked up: no suppression was carried "
-              "over and nothing was archived", file=sys.stderr)
+        print("error: this tool's findings in Security Hub could not be looked up, so nothing was sent (the "
+              "next export sends it all: the lookup tells which suppressions to carry over)", file=sys.stderr)
     return cli.EXIT_FAILED if result.failed else cli.EXIT_OK

@@ -353,7 +353,7 @@ def test_to_securityhub_archives_nothing_after_an_incomplete_audit(aws, tmp_path
     assert "archived" not in capsys.readouterr().out
 
 
-def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_path, capsys, monkeypatch):
+def test_to_securityhub_without_get_findings_sends_nothing(aws, tmp_path, capsys, monkeypatch):
     import boto3
     from botocore.exceptions import ClientError
 
@@ -364,7 +364,7 @@ def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_
     def denied(*args, **kwargs):
         raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "GetFindings")
 
-    monkeypatch.setattr(securityhub_sync, "active_findings", denied)
+    monkeypatch.setattr(securityhub_sync, "own_findings", denied)
     boto3.client("securityhub", region_name=REGION).enable_security_hub()
     store_path = tmp_path / "a.sqlite3"
 
@@ -376,9 +376,9 @@ def test_to_securityhub_without_get_findings_says_nothing_was_archived(aws, tmp_
     _store_audit(store_path, complete)
     assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
     captured = capsys.readouterr()
-    assert "imported 1 of 1" in captured.out
+    assert "imported 0 of 1" in captured.out
     assert "error: securityhub:GetFindings: AccessDeniedException: not authorized" in captured.err
-    assert "could not be looked up: no suppression was carried over and nothing was archived" in captured.err
+    assert "could not be looked up, so nothing was sent" in captured.err
 
 
 def _exported(store_path, capsys) -> str:
@@ -593,9 +593,10 @@ def test_a_suppression_made_or_ended_is_carried_over_whatever_the_note(aws, tmp_
     assert (states[1][0], states[2][0], states[3][0]) == ("NEW", "NEW", "SUPPRESSED")
 
 
-def test_to_securityhub_refuses_an_audit_that_is_not_the_latest(aws, tmp_path, capsys):
+def test_to_securityhub_refuses_an_audit_that_a_later_complete_one_replaced(aws, tmp_path, capsys):
     """Exporting an older audit to Security Hub put back the suppressions (and findings) that
-    later audits had changed: the latest audit's findings are what Security Hub holds."""
+    later audits had changed: only an audit no later one completed after is sent (a later one
+    that failed does not replace it)."""
     import boto3
 
     from devicedefender_audit.cli import EXIT_USAGE, main
@@ -608,11 +609,114 @@ def test_to_securityhub_refuses_an_audit_that_is_not_the_latest(aws, tmp_path, c
     _exported(store_path, capsys)
     assert main(["export", older.task_id, "--store", str(store_path), "--to-securityhub",
                  "--region", REGION]) == EXIT_USAGE
-    assert f"audit {older.task_id} is not the latest" in capsys.readouterr().err
+    assert f"completed after {older.task_id}" in capsys.readouterr().err
     assert _workflows(hub) == {1: ("NEW", None)}
     # Written to a file, an older audit is still exported.
     assert main(["export", older.task_id, "--store", str(store_path), "--format", "asff",
                  "--output", str(tmp_path / "older.json")]) == 0
+    # An audit that failed after the last complete one does not keep that one from being sent.
+    good = _store_audit(store_path, lambda task: [make_finding(task, 1, suppressed=True)])
+    _store_audit(store_path, lambda task: [], status="FAILED")
+    capsys.readouterr()
+    assert main(["export", good.task_id, "--store", str(store_path), "--to-securityhub",
+                 "--region", REGION]) == 0
+    assert _workflows(hub)[1][0] == "SUPPRESSED"
+
+
+def _comment(hub, finding) -> None:
+    """An analyst's comment on a finding, its status left as it is (Security Hub keeps one note)."""
+    hub.batch_update_findings(FindingIdentifiers=[{"Id": finding["Id"], "ProductArn": finding["ProductArn"]}],
+                              Note={"Text": "ticket SEC-42", "UpdatedBy": "alice"})
+
+
+def _by_number(hub) -> dict[int, dict[str, Any]]:
+    return {int(f["Resources"][0]["Details"]["Other"]["deviceCertificateId"], 16): f for f in _hub_findings(hub).values()}
+
+
+def test_a_decision_whose_change_failed_is_carried_over_by_the_next_export(aws, tmp_path, capsys, monkeypatch):
+    """The import recorded the audit's new suppression even when its workflow change had been
+    refused, so the next export saw no decision, and a finding whose note was an analyst's
+    comment stayed SUPPRESSED for ever although the audit showed it open."""
+    import boto3
+
+    from devicedefender_audit.cli import EXIT_FAILED, main
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    _store_audit(store_path, lambda task: [make_finding(task, 1, suppressed=True)])
+    _exported(store_path, capsys)  # created SUPPRESSED with this tool's note
+    _comment(hub, _by_number(hub)[1])
+    _store_audit(store_path, lambda task: [make_finding(task, 1)])  # the suppression ends
+    with monkeypatch.context() as refused:
+        _refuse_batch_update_findings(refused, lambda workflow: True)
+        assert main(["export", "--store", str(store_path), "--to-securityhub", "--region", REGION]) == EXIT_FAILED
+    assert _by_number(hub)[1]["ProductFields"]["devicedefender-audit/Suppressed"] == "true"  # still to carry
+    assert "reopened (suppression ended) 1 finding(s)" in _exported(store_path, capsys)
+    assert _workflows(hub)[1] == ("NEW", "devicedefender-audit")
+    assert "reopened" not in _exported(store_path, capsys)
+
+
+def test_a_finding_reported_again_after_its_archiving_gets_the_audits_workflow(aws, tmp_path, capsys):
+    """Only active findings were looked up, so one archived while suppressed (its certificate
+    replaced) came back, reported again with its suppression ended, still SUPPRESSED."""
+    import boto3
+
+    from devicedefender_audit.models import AuditCheckDetails
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+
+    def audit(numbers, suppressed=()):
+        def make(task):
+            task.audit_details = {"DEVICE_CERTIFICATE_KEY_QUALITY_CHECK": AuditCheckDetails(
+                check_run_status="COMPLETED_NON_COMPLIANT", check_compliant=False,
+                non_compliant_resources_count=len(numbers))}
+            return [make_finding(task, n, suppressed=n in suppressed) for n in numbers]
+        _store_audit(store_path, make)
+
+    audit((1, 2), suppressed=(1,))
+    _exported(store_path, capsys)
+    _comment(hub, _by_number(hub)[1])
+    audit((2,))
+    assert "archived 1 finding(s)" in _exported(store_path, capsys)
+    audit((1, 2))  # reported again, no longer suppressed
+    assert "reopened (suppression ended) 1 finding(s)" in _exported(store_path, capsys)
+    assert (_by_number(hub)[1]["RecordState"], _workflows(hub)[1][0]) == ("ACTIVE", "NEW")
+
+
+def test_a_reopen_by_hand_after_an_import_that_failed_stands(aws, tmp_path, capsys, monkeypatch):
+    """The workflow was set but the import that records the decision failed: the next export
+    took the same decision again and overruled the analyst who had reopened the finding since
+    (this tool's note, naming SUPPRESSED, tells the status was changed by hand)."""
+    import boto3
+    from moto.core.exceptions import JsonRESTError
+    from moto.securityhub.models import SecurityHubBackend
+
+    from devicedefender_audit.cli import EXIT_FAILED, main
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    _store_audit(store_path, lambda task: [make_finding(task, 1)])
+    _exported(store_path, capsys)
+    _store_audit(store_path, lambda task: [make_finding(task, 1, suppressed=True)])
+
+    def refused(self, findings):
+        raise JsonRESTError("AccessDeniedException", "not authorized")
+
+    with monkeypatch.context() as denied:
+        denied.setattr(SecurityHubBackend, "batch_import_findings", refused)
+        assert main(["export", "--store", str(store_path), "--to-securityhub",
+                     "--region", REGION]) == EXIT_FAILED
+    assert _workflows(hub)[1] == ("SUPPRESSED", "devicedefender-audit")
+    finding = _by_number(hub)[1]
+    hub.batch_update_findings(FindingIdentifiers=[{"Id": finding["Id"], "ProductArn": finding["ProductArn"]}],
+                              Workflow={"Status": "NEW"})  # reopened in the console: no note
+    _store_audit(store_path, lambda task: [make_finding(task, 1, suppressed=True)])
+    assert "suppressed" not in _exported(store_path, capsys)
+    assert _workflows(hub)[1][0] == "NEW"
 
 
 def test_a_workflow_set_by_hand_after_this_tools_is_left_as_it_is(aws, tmp_path, capsys):

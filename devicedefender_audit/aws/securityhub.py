@@ -37,6 +37,8 @@ class BatchResult:
     #: Why a call failed as a whole (``securityhub:Operation: Code: message``); the findings of
     #: its batch and of those after it were not sent.
     error: str | None = None
+    #: The ``Id`` of each finding a ``BatchUpdateFindings`` call processed.
+    processed: set[str] = field(default_factory=set)
 
 
 def batches(items: Iterable[T], size: int = BATCH_SIZE) -> Iterator[list[T]]:
@@ -62,14 +64,15 @@ def import_findings(securityhub: Any, findings: Iterable[dict[str, Any]]) -> Bat
     return result
 
 
-def active_findings(securityhub: Any, product_arn: str, account_id: str, id_prefix: str) -> Iterator[dict[str, Any]]:
-    """The ``ACTIVE`` findings of one product and account whose ``Id`` starts with
+def own_findings(securityhub: Any, product_arn: str, account_id: str, id_prefix: str) -> Iterator[dict[str, Any]]:
+    """The findings, active and archived, of one product and account whose ``Id`` starts with
     ``id_prefix`` (``GetFindings``, 100 a page; the caller checks each again, as a filter that
-    an endpoint ignores must not widen what it archives)."""
+    an endpoint ignores must not widen what it changes). Archived ones are wanted too: one that
+    an audit reports again comes back with the workflow it had (Security Hub deletes findings 90
+    days after their last update, which bounds them)."""
     filters = {"ProductArn": [{"Value": product_arn, "Comparison": "EQUALS"}],
                "AwsAccountId": [{"Value": account_id, "Comparison": "EQUALS"}],
-               "Id": [{"Value": id_prefix, "Comparison": "PREFIX"}],
-               "RecordState": [{"Value": "ACTIVE", "Comparison": "EQUALS"}]}
+               "Id": [{"Value": id_prefix, "Comparison": "PREFIX"}]}
     for page in securityhub.get_paginator("get_findings").paginate(Filters=filters,
                                                                    PaginationConfig={"PageSize": 100}):
         yield from page.get("Findings", [])
@@ -96,6 +99,7 @@ def update_workflow(securityhub: Any, findings: Iterable[dict[str, Any]], status
         again = _update_workflow(securityhub, transient, status, note)
         result.failed = [failure for failure in result.failed if failure not in transient] + again.failed
         result.success_count += again.success_count
+        result.processed |= again.processed
         result.batches += again.batches
         result.error = again.error
     return result
@@ -114,6 +118,7 @@ def _update_workflow(securityhub: Any, findings: Iterable[dict[str, Any]], statu
             break
         result.batches += 1
         result.success_count += len(response.get("ProcessedFindings", []))
+        result.processed.update(f.get("Id", "") for f in response.get("ProcessedFindings", []))
         result.failed += [{**{key: (u.get("FindingIdentifier") or {}).get(key, "") for key in ("Id", "ProductArn")},
                            "ErrorCode": u.get("ErrorCode", ""), "ErrorMessage": u.get("ErrorMessage", "")}
                           for u in response.get("UnprocessedFindings", [])]

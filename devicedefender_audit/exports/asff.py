@@ -202,43 +202,49 @@ def id_prefix(account_id: str, region: str) -> str:
 
 
 def _ours(finding: dict[str, Any], context: AsffContext, prefix: str) -> bool:
-    """Whether a finding ``GetFindings`` returned is an active one of this tool, account and
-    region (checked again here, as a filter that an endpoint ignores must not widen what a sync
+    """Whether a finding ``GetFindings`` returned is one of this tool, account and region
+    (checked again here, as a filter that an endpoint ignores must not widen what a sync
     changes)."""
-    return (finding.get("RecordState") == "ACTIVE" and finding.get("ProductArn") == context.product_arn
-            and finding.get("AwsAccountId") == context.account_id and finding.get("Id", "").startswith(prefix))
+    return (finding.get("ProductArn") == context.product_arn and finding.get("AwsAccountId") == context.account_id
+            and finding.get("Id", "").startswith(prefix))
 
 
-def workflow_changes(active: Iterable[dict[str, Any]], suppressed: Mapping[str, bool], region: str,
+def suppressed_at_import(finding: dict[str, Any]) -> str | None:
+    """The audit's suppression of a Security Hub finding as last carried over (its
+    ``Suppressed`` product field: ``"true"`` or ``"false"``; None for a finding without it)."""
+    return (finding.get("ProductFields") or {}).get(f"{PRODUCT}/Suppressed")
+
+
+def workflow_changes(found: Iterable[dict[str, Any]], suppressed: Mapping[str, bool], region: str,
                      context: AsffContext) -> dict[str, list[dict[str, Any]]]:
-    """The Security Hub findings (``active``, as ``GetFindings`` returns them before this sync's
-    import) whose workflow status must change for the audit's findings (``suppressed``: whether
-    each is suppressed in the audit, by ``Id``), by the status to set.
+    """The Security Hub findings (``found``, active or archived, as ``GetFindings`` returns them
+    before this sync's import) whose workflow status must change for the audit's findings
+    (``suppressed``: whether each is suppressed in the audit, by ``Id``), by the status to set.
 
-    A suppression made or ended in the audit is a decision, and is carried over whatever the
-    finding's note: ``SUPPRESSED`` when the audit suppresses a finding that was not suppressed
-    at the last import (its ``Suppressed`` product field) and is open in Security Hub (``NEW``
-    or ``NOTIFIED``); ``NEW`` when the audit no longer suppresses one that was, and Security Hub
-    shows it ``SUPPRESSED`` (a comment someone wrote over this tool's note changes nothing).
-    Between decisions, a workflow is still brought in line where it is this tool's to set: an
-    untouched ``NEW`` (no note) of a suppressed finding, and one this tool set but whose change
-    was lost (its own note, with the status written with it: a call that failed, or a sync that
-    could not look the findings up). Anything else is a person's decision and stays: a status
-    changed by hand (the console writes no note), a finding resolved or suppressed by hand.
+    A suppression made or ended in the audit since it was last carried over
+    (:func:`suppressed_at_import`; a sync whose change did not go through imports the finding
+    with the old value, so that the decision stays to be carried) is carried over whatever the
+    finding's note: ``SUPPRESSED`` for a finding open in Security Hub (``NEW`` or ``NOTIFIED``),
+    ``NEW`` for one it shows ``SUPPRESSED``. Between decisions, a workflow is still brought in
+    line where it is this tool's to set: an untouched ``NEW`` (no note) of a suppressed finding,
+    and a status of this tool's own (its note names it). A status someone set after this tool's
+    note (the console writes no note: this tool's note then names another status), or a
+    finding resolved or suppressed by hand, is a person's decision and stays.
     """
     prefix = id_prefix(context.account_id, region)
     changes: dict[str, list[dict[str, Any]]] = {"SUPPRESSED": [], "NEW": []}
-    for finding in active:
+    for finding in found:
         if not _ours(finding, context, prefix) or finding["Id"] not in suppressed:
             continue
         status = (finding.get("Workflow") or {}).get("Status", "NEW")
         note = finding.get("Note") or {}
         noted = _NOTE_STATUS.get(note.get("Text", "")) if note.get("UpdatedBy") == NOTE_AUTHOR else None
-        before = (finding.get("ProductFields") or {}).get(f"{PRODUCT}/Suppressed")
+        before = suppressed_at_import(finding)
         if suppressed[finding["Id"]]:
-            if status in ("NEW", "NOTIFIED") and (before == "false" or (status == "NEW" and (not note or noted == "NEW"))):
+            if (status in ("NEW", "NOTIFIED") and noted != "SUPPRESSED"
+                    and (before == "false" or (status == "NEW" and (not note or noted == "NEW")))):
                 changes["SUPPRESSED"].append(finding)
-        elif status == "SUPPRESSED" and (before == "true" or noted == "SUPPRESSED"):
+        elif status == "SUPPRESSED" and noted != "NEW" and (before == "true" or noted == "SUPPRESSED"):
             changes["NEW"].append(finding)
     return {status: findings for status, findings in changes.items() if findings}
 
@@ -254,20 +260,21 @@ def _found_after(created_at: str, moment: datetime) -> bool:
     return (found if found.tzinfo else found.replace(tzinfo=utc)) > (moment if moment.tzinfo else moment.replace(tzinfo=utc))
 
 
-def resolved_findings(active: Iterable[dict[str, Any]], task: AuditTask, reported_ids: Container[str],
+def resolved_findings(found: Iterable[dict[str, Any]], task: AuditTask, reported_ids: Container[str],
                       unchecked_ids: Container[str], context: AsffContext) -> list[dict[str, Any]]:
-    """Security Hub findings of this tool (``active``, as ``GetFindings`` returns them) that
-    ``task`` shows resolved, sent back ``ARCHIVED``. Only a check that ran over every certificate
+    """The active Security Hub findings of this tool (in ``found``, as ``GetFindings`` returns
+    them) that ``task`` shows resolved, sent back ``ARCHIVED``. Only a check that ran over every certificate
     resolves anything, and only for certificates it checked: a finding of a certificate that
     could not be checked, of a check that failed, was canceled or could not cover some keys, of
     a task that did not complete, or found after ``task`` started (a later audit's), stays."""
     complete = complete_checks(task)
     prefix = id_prefix(context.account_id, task.region or context.region)
     resolved = []
-    for finding in active:
+    for finding in found:
         other = (finding.get("Resources") or [{}])[0].get("Details", {}).get("Other", {})
         certificate = other.get("deviceCertificateId") or other.get("caCertificateId")
-        if (not _ours(finding, context, prefix) or finding["Id"] in reported_ids or not certificate or certificate in unchecked_ids
+        if (finding.get("RecordState") != "ACTIVE" or not _ours(finding, context, prefix)
+                or finding["Id"] in reported_ids or not certificate or certificate in unchecked_ids
                 or finding.get("ProductFields", {}).get(f"{PRODUCT}/CheckName") not in complete
                 or _found_after(finding.get("CreatedAt", ""), task.task_start_time)):
             continue

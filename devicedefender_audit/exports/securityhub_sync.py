@@ -24,14 +24,15 @@ from typing import Any
 from devicedefender_audit.aws.errors import AWS_ERRORS
 from devicedefender_audit.aws.securityhub import (
     BatchResult,
-    active_findings,
     batches,
     call_error,
     import_findings,
+    own_findings,
     update_workflow,
 )
 from devicedefender_audit.exports.asff import (
     NOTE_AUTHOR,
+    PRODUCT,
     REOPENED_NOTE,
     SUPPRESSED_NOTE,
     AsffContext,
@@ -39,6 +40,7 @@ from devicedefender_audit.exports.asff import (
     asff_id,
     id_prefix,
     resolved_findings,
+    suppressed_at_import,
     workflow_changes,
 )
 from devicedefender_audit.exports.coverage import complete_checks
@@ -60,7 +62,7 @@ class SyncResult:
     #: The archiving import (``RecordState`` ``ARCHIVED``); empty when nothing was resolved.
     archived: BatchResult = field(default_factory=BatchResult)
     #: Why this tool's findings in Security Hub could not be looked up (``GetFindings``), so
-    #: that no workflow was set and nothing archived.
+    #: that nothing was done: no workflow set, nothing imported or archived.
     lookup_error: str | None = None
 
     def _parts(self) -> list[BatchResult]:
@@ -94,40 +96,53 @@ class SyncResult:
 
 def sync_audit(hub: Any, task: AuditTask, findings: Sequence[AuditFinding], errors: Sequence[ResourceError],
                context: AsffContext) -> SyncResult:
-    """Bring ``hub`` (a ``securityhub`` client) up to date with ``task``: look this tool's active
+    """Bring ``hub`` (a ``securityhub`` client) up to date with ``task``: look this tool's
     findings up, set the workflow of those whose suppression changed, import ``findings`` (the
     task's) as ASFF, then archive the findings ``task`` shows resolved.
 
-    The lookup comes first, as the suppression each finding had at the last import (its
-    ``Suppressed`` product field, :func:`.asff.workflow_changes`) is replaced by the import, and
-    the workflow is set before the import, which Security Hub may still be processing when an
-    update comes (``ConcurrentUpdateError``). An audit with no findings that did not complete
-    every check looks nothing up, and only a complete one archives anything. A lookup that
-    failed sets no workflow and archives nothing, but the findings are still imported.
+    The lookup comes first, as the import replaces the suppression each finding had when last
+    carried over (:func:`.asff.workflow_changes`); a finding whose workflow change did not go
+    through is imported with its old one, so that the next sync carries the decision again. A
+    lookup that failed stops the sync before the import, for the same reason: the next sync
+    does it all. The workflow is set before the import, which Security Hub may still be
+    processing when an update comes (``ConcurrentUpdateError``). An audit with no findings that
+    did not complete every check looks nothing up, and only a complete one archives anything.
     """
     complete = complete_checks(task)
     changes: dict[str, list[dict[str, str]]] = {}
+    before: dict[str, str | None] = {}
     resolved: list[dict[str, Any]] = []
-    lookup_error = None
     if findings or complete:
         region = task.region or context.region
         suppressed = {asff_id(f, context): f.is_suppressed for f in findings}
         unchecked_ids = {e.certificate_id for e in unchecked(errors)}
         try:
-            for page in batches(active_findings(hub, context.product_arn, context.account_id,
-                                                id_prefix(context.account_id, region))):
+            for page in batches(own_findings(hub, context.product_arn, context.account_id,
+                                             id_prefix(context.account_id, region))):
                 for status, changed in workflow_changes(page, suppressed, region, context).items():
                     changes.setdefault(status, []).extend({"Id": f["Id"], "ProductArn": f["ProductArn"]}
                                                           for f in changed)
+                    before.update((f["Id"], suppressed_at_import(f)) for f in changed)
                 if complete:
                     resolved += resolved_findings(page, task, suppressed, unchecked_ids, context)
         except AWS_ERRORS as exc:
-            lookup_error = call_error("GetFindings", exc)
-            changes, resolved = {}, []
+            return SyncResult(imported=BatchResult(), lookup_error=call_error("GetFindings", exc))
     workflow = {status: update_workflow(hub, changed, status, {"Text": _NOTES[status], "UpdatedBy": NOTE_AUTHOR})
                 for status, changed in changes.items()}
-    result = SyncResult(imported=import_findings(hub, (asff_finding(f, context) for f in findings)),
-                        workflow=workflow, lookup_error=lookup_error)
+    processed = set().union(*(result.processed for result in workflow.values()))
+    pending = {finding_id: value for finding_id, value in before.items() if finding_id not in processed}
+
+    def imported(finding: AuditFinding) -> dict[str, Any]:
+        document = asff_finding(finding, context)
+        if document["Id"] in pending:  # its decision is still to be carried over
+            fields = document["ProductFields"]
+            if pending[document["Id"]] is None:
+                del fields[f"{PRODUCT}/Suppressed"]
+            else:
+                fields[f"{PRODUCT}/Suppressed"] = pending[document["Id"]]
+        return document
+
+    result = SyncResult(imported=import_findings(hub, (imported(f) for f in findings)), workflow=workflow)
     if resolved:
         result.archived = import_findings(hub, resolved)
     return result
