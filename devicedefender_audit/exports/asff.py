@@ -50,6 +50,8 @@ NOTE_AUTHOR = PRODUCT
 SUPPRESSED_NOTE = ("Accepted with an audit suppression in devicedefender-audit (CreateAuditSuppression). "
                    "While this note and status stand, the tool reopens the finding when the suppression ends.")
 REOPENED_NOTE = "The audit suppression in devicedefender-audit ended: the finding is open again."
+#: The product field that records the audit's suppression of a finding as last carried over.
+_SUPPRESSED_FIELD = f"{PRODUCT}/Suppressed"
 #: The workflow status each of this tool's notes is written with.
 _NOTE_STATUS = {SUPPRESSED_NOTE: "SUPPRESSED", REOPENED_NOTE: "NEW"}
 
@@ -164,7 +166,7 @@ def asff_finding(finding: AuditFinding, context: AsffContext) -> dict[str, Any]:
             f"{PRODUCT}/ReasonCode": code,
             f"{PRODUCT}/TaskId": finding.task_id,
             f"{PRODUCT}/FindingId": finding.finding_id,
-            f"{PRODUCT}/Suppressed": str(finding.is_suppressed).lower(),
+            _SUPPRESSED_FIELD: str(finding.is_suppressed).lower(),
         },
         "Resources": [{
             "Type": "Other",
@@ -212,7 +214,19 @@ def _ours(finding: dict[str, Any], context: AsffContext, prefix: str) -> bool:
 def suppressed_at_import(finding: dict[str, Any]) -> str | None:
     """The audit's suppression of a Security Hub finding as last carried over (its
     ``Suppressed`` product field: ``"true"`` or ``"false"``; None for a finding without it)."""
-    return (finding.get("ProductFields") or {}).get(f"{PRODUCT}/Suppressed")
+    return (finding.get("ProductFields") or {}).get(_SUPPRESSED_FIELD)
+
+
+def keep_suppressed_at_import(document: dict[str, Any], value: str | None) -> dict[str, Any]:
+    """``document`` (an ASFF finding to import) recording the suppression ``value`` (as
+    :func:`suppressed_at_import` read it) instead of the audit's: a finding whose workflow
+    change did not go through, so that the next sync still sees the decision to carry over."""
+    fields = document["ProductFields"]
+    if value is None:
+        fields.pop(_SUPPRESSED_FIELD, None)
+    else:
+        fields[_SUPPRESSED_FIELD] = value
+    return document
 
 
 def workflow_changes(found: Iterable[dict[str, Any]], suppressed: Mapping[str, bool], region: str,

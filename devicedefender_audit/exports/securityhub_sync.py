@@ -11,8 +11,9 @@ no findings left still archives the ones it resolved. What changes is decided by
 
 A fleet with many weak keys (a ROCA chip in a product line) has as many findings: they are
 turned into ASFF and sent a batch at a time, and Security Hub's copies are read a page at a
-time, keeping only what is to change, so memory does not grow with them. Nothing is changed
-while the pages are read, as a finding archived under a paginator could shift its pages.
+time, keeping only what is to change (findings to archive are kept whole), so memory does not
+grow with them. Nothing is changed while the pages are read, as a finding archived under a
+paginator could shift its pages.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from devicedefender_audit.aws.securityhub import (
 )
 from devicedefender_audit.exports.asff import (
     NOTE_AUTHOR,
-    PRODUCT,
     REOPENED_NOTE,
     SUPPRESSED_NOTE,
     AsffContext,
     asff_finding,
     asff_id,
     id_prefix,
+    keep_suppressed_at_import,
     resolved_findings,
     suppressed_at_import,
     workflow_changes,
@@ -135,11 +136,7 @@ def sync_audit(hub: Any, task: AuditTask, findings: Sequence[AuditFinding], erro
     def imported(finding: AuditFinding) -> dict[str, Any]:
         document = asff_finding(finding, context)
         if document["Id"] in pending:  # its decision is still to be carried over
-            fields = document["ProductFields"]
-            if pending[document["Id"]] is None:
-                del fields[f"{PRODUCT}/Suppressed"]
-            else:
-                fields[f"{PRODUCT}/Suppressed"] = pending[document["Id"]]
+            return keep_suppressed_at_import(document, pending[document["Id"]])
         return document
 
     result = SyncResult(imported=import_findings(hub, (imported(f) for f in findings)), workflow=workflow)
