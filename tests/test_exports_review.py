@@ -719,6 +719,29 @@ def test_a_reopen_by_hand_after_an_import_that_failed_stands(aws, tmp_path, caps
     assert _workflows(hub)[1][0] == "NEW"
 
 
+def test_a_suppression_made_again_after_a_reopen_by_hand_is_carried_over(aws, tmp_path, capsys):
+    """This tool's note, naming SUPPRESSED, stayed on a finding an analyst had reopened, so when
+    the audit suppressed it again later the stale note read as a hand edit and the new decision
+    was dropped with exit 0."""
+    import boto3
+
+    hub = boto3.client("securityhub", region_name=REGION)
+    hub.enable_security_hub()
+    store_path = tmp_path / "a.sqlite3"
+    for suppressed in (False, True):
+        _store_audit(store_path, lambda task, s=suppressed: [make_finding(task, 1, suppressed=s)])
+        _exported(store_path, capsys)
+    finding = _by_number(hub)[1]
+    hub.batch_update_findings(FindingIdentifiers=[{"Id": finding["Id"], "ProductArn": finding["ProductArn"]}],
+                              Workflow={"Status": "NEW"})  # reopened in the console: this tool's note stays
+    _store_audit(store_path, lambda task: [make_finding(task, 1)])  # the suppression ends
+    _exported(store_path, capsys)
+    assert _workflows(hub)[1] == ("NEW", "devicedefender-audit")
+    _store_audit(store_path, lambda task: [make_finding(task, 1, suppressed=True)])  # suppressed again
+    assert "suppressed 1 finding(s)" in _exported(store_path, capsys)
+    assert _workflows(hub)[1][0] == "SUPPRESSED"
+
+
 def test_a_workflow_set_by_hand_after_this_tools_is_left_as_it_is(aws, tmp_path, capsys):
     """This tool's note stays on a finding when someone changes its status without one (the
     console does), so the note alone cannot say who set the status: an analyst who reopened a
@@ -753,15 +776,13 @@ def test_a_workflow_set_by_hand_after_this_tools_is_left_as_it_is(aws, tmp_path,
     assert "suppressed 1 finding(s)" in export()  # 3: nobody had set its workflow
     by_hand(3, "NEW")
     _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2, 3)])
-    assert "reopened" not in export()  # reopened by hand already
-    assert _workflows(hub) == {1: ("NEW", ours), 2: ("NEW", "alice"), 3: ("NEW", ours)}
-    # A status set by hand to the very one this tool's note was written with cannot be told
-    # from the tool's own: it is taken for the tool's, and reopened when the audit has it open,
-    # so the ambiguity shows a finding rather than hides one.
-    by_hand(1, "SUPPRESSED")
-    _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2, 3)])
+    # 3 was reopened by hand already: only this tool's note is brought up to date.
     assert "reopened (suppression ended) 1 finding(s)" in export()
-    assert _workflows(hub)[1] == ("NEW", ours)
+    assert _workflows(hub) == {1: ("NEW", ours), 2: ("NEW", "alice"), 3: ("NEW", ours)}
+    by_hand(1, "SUPPRESSED")  # suppressed by hand after this tool's note said it reopened it
+    _store_audit(store_path, lambda task: [make_finding(task, n) for n in (1, 2, 3)])
+    assert "reopened" not in export()
+    assert _workflows(hub)[1] == ("SUPPRESSED", ours)
 
 
 def test_output_that_fails_mid_write_leaves_the_previous_file_whole(aws_env, tmp_path):

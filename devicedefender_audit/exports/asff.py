@@ -260,6 +260,10 @@ def workflow_changes(found: Iterable[dict[str, Any]], suppressed: Mapping[str, b
                 changes["SUPPRESSED"].append(finding)
         elif status == "SUPPRESSED" and noted != "NEW" and (before == "true" or noted == "SUPPRESSED"):
             changes["NEW"].append(finding)
+        elif status == "NEW" and noted == "SUPPRESSED" and before == "true":
+            # Ended after someone reopened it: this tool's note, which still names SUPPRESSED,
+            # is brought up to date, or it would read as a hand edit and block the next decision.
+            changes["NEW"].append(finding)
     return {status: findings for status, findings in changes.items() if findings}
 
 
