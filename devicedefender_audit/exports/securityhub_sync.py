@@ -58,7 +58,7 @@ class SyncResult:
 
     imported: BatchResult
     #: ``BatchUpdateFindings`` by the status set: ``SUPPRESSED`` (suppressed since the import)
-    #: and ``NEW`` (this tool's suppression ended).
+    #: and ``NEW`` (the audit's suppression ended).
     workflow: dict[str, BatchResult] = field(default_factory=dict)
     #: The archiving import (``RecordState`` ``ARCHIVED``); empty when nothing was resolved.
     archived: BatchResult = field(default_factory=BatchResult)
