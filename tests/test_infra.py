@@ -48,21 +48,22 @@ def test_every_lambda_handler_exists(template):
         assert callable(getattr(importlib.import_module(module), name)), function["Handler"]
 
 
-def _actions(statements: list) -> set[str]:
-    """Every action the statements may grant: a conditional statement (``Fn::If``) counts."""
+def _actions(statements: list, effect: str = "Allow") -> set[str]:
+    """Every action the statements of ``effect`` may grant (or deny): a conditional statement
+    (``Fn::If``) counts."""
     found = set()
     for statement in statements:
         if isinstance(statement, dict) and "Fn::If" in statement:
-            found |= _actions([branch for branch in statement["Fn::If"][1:] if isinstance(branch, dict)])
-        elif isinstance(statement, dict) and "Action" in statement:
+            found |= _actions([branch for branch in statement["Fn::If"][1:] if isinstance(branch, dict)], effect)
+        elif isinstance(statement, dict) and "Action" in statement and statement.get("Effect") == effect:
             actions = statement["Action"]
             found.update([actions] if isinstance(actions, str) else actions)
     return found
 
 
-def _policy_actions(resource: str, prefix: str, template: str = "template.yaml") -> set[str]:
+def _policy_actions(resource: str, prefix: str, template: str = "template.yaml", effect: str = "Allow") -> set[str]:
     role = _template(template)["Resources"][resource]["Properties"]
-    return {a for policy in role["Policies"] for a in _actions(policy["PolicyDocument"]["Statement"])
+    return {a for policy in role["Policies"] for a in _actions(policy["PolicyDocument"]["Statement"], effect)
             if a.startswith(prefix)}
 
 
@@ -157,6 +158,8 @@ def test_the_audit_role_allows_every_call_a_security_hub_sync_makes(aws):
     assert (result.workflow["SUPPRESSED"].success_count, result.archived.success_count, result.failed) == (1, 1, False)
     assert calls == {"securityhub:BatchImportFindings", "securityhub:GetFindings", "securityhub:BatchUpdateFindings"}
     assert calls <= _policy_actions("AuditRole", "securityhub:")
+    # ... and the workflow may be set to SUPPRESSED or NEW only (Security Hub's documented Deny).
+    assert _policy_actions("AuditRole", "securityhub:", effect="Deny") == {"securityhub:BatchUpdateFindings"}
 
 
 def test_run_due_has_its_own_schedule_on_the_audit_function():
