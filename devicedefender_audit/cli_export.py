@@ -109,12 +109,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = cli._open_store(args, cli.ACTS_IN_REGION if args.to_securityhub else cli.READS_LOCALLY)
     try:
         task = cli._resolve_task(store, args.task_id)
-        later = _later_completed_audit(store, task)
+        later = _later_completed_audit(store, task) if args.to_securityhub else None
         findings = list(store.findings(task.task_id))
         errors = list(store.errors(task.task_id))
     finally:
         store.close()
-    if args.to_securityhub and later is not None:
+    if later is not None:
         print(f"error: audit {later} completed after {task.task_id}: Security Hub gets the latest complete "
               "picture, as an older audit would undo the suppressions and findings later ones changed",
               file=sys.stderr)
