@@ -80,10 +80,12 @@ def _later_completed_audit(store: Store, task: AuditTask) -> str | None:
     is still running does not replace what ``task`` found)."""
     from datetime import datetime, timezone
 
+    from devicedefender_audit.models import AuditTaskStatus
+
     later = store.tasks_started_between(task.task_start_time, datetime.max.replace(tzinfo=timezone.utc))
     return next((t.task_id for t in later
                  if t.task_id != task.task_id and t.task_start_time > task.task_start_time
-                 and t.task_status.value == "COMPLETED"), None)
+                 and t.task_status is AuditTaskStatus.COMPLETED), None)
 
 
 def _other_accounts(findings: list[AuditFinding], account: str) -> list[str]:

@@ -44,11 +44,11 @@ CA_RECOMMENDATION = (
     "and re-issue the device certificates it signed. Anyone can derive the private key of this CA."
 )
 
-#: ``Note.UpdatedBy`` of the notes this tool writes: a suppression is lifted in Security Hub only
-#: where this tool made it, never where someone suppressed a finding there by hand.
+#: ``Note.UpdatedBy`` of the notes this tool writes: with the status a note names, it tells a
+#: workflow this tool set from one a person set after it (:func:`workflow_changes`).
 NOTE_AUTHOR = PRODUCT
-SUPPRESSED_NOTE = ("Accepted with an audit suppression in devicedefender-audit (CreateAuditSuppression). "
-                   "While this note and status stand, the tool reopens the finding when the suppression ends.")
+SUPPRESSED_NOTE = ("Accepted with an audit suppression in devicedefender-audit (CreateAuditSuppression); "
+                   "the tool reopens the finding when the suppression ends.")
 REOPENED_NOTE = "The audit suppression in devicedefender-audit ended: the finding is open again."
 #: The product field that records the audit's suppression of a finding as last carried over.
 _SUPPRESSED_FIELD = f"{PRODUCT}/Suppressed"
