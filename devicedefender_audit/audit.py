@@ -49,6 +49,7 @@ from devicedefender_audit.models import (
 from devicedefender_audit.store import Store, StoreError
 from devicedefender_audit.store.base import InventoryRecord, StoredVerdict, TaskOwner
 from devicedefender_audit.suppressions import ActiveSuppressions
+from devicedefender_audit.time_budget import TimeBudget
 
 if TYPE_CHECKING:  # imported only when a fleet check runs: it loads numpy
     from devicedefender_audit.factoring.fleet_audit import FleetComparison
@@ -62,7 +63,8 @@ class AuditInterrupted(BaseException):
 
 
 class AuditCanceled(Exception):
-    """``CancelAuditTask`` asked this task to stop: it ends ``CANCELED``, and ``run`` returns."""
+    """``CancelAuditTask`` asked this task to stop, or its time budget is spent: it ends
+    ``CANCELED`` (with the budget's reason as message), and ``run`` returns."""
 
 
 def recover_interrupted(store: Store, now: float | None = None) -> list[str]:
@@ -123,6 +125,7 @@ class Audit:
         on_advance: Callable[[int], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
         checks: Sequence[KeyCheck] | None = None,
+        budget: TimeBudget | None = None,
     ) -> None:
         self.iot = iot
         self.store = store
@@ -132,6 +135,8 @@ class Audit:
         self.on_phase = on_phase
         self.on_advance = on_advance
         self.clock = clock
+        #: An outside time limit (a Lambda function's): seen where a cancel request is.
+        self.budget = budget
         self.task = AuditTask(region=region, task_start_time=clock())
         self.task.audit_details = {check.name: AuditCheckDetails() for check in self.checks}
         self._suppressions: ActiveSuppressions | None = None
@@ -161,8 +166,8 @@ class Audit:
             self._finish()
         except SyncAborted as exc:
             self._fail(exc.error_code, str(exc))
-        except AuditCanceled:
-            self._cancel("canceled by CancelAuditTask")
+        except AuditCanceled as exc:
+            self._cancel(str(exc) or "canceled by CancelAuditTask")
         except (KeyboardInterrupt, AuditInterrupted):
             self._record_end(self._cancel)
             raise
@@ -456,6 +461,8 @@ class Audit:
         self._save()
 
     def _raise_if_canceled(self) -> None:
+        if self.budget is not None and self.budget.spent():
+            raise AuditCanceled(self.budget.why)
         if self.store.cancel_requested(self.task.task_id):
             raise AuditCanceled
 

@@ -27,7 +27,8 @@ Security Hub keep the findings. The stack's ``DDA_STORE`` is
 ``dynamodb://TABLE?fleet-state=s3://BUCKET/fleet-state``: each partition keeps the factorable
 check's fleet state in its own S3 object there, so that an audit compares only the keys that
 changed (:mod:`~devicedefender_audit.store.s3_fleet_state`). A region that cannot be audited does not stop the others; its
-failure is part of the result and notified.
+failure is part of the result and notified. The work stops before the function's time limit
+(:mod:`~devicedefender_audit.time_budget`), recorded and notified, never cut off in silence.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from devicedefender_audit.audit import Audit
@@ -47,8 +48,10 @@ from devicedefender_audit.detectors import Detector
 from devicedefender_audit.exit_codes import EXIT_FAILED, EXIT_OK, task_exit_code
 from devicedefender_audit.exports.safety import safe_value
 from devicedefender_audit.fleet_run import account_region_failure
-from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
+from devicedefender_audit.models import AuditFinding, AuditTask, AuditTaskStatus, ResourceError
+from devicedefender_audit.service.tasks import SCHEDULED
 from devicedefender_audit.store import Store, StoreError, open_store, partition_location
+from devicedefender_audit.time_budget import TimeBudget
 
 if TYPE_CHECKING:
     from devicedefender_audit.exports.securityhub_sync import SyncResult
@@ -59,6 +62,10 @@ NOTIFIED_FINDINGS = 50
 ACTION, AUDIT, RUN_DUE = "action", "audit", "run-due"
 #: Every member a payload may have: a misspelt one (``region``) is refused, not ignored.
 PAYLOAD_KEYS = (ACTION, "regions", "now")
+#: ``errorCode`` of a region the function's time did not reach.
+NOT_STARTED = "NOT_STARTED"
+#: The last audit of a region never audited: the oldest of all.
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
 #: A check's run status, worst first: what a summary reports for the whole task.
 _WORST_FIRST = ("FAILED", "CANCELED", "IN_PROGRESS", "WAITING_FOR_DATA_COLLECTION", "COMPLETED_NON_COMPLIANT",
                 "COMPLETED_COMPLIANT")
@@ -206,15 +213,17 @@ def _reported(task: AuditTask, store: Store, target: AwsTarget, account_id: str,
     return report
 
 
-def audit_region(region: str, account_id: str, detectors: Sequence[Detector], settings: AuditSettings) -> dict[str, Any]:
-    """One full audit of ``region`` in its store partition, with the checks it is configured for;
-    a region that could not be audited is a report with ``errorCode``, notified."""
+def audit_region(region: str, account_id: str, detectors: Sequence[Detector], settings: AuditSettings,
+                 budget: TimeBudget | None = None) -> dict[str, Any]:
+    """One full audit of ``region`` in its store partition, with the checks it is configured for,
+    stopped (``CANCELED``) when ``budget`` is spent; a region that could not be audited is a report
+    with ``errorCode``, notified."""
     try:
         location, store = _open_partition(settings, account_id, region)
     except StoreError as exc:
         report = _failure(region, "STORE_ERROR", str(exc))
     else:
-        report = _audit_partition(region, account_id, store, location, detectors, settings)
+        report = _audit_partition(region, account_id, store, location, detectors, settings, budget)
         report["store"] = location
     if "errorCode" in report:
         _notify_failure(settings, account_id, region, report)
@@ -222,7 +231,7 @@ def audit_region(region: str, account_id: str, detectors: Sequence[Detector], se
 
 
 def _audit_partition(region: str, account_id: str, store: Store, location: str, detectors: Sequence[Detector],
-                     settings: AuditSettings) -> dict[str, Any]:
+                     settings: AuditSettings, budget: TimeBudget | None) -> dict[str, Any]:
     task_id = None
     try:
         names = configured_checks(store)
@@ -231,7 +240,7 @@ def _audit_partition(region: str, account_id: str, store: Store, location: str, 
                             "no check (UpdateAccountAuditConfiguration)")
         target = AwsTarget(region=region)
         audit = Audit(target.client("iot"), store, detectors, workers=settings.workers, region=region,
-                      checks=make_checks(names, detectors))
+                      checks=make_checks(names, detectors), budget=budget)
         audit.task.account = account_id
         task_id = audit.task.task_id
         return _reported(audit.run(), store, target, account_id, settings)
@@ -242,13 +251,15 @@ def _audit_partition(region: str, account_id: str, store: Store, location: str, 
 
 
 def run_due_region(region: str, account_id: str, detectors: Detectors, settings: AuditSettings,
-                   now: datetime | None = None) -> dict[str, Any]:
+                   now: datetime | None = None, budget: TimeBudget | None = None) -> dict[str, Any]:
     """Start the scheduled audits of ``region``'s partition that are due (at ``now``, default the
-    clock), each reported as a full audit is; schedules that could not start are notified."""
+    clock), each reported as a full audit is; schedules that could not start are notified, those
+    left once ``budget`` was spent are reported (``deferredSchedules``) and start at the next run."""
     from devicedefender_audit.service.context import ServiceContext
     from devicedefender_audit.service.scheduled import run_due
 
-    result: dict[str, Any] = {"region": region, "startedTasks": [], "failedSchedules": [], "audits": []}
+    result: dict[str, Any] = {"region": region, "startedTasks": [], "failedSchedules": [], "deferredSchedules": [],
+                              "audits": []}
     try:
         location, store = _open_partition(settings, account_id, region)
     except StoreError as exc:
@@ -257,11 +268,13 @@ def run_due_region(region: str, account_id: str, detectors: Detectors, settings:
         result["store"] = location
         target = AwsTarget(region=region)
         ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
-                             region=region, account_id=account_id, sns_client=lambda: target.client("sns"))
+                             region=region, account_id=account_id, sns_client=lambda: target.client("sns"),
+                             budget=budget)
         try:
             due = run_due(ctx, now)
             result["startedTasks"] = [{**s, "slot": s["slot"].isoformat()} for s in due["startedTasks"]]
             result["failedSchedules"] = due["failedSchedules"]
+            result["deferredSchedules"] = [{**s, "slot": s["slot"].isoformat()} for s in due["deferredSchedules"]]
             for started in due["startedTasks"]:
                 task = store.get_task(started["taskId"])
                 if task is not None:
@@ -297,9 +310,16 @@ def _moment(value: Any) -> datetime:
         raise ValueError(f"now: {value!r} is not a time ({exc})") from exc
 
 
-def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detectors) -> dict[str, Any]:
+def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detectors,
+           remaining_s: Callable[[], float] | None = None) -> dict[str, Any]:
     """One invocation: ``{"audits": [report per region]}`` for a full audit (the default action),
-    ``{"runDue": [result per region]}`` for ``{"action": "run-due"}``."""
+    ``{"runDue": [result per region]}`` for ``{"action": "run-due"}``, in the configured order.
+
+    ``remaining_s`` is the time left before the function is killed. The work stops
+    :data:`~devicedefender_audit.time_budget.RESERVE_S` before that, recorded: the running audit
+    ends ``CANCELED``, and the regions not reached are reported ``NOT_STARTED`` and notified once.
+    Regions go in the order of their last completed audit, oldest first, so the ones not reached
+    go first the next time."""
     if not isinstance(event, Mapping):
         raise ValueError(f"the payload is a JSON object ({{}} or {{\"action\": \"run-due\"}}), not {event!r}")  # noqa: TRY004
     unknown = sorted(set(event) - set(PAYLOAD_KEYS))
@@ -314,6 +334,48 @@ def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detector
     now = _moment(event["now"]) if event.get("now") is not None else None
     settings = AuditSettings.from_env(env, event)
     account_id = AwsTarget().client("sts").get_caller_identity()["Account"]
-    if action == RUN_DUE:
-        return {"runDue": [run_due_region(region, account_id, detectors, settings, now) for region in settings.regions]}
-    return {"audits": [audit_region(region, account_id, detectors(), settings) for region in settings.regions]}
+    budget = TimeBudget.from_remaining(remaining_s()) if remaining_s is not None else None
+    results: dict[str, dict[str, Any]] = {}
+    for region in _least_recently_audited(settings, account_id, scheduled=action == RUN_DUE):
+        if budget is not None and budget.spent():
+            results[region] = _not_started(region, budget, action)
+        elif action == RUN_DUE:
+            results[region] = run_due_region(region, account_id, detectors, settings, now, budget)
+        else:
+            results[region] = audit_region(region, account_id, detectors(), settings, budget)
+    left = [region for region, result in results.items() if result.get("errorCode") == NOT_STARTED]
+    if left and settings.sns_topic_arn:
+        report = {"errorCode": NOT_STARTED, "regionsNotStarted": left,
+                  "message": f"{len(left)} of {len(results)} regions not started ({', '.join(left)}): "
+                             f"the function's time ran out; they go first next time"}
+        notify(settings.sns_topic_arn, report, f"devicedefender-audit {account_id}")
+    ordered = [results[region] for region in settings.regions]  # the configured order, whatever ran first
+    return {"runDue": ordered} if action == RUN_DUE else {"audits": ordered}
+
+
+def _not_started(region: str, budget: TimeBudget, action: str) -> dict[str, Any]:
+    report = _failure(region, NOT_STARTED, f"not started: {budget.why}")
+    if action == RUN_DUE:  # its due schedules, unclaimed, start at the next run
+        report.update({"startedTasks": [], "failedSchedules": [], "deferredSchedules": [], "audits": []})
+    return report
+
+
+def _least_recently_audited(settings: AuditSettings, account_id: str, scheduled: bool) -> list[str]:
+    """The regions, those whose last audit of this kind (scheduled or full) completed longest ago
+    first; never: first of all, in the configured order. When the function's time runs out, the
+    regions it did not reach go first the next time, so every region is audited in turn."""
+    def last_completed(region: str) -> datetime:
+        try:
+            _, store = _open_partition(settings, account_id, region)
+        except StoreError:
+            return _NEVER  # audit_region reports it
+        try:
+            return max((t.task_start_time for t in store.list_tasks()
+                        if t.task_status is AuditTaskStatus.COMPLETED and (t.task_type == SCHEDULED) == scheduled),
+                       default=_NEVER)
+        except Exception:  # noqa: BLE001 - an unreadable partition only loses its place in the order
+            return _NEVER
+        finally:
+            store.close()
+
+    return sorted(settings.regions, key=last_completed)

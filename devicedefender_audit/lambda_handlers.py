@@ -24,10 +24,13 @@ def _detectors() -> list[Detector]:
 def scheduled_audit(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     """The stack's schedules: ``{}`` audits every configured region (``{"audits": [summary per
     region]}``), ``{"action": "run-due"}`` starts the due scheduled audits of every configured
-    region (``{"runDue": [result per region]}``); see :mod:`~devicedefender_audit.lambda_audit`."""
+    region (``{"runDue": [result per region]}``); see :mod:`~devicedefender_audit.lambda_audit`.
+    The work stops, recorded and notified, before the function's time limit."""
     from devicedefender_audit.lambda_audit import handle
 
-    return handle(event or {}, os.environ, _detectors)
+    clock = getattr(context, "get_remaining_time_in_millis", None)
+    remaining_s = (lambda: clock() / 1000) if callable(clock) else None
+    return handle(event or {}, os.environ, _detectors, remaining_s)
 
 
 def registration_gate(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.models import CHECK_NAME
 from devicedefender_audit.service import InvalidRequest, ResourceAlreadyExists, ServiceContext, scheduled
 from devicedefender_audit.service.configuration import CONFIGURATION_KEY, CONFIGURATION_KIND
-from devicedefender_audit.service.scheduled import Scheduler, latest_slot, run_due
+from devicedefender_audit.service.scheduled import RUN_KIND, Scheduler, latest_slot, run_due
 from devicedefender_audit.store import StoreError, open_store
+from devicedefender_audit.time_budget import RESERVE_S, TimeBudget
 
 UTC = timezone.utc
 CREATED = datetime(2024, 1, 10, 15, 0, tzinfo=UTC)  # a Wednesday
@@ -74,6 +75,21 @@ def test_run_due_starts_each_slot_once_as_a_scheduled_task(ctx):
         started[0]["taskId"]
     ctx.clock.now += timedelta(days=1)
     assert len(run_due(ctx)["startedTasks"]) == 1
+
+
+def test_run_due_leaves_unclaimed_the_slots_its_budget_did_not_reach(ctx):
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="daily", frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    ctx.clock.now = CREATED + timedelta(days=1)
+    ctx.budget = TimeBudget.from_remaining(RESERVE_S - 1)  # spent already
+
+    deferred = run_due(ctx)
+    assert deferred["startedTasks"] == [] and [d["scheduledAuditName"] for d in deferred["deferredSchedules"]] == [
+        "daily"]
+    assert ctx.store.records(RUN_KIND) == []  # the slot is not taken
+
+    ctx.budget = None
+    [started] = run_due(ctx)["startedTasks"]
+    assert started["slot"] == deferred["deferredSchedules"][0]["slot"]
 
 
 def disable_under_schedules(ctx: ServiceContext) -> None:
@@ -154,7 +170,7 @@ def test_a_failing_schedule_is_reported_and_the_scheduler_goes_on(ctx, scheduler
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(scheduled, "run_due", store_failure)
-    assert scheduler.check_now() == {"startedTasks": [], "failedSchedules": []}
+    assert scheduler.check_now() == {"startedTasks": [], "failedSchedules": [], "deferredSchedules": []}
     assert scheduler.running and "could not check what is due" in caplog.text
     monkeypatch.undo()
     call(ctx, "UpdateAccountAuditConfiguration", auditCheckConfigurations={CHECK_NAME: {"enabled": True}})
@@ -177,7 +193,7 @@ def test_a_store_that_cannot_open_for_a_moment_does_not_end_the_scheduler(ctx, c
     with caplog.at_level(logging.ERROR, logger="devicedefender_audit.service.scheduled"):
         running.start()
         try:
-            assert running.check_now() == {"startedTasks": [], "failedSchedules": []}
+            assert running.check_now() == {"startedTasks": [], "failedSchedules": [], "deferredSchedules": []}
             ctx.clock.now = CREATED + timedelta(days=1)
             assert running.running and "could not open the store" in caplog.text
             assert len(running.check_now()["startedTasks"]) == 1

@@ -28,6 +28,7 @@ from typing import Any
 
 from devicedefender_audit.service.errors import InvalidRequest, ServiceError
 from devicedefender_audit.store import Store
+from devicedefender_audit.time_budget import TimeBudget
 
 #: The account id used when the context is given none (moto's and the demo account's).
 DEFAULT_ACCOUNT = "123456789012"
@@ -59,6 +60,9 @@ class ServiceContext:
     sns_client: Callable[[], Any] | None = None
     #: ``(service, role_arn, purpose) -> client`` acting as that role; None: act with own credentials.
     role_client: Callable[[str, str, str], Any] | None = None
+    #: An outside time limit (the scheduled Lambda's): audits stop before it, and ``run_due``
+    #: starts no schedule once it is spent (their slots stay free for the next run).
+    budget: TimeBudget | None = None
 
     def __post_init__(self) -> None:
         if self.background and self.open_worker_store is None:

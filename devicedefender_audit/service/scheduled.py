@@ -174,8 +174,9 @@ def latest_slot(body: dict, now: datetime) -> datetime | None:
 
 
 def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
-    """Start every scheduled audit that is due at ``now`` (default ``ctx.now()``); what started
-    and what could not.
+    """Start every scheduled audit that is due at ``now`` (default ``ctx.now()``); what started,
+    what could not, and what was left for the next run because ``ctx.budget`` was spent
+    (``deferredSchedules``: their slots are not claimed, so the next run starts them).
 
     ``now`` (``run-due --now``, the Lambda's ``"now"``) only chooses the slots: the audits run at
     ``ctx.now()`` and are recorded so, with the suppressions in force then, so a test with a future
@@ -184,11 +185,17 @@ def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
     Not an API operation (Device Defender schedules internally): ``run-due`` for cron/EventBridge.
     """
     moment = now or ctx.now()
-    started, failed = [], []
+    started, failed, deferred = [], [], []
     for name, body in ctx.store.records(SCHEDULED_AUDIT_KIND):
         slot = latest_slot(body, moment)
-        if slot is None or not ctx.store.insert_record(RUN_KIND, f"{name}@{slot.isoformat()}",
-                                                       {"scheduledAuditName": name, "slot": slot.timestamp()}):
+        if slot is None:
+            continue
+        run_key = f"{name}@{slot.isoformat()}"
+        if ctx.budget is not None and ctx.budget.spent():
+            if ctx.store.get_record(RUN_KIND, run_key) is None:
+                deferred.append({"scheduledAuditName": name, "slot": slot})
+            continue
+        if not ctx.store.insert_record(RUN_KIND, run_key, {"scheduledAuditName": name, "slot": slot.timestamp()}):
             continue
         try:
             task_id = start_audit(ctx, body["targetCheckNames"], SCHEDULED, name)
@@ -200,12 +207,12 @@ def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
                            "message": f"{type(exc).__name__}: {exc}"})
             continue
         started.append({"scheduledAuditName": name, "taskId": task_id, "slot": slot})
-    return {"startedTasks": started, "failedSchedules": failed}
+    return {"startedTasks": started, "failedSchedules": failed, "deferredSchedules": deferred}
 
 
 def _nothing_started() -> dict:
     """What a check that could not read the store started (the failure itself is logged)."""
-    return {"startedTasks": [], "failedSchedules": []}
+    return {"startedTasks": [], "failedSchedules": [], "deferredSchedules": []}
 
 
 class Scheduler:

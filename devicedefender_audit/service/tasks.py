@@ -43,7 +43,7 @@ def start_audit(ctx: ServiceContext, check_names: list[str], task_type: str = ON
     store = ctx.worker_store()
     detectors = ctx.detectors()
     audit = Audit(ctx.audit_iot_client(), store, detectors, region=ctx.region, clock=ctx.clock,
-                  checks=make_checks(check_names, detectors))
+                  checks=make_checks(check_names, detectors), budget=ctx.budget)
     audit.task.task_type = task_type
     audit.task.scheduled_audit_name = scheduled_audit_name
     # Stored before returning, owned by this process, so the id can be described at once.
