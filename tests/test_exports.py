@@ -192,6 +192,45 @@ def test_no_private_key_material_or_factor_in_any_export(aws_env, tmp_path, caps
         assert run["results"][0]["locations"][0]["logicalLocations"][0]["fullyQualifiedName"].startswith("arn:aws:iot:")
 
 
+def test_exports_carry_a_findings_evidence(aws_env, tmp_path):
+    """What shows a factorable key's evidence (the other certificates, the known-list entry) and a
+    CA finding's ARN reaches every format that has additionalInfo, as show-findings has them."""
+    store_path = tmp_path / "a.sqlite3"
+    store = open_store(store_path)
+    task = AuditTask(region=REGION)
+    store.save_task(task)
+    other, ca_id = "ab12" * 16, "cd34" * 16  # certificate ids: SHA-256 hex
+    shared = _finding(task, 1)
+    shared.non_compliant_resource.additional_info.update(
+        {"sharedPrimeWith": other, "sharedPrimeCount": "1", "knownSameModulus": "known.txt:3"})
+    ca_arn = f"arn:aws:iot:{REGION}:{ACCOUNT}:cacert/{ca_id}"
+    ca = AuditFinding(task_id=task.task_id, task_start_time=task.task_start_time, check_name="CA_CERTIFICATE_KEY_QUALITY_CHECK",
+                      non_compliant_resource=NonCompliantResource(
+                          resource_type="CA_CERTIFICATE", resource_identifier=ResourceIdentifier(ca_certificate_id=ca_id),
+                          additional_info={"keyAlgorithm": "RSA", "caCertificateArn": ca_arn}),
+                      reason_for_non_compliance="a ROCA key", reason_for_non_compliance_code=ROCA)
+    store.add_findings([shared, ca])
+    store.close()
+    out = {}
+    for fmt in ("json", "csv", "asff"):
+        assert main(["export", "--store", str(store_path), "--format", fmt, "--account-id", ACCOUNT,
+                     "--output", str(tmp_path / fmt)]) == EXIT_OK
+        out[fmt] = (tmp_path / fmt).read_text()
+
+    infos = {f["nonCompliantResource"]["resourceIdentifier"].get("caCertificateId", "device"):
+             f["nonCompliantResource"]["additionalInfo"] for f in json.loads(out["json"])["findings"]}
+    assert infos["device"]["sharedPrimeWith"] == other and infos["device"]["knownSameModulus"] == "known.txt:3"
+    assert infos[ca_id]["caCertificateArn"] == ca_arn
+    rows = {row["checkName"]: row for row in csv.DictReader(io.StringIO(out["csv"])) if row["recordType"] == "FINDING"}
+    device, ca_row = rows[shared.check_name], rows["CA_CERTIFICATE_KEY_QUALITY_CHECK"]
+    assert device["evidence"] == f"sharedPrimeWith={other}; sharedPrimeCount=1; knownSameModulus=known.txt:3"
+    assert ca_row["certificateArn"] == ca_arn and ca_row["evidence"] == ""
+    assert list(device)[-1] == "recordType"  # still the last column
+    asff = json.loads(out["asff"])
+    others = [f["Resources"][0]["Details"]["Other"] for f in asff.get("Findings", asff)]
+    assert [o.get("sharedPrimeWith") for o in others] == [other, None]
+
+
 def test_check_format_sarif_points_at_files_and_lines(capsys, tmp_path):
     bundle = tmp_path / "bundle.pem"
     bundle.write_text((DATA / "good" / "cert01.pem").read_text() + (DATA / "roca" / "cert05.pem").read_text())

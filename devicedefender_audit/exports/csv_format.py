@@ -17,12 +17,12 @@ import io
 from collections.abc import Iterable
 
 from devicedefender_audit.exports.coverage import incomplete_checks
-from devicedefender_audit.exports.safety import exported_info, safe_text
+from devicedefender_audit.exports.safety import EVIDENCE_KEYS, exported_info, safe_text
 from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError, unchecked
 
 COLUMNS = ("taskId", "findingId", "findingTime", "checkName", "severity", "certificateId", "certificateArn",
            "certificateStatus", "keyAlgorithm", "keySize", "things", "reasonCode", "reason", "isSuppressed",
-           "recordType")
+           "evidence", "recordType")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -33,6 +33,12 @@ def _cell(value: str) -> str:
 
 def _row(**values: str) -> list[str]:
     return [_cell(values.get(column, "")) for column in COLUMNS]
+
+
+def _evidence(info: dict[str, str]) -> str:
+    """A factorable key's evidence in one cell (``sharedPrimeWith=ID,ID; sharedPrimeCount=2``); the
+    CA's ARN has the ``certificateArn`` column."""
+    return "; ".join(f"{key}={info[key]}" for key in EVIDENCE_KEYS if key in info and key != "caCertificateArn")
 
 
 def findings_csv(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterable[ResourceError]) -> str:
@@ -48,7 +54,7 @@ def findings_csv(task: AuditTask, findings: Iterable[AuditFinding], errors: Iter
             certificateStatus=info.get("certificateStatus", ""), keyAlgorithm=info.get("keyAlgorithm", ""),
             keySize=info.get("keySize", ""), things=info.get("things", ""),
             reasonCode=f.reason_for_non_compliance_code, reason=f.reason_for_non_compliance,
-            isSuppressed=str(f.is_suppressed).lower(), recordType="FINDING"))
+            isSuppressed=str(f.is_suppressed).lower(), evidence=_evidence(info), recordType="FINDING"))
     for error in unchecked(errors):
         writer.writerow(_row(taskId=task.task_id, certificateId=error.certificate_id, reasonCode=error.error_code,
                              reason=error.message, recordType="RESOURCE_NOT_CHECKED"))

@@ -13,8 +13,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+#: ``additionalInfo`` members that describe the key and certificate of a finding.
+KEY_INFO_KEYS = ("keyAlgorithm", "keySize", "certificateStatus", "things")
+#: ``additionalInfo`` members that are a finding's evidence: a CA's ARN, and the other
+#: certificates (ids) or known-list entries (``file:line``) a factorable key matched.
+EVIDENCE_KEYS = ("caCertificateArn", "sharedPrimeWith", "sharedPrimeCount", "sameModulusAs", "sameModulusCount",
+                 "knownSharedPrime", "knownSameModulus")
 #: ``additionalInfo`` members an export may carry; anything added later is left out until listed.
-EXPORTED_INFO_KEYS = ("keyAlgorithm", "keySize", "certificateStatus", "things")
+EXPORTED_INFO_KEYS = KEY_INFO_KEYS + EVIDENCE_KEYS
 
 #: Any PEM block whose label says PRIVATE KEY (RSA, EC, ENCRYPTED, OPENSSH, PKCS#8, ...).
 _PRIVATE_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.DOTALL)
