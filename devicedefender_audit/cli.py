@@ -14,6 +14,7 @@ Commands import only what they need, so ``check`` starts fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -781,11 +782,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = (_check_parser() if argv[:1] == ["check"] else build_parser()).parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # output redirected to a full disk fails here, not in the interpreter's exit
+        return code
     except BrokenPipeError:
         # The reader went away (``show-findings | head``): stop quietly, as other tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _drop_stdout()
         return EXIT_PIPE
     except KeyboardInterrupt:
         # Outside an audit (which records itself CANCELED): a report or listing cut short, whose
@@ -793,10 +795,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted; what was already recorded stays in the store", file=sys.stderr)
         sys.stderr.flush()
         os._exit(EXIT_SIGINT)
-    except Exception as exc:
-        explained = _explain(exc)
-        if explained is None:
-            raise
-        code, message = explained
-        print(f"error: {message}", file=sys.stderr)
-        return code
+    except OSError as exc:
+        if exc.errno not in _WRITE_FAILURES:
+            return _explained(exc)
+        # Standard output redirected to a file system that refuses it (``> report.txt`` on a full
+        # disk): what was recorded stays in the store; the rest of the output is dropped.
+        _drop_stdout()
+        print(f"error: the output cannot be written: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - _explained raises again what it does not know
+        return _explained(exc)
+
+
+#: Errors of a write that the file system refused: full, over quota, too large, failing.
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _explained(exc: Exception) -> int:
+    """One ``error:`` line and the exit code for an error :func:`_explain` knows; others propagate."""
+    explained = _explain(exc)
+    if explained is None:
+        raise exc
+    code, message = explained
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _drop_stdout() -> None:
+    """Point standard output at the null device, so that what is still buffered for it is not
+    written again at exit (a second failure, printed as a traceback by the interpreter)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

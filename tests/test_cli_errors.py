@@ -11,6 +11,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from conftest import DATA, REPO
 
 from devicedefender_audit import cli, cli_api, cli_export
 from devicedefender_audit.aws.pacing import DEFAULT_RATES
@@ -117,6 +118,22 @@ def test_export_output_on_a_full_disk_is_one_error_not_a_usage_error(capsys, fai
     code = main(["export", "--format", "json", "--output", "/dev/full"])
     line = one_error_line(capsys)
     assert code == 1 and "cannot be written: No space left on device" in line
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["check", str(DATA / "roca" / "cert04.pem")], ["blocklist", "info"]],
+                         ids=["check", "blocklist-info"])
+def test_standard_output_on_a_full_disk_is_one_error_line(argv):
+    """``command > report.txt`` on a full disk: one error line and exit 1, never a traceback (the
+    write fails when the buffer is flushed, in the command or at exit)."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "devicedefender_audit", *argv], check=False, stdout=full,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == "error: the output cannot be written: No space left on device\n"
 
 
 @pytest.mark.parametrize("argv", [
