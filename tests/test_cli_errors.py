@@ -11,7 +11,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from conftest import DATA, REPO
+from conftest import DATA, REGION, REPO
 
 from devicedefender_audit import cli, cli_api, cli_export
 from devicedefender_audit.aws.pacing import DEFAULT_RATES
@@ -250,3 +250,14 @@ def test_a_command_that_reads_audits_refuses_a_store_that_does_not_exist(command
     assert main([*command, "--store", str(missing)]) == 2
     assert f"error: no store at {missing}: no audit has been recorded there" in capsys.readouterr().err
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("command", [["list-audits"], ["show-findings"], ["export"]])
+def test_a_command_that_reads_audits_creates_no_dynamodb_table(command, aws, capsys):
+    """A mistyped table read as "no audits", exit 0, and created the table in the account."""
+    import boto3
+
+    assert main([*command, "--store", "dynamodb://audtis", "--region", REGION]) == 2
+    assert (f"error: no store at dynamodb://audtis: there is no table audtis in {REGION}; run an audit first"
+            in capsys.readouterr().err)
+    assert boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"] == []

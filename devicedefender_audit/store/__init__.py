@@ -153,9 +153,9 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     store not bound yet is bound to it (:mod:`.region_binding`); an account-region's partition
     (:func:`partition_location`) is the region its name gives.
 
-    Without ``create`` (a command that only reads audits), a SQLite file that does not exist is
-    refused rather than created: a mistyped ``--store`` would otherwise read as "no audits" and
-    leave an empty store behind.
+    Without ``create`` (a command that only reads audits), a SQLite file or DynamoDB table that
+    does not exist is refused rather than created: a mistyped ``--store`` would otherwise read as
+    "no audits" and leave an empty store (or a new table in the account) behind.
     """
     location = default_store_path() if location is None else location
     check_location(location)
@@ -163,7 +163,7 @@ def open_store(location: Path | str | None = None, target: AwsTarget | None = No
     if not create and not text.startswith("dynamodb:") and text != ":memory:" and not Path(text).exists():
         raise StoreError(f"no store at {text}: no audit has been recorded there; run an audit first (or check "
                          f"--store / $DDA_STORE){_demo_hint(text)}")
-    store = _open(location, target)
+    store = _open(location, target, create)
     if region is not None:
         from devicedefender_audit.store.region_binding import check_region
 
@@ -185,13 +185,13 @@ def _demo_hint(location: str) -> str:
     return ""
 
 
-def _open(location: Path | str, target: AwsTarget | None) -> Store:
+def _open(location: Path | str, target: AwsTarget | None, create: bool = True) -> Store:
     if str(location).startswith("dynamodb:"):
         from devicedefender_audit.store.dynamodb import DynamoStore
 
         base, fleet_state = _dynamodb_options(str(location))
         table, partition = _dynamodb_location(base)
-        return DynamoStore(table, target, partition, fleet_state)
+        return DynamoStore(table, target, partition, fleet_state, create)
     from devicedefender_audit.store.sqlite import SqliteStore
 
     return SqliteStore(location)

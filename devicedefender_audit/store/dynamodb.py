@@ -172,11 +172,13 @@ class DynamoStore:
     """:class:`~devicedefender_audit.store.base.Store` in one DynamoDB table (see the module doc)."""
 
     def __init__(self, table: str, target: AwsTarget | None = None, partition: str | None = None,
-                 fleet_state: S3Location | None = None) -> None:
+                 fleet_state: S3Location | None = None, create: bool = True) -> None:
         """``partition`` (``<account>/<region>``) keeps this store to one account-region's share of
         the table (:mod:`.dynamodb_partition`); ``None`` is the whole, unpartitioned store.
         ``fleet_state`` is where the factorable check's fleet state is kept between audits (one
-        object per store under it, :mod:`.s3_fleet_state`); ``None`` keeps none."""
+        object per store under it, :mod:`.s3_fleet_state`); ``None`` keeps none. Without
+        ``create`` (a command that only reads audits) a missing table is a :class:`StoreError`:
+        a mistyped name must not read as "no audits" and create a table in the account."""
         self.table = table
         self.path = f"{SCHEME}{table}" + (f"/{partition}" if partition else "")
         self._target = target or AwsTarget()
@@ -184,7 +186,7 @@ class DynamoStore:
                              if fleet_state else None)
         try:
             self._db = self._target.client("dynamodb")
-            self._ensure_table()
+            self._ensure_table(create)
             if partition:
                 from devicedefender_audit.store.dynamodb_partition import PartitionedClient
 
@@ -197,13 +199,18 @@ class DynamoStore:
 
     # table -------------------------------------------------------------------------------------
 
-    def _ensure_table(self) -> None:
-        """Use the table if it has our key layout; create it (on-demand billing) if missing."""
+    def _ensure_table(self, create: bool) -> None:
+        """Use the table if it has our key layout; create it (on-demand billing) if missing and
+        ``create``."""
         try:
             description = self._db.describe_table(TableName=self.table)["Table"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
                 raise
+            if not create:
+                raise StoreError(f"no store at {self.path}: there is no table {self.table} in "
+                                 f"{self._target.region_name}; run an audit first (or check --store / "
+                                 "$DDA_STORE, and --region: the table's)") from None
             description = self._create_table()
         keys = {k["AttributeName"]: k["KeyType"] for k in description["KeySchema"]}
         indexes = {i["IndexName"] for i in description.get("GlobalSecondaryIndexes", [])}
