@@ -128,11 +128,15 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
                        "(default: AWS's default quotas; see the README)")
 
 
+#: ``--store`` of every command (store.resolve_location decides it).
+STORE_HELP = ("SQLite audit store, or dynamodb://TABLE (default $DDA_STORE, else "
+              "$XDG_DATA_HOME/devicedefender-audit/audits.sqlite3, ~/.local/share by default; the demo "
+              "keeps demo.sqlite3 in that directory, never $DDA_STORE)")
+
+
 def _store_option(parser: argparse.ArgumentParser) -> None:
     # A string, not a Path: a Path collapses dynamodb:// and s3:// to one slash, and '' to '.'.
-    parser.add_argument("--store", default=None,
-                        help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE or "
-                        "~/.local/share/devicedefender-audit/audits.sqlite3)")
+    parser.add_argument("--store", default=None, help=STORE_HELP)
 
 
 def _store_aws_options(parser: argparse.ArgumentParser) -> None:
@@ -526,23 +530,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from devicedefender_audit.demo import QUARANTINE_GROUP, demo_account
     from devicedefender_audit.mitigation import ActionDefinition, Mitigator
     from devicedefender_audit.models import MitigationActionType
-    from devicedefender_audit.report import executions_text
+    from devicedefender_audit.report import audit_json, executions_text
     from devicedefender_audit.store import resolve_location
 
     store = _open_store(args)
     try:
         with demo_account() as target:
             task = _run_audit(target, store, args, progress=True)
-            _print_audit(store, task, args.format)
             findings = list(store.findings(task.task_id))
-            if args.format == "table" and findings:
+            executions = []
+            if findings:
                 mitigator = Mitigator(target.client("iot"), target.client("sns"), None, dry_run=True)
                 actions = [ActionDefinition.for_type(MitigationActionType.UPDATE_DEVICE_CERTIFICATE),
                            ActionDefinition.for_type(MitigationActionType.UPDATE_CA_CERTIFICATE),
                            ActionDefinition.for_type(MitigationActionType.ADD_THINGS_TO_THING_GROUP,
                                                      thing_group=QUARANTINE_GROUP)]
-                print()  # the table's heading says it is a dry run that changed nothing
-                print(executions_text(mitigator.apply(findings, actions, task_id=f"demo-{task.task_id}")))
+                executions = mitigator.apply(findings, actions, task_id=f"demo-{task.task_id}")
+            if args.format == "json":
+                document = json.loads(audit_json(task, findings, store.errors(task.task_id)))
+                document["mitigationDryRun"] = {"actionsExecutions": [e.to_aws() for e in executions]}
+                print(json.dumps(document, indent=2))
+            else:
+                _print_audit(store, task, args.format)
+                if executions:
+                    print()  # the table's heading says it is a dry run that changed nothing
+                    print(executions_text(executions))
     finally:
         store.close()
     if args.format == "table":
@@ -605,13 +617,13 @@ def cmd_show_findings(args: argparse.Namespace) -> int:
     return task_exit_code(task)
 
 
-def _print_executions(executions: Sequence[MitigationExecution], fmt: str) -> None:
+def _print_executions(executions: Sequence[MitigationExecution], fmt: str, **text: str) -> None:
     from devicedefender_audit.report import executions_text
 
     if fmt == "json":
         print(json.dumps({"actionsExecutions": [e.to_aws() for e in executions]}, indent=2))
     else:
-        print(executions_text(executions))
+        print(executions_text(executions, **text))
 
 
 def cmd_mitigate(args: argparse.Namespace) -> int:
@@ -664,10 +676,11 @@ def cmd_list_mitigations(args: argparse.Namespace) -> int:
 
     store = _open_store(args, READS_LOCALLY)
     try:
-        executions = executions_for_audit(store, _resolve_task(store, args.task_id).task_id)
+        task_id = _resolve_task(store, args.task_id).task_id
+        executions = executions_for_audit(store, task_id)
     finally:
         store.close()
-    _print_executions(executions, args.format)
+    _print_executions(executions, args.format, empty=f"No mitigation action has been applied to audit {task_id}.")
     return EXIT_OK
 
 

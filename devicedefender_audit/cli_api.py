@@ -123,11 +123,11 @@ def _operation_parser(command: str) -> argparse.ArgumentParser:
 
 def _local_options(parser: argparse.ArgumentParser) -> None:
     """Where the operations run: this tool's options, beside the model's."""
-    from devicedefender_audit.cli import endpoint_url, region_name
+    from devicedefender_audit.cli import STORE_HELP, endpoint_url, region_name
 
     local = parser.add_argument_group("where (this tool's options)")
     local.add_argument("--store", default=None,  # a string: a Path collapses dynamodb:// and '' to '.'
-                       help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE)")
+                       help=STORE_HELP)
     local.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
     local.add_argument("--region", type=region_name)
     local.add_argument("--profile")

@@ -33,7 +33,7 @@ def _port(text: str) -> int:
 
 def add_serve_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Declare ``serve`` on the CLI's subparsers; return its handler by command name."""
-    from devicedefender_audit.cli import endpoint_url, region_name
+    from devicedefender_audit.cli import STORE_HELP, endpoint_url, region_name
 
     serve = sub.add_parser("serve", help="serve the Device Defender audit API over rest-json (boto3, AWS CLI)")
     serve.add_argument("--endpoint-url", type=endpoint_url, help="AWS IoT endpoint that the audits read and that every other iot "
@@ -44,8 +44,7 @@ def add_serve_command(sub: Any) -> dict[str, Callable[[argparse.Namespace], int]
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8080, help="default 8080; 0 picks a free port")
     serve.add_argument("--store", default=None,  # a string: a Path collapses dynamodb:// and '' to '.'
-                       help="SQLite audit store, or dynamodb://TABLE (default $DDA_STORE or ~/.local/share/devicedefender-audit/"
-                       "audits.sqlite3)")
+                       help=STORE_HELP)
     serve.add_argument("--blocklists", type=Path, default=None, help="CVE-2008-0166 blocklist directory")
     serve.add_argument("--demo", action="store_true",
                        help="serve the embedded demo account (a seeded moto server; credentials demo/demo/demo)")

@@ -150,6 +150,22 @@ def test_demo_command_in_a_fresh_process(tmp_path, aws_env):
     assert "would call iot.update_ca_certificate" in proc.stdout
 
 
+def test_demo_json_carries_the_mitigation_dry_run(tmp_path, aws_env):
+    # A process of its own: the demo seeds moto's global backend, which other tests here share.
+    proc = subprocess.run(
+        [sys.executable, "-m", "devicedefender_audit", "demo", "--format", "json",
+         "--store", str(tmp_path / "demo.sqlite3")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    executions = document["mitigationDryRun"]["actionsExecutions"]
+    assert {e["actionName"] for e in executions} >= {"UPDATE_DEVICE_CERTIFICATE", "UPDATE_CA_CERTIFICATE"}
+    assert all(e["status"] != "FAILED" for e in executions)
+    # Every finding has a dry-run execution, and every execution is for a finding of this audit.
+    assert {e["findingId"] for e in executions} == {f["findingId"] for f in document["findings"]}
+
+
 def test_missing_credentials_and_region_are_explained(capsys, monkeypatch, tmp_path):
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                 "AWS_DEFAULT_REGION", "AWS_REGION"):

@@ -50,6 +50,14 @@ def test_without_suppressions_the_summary_line_is_unchanged(capsys, moto_server,
     assert "suppressed" not in out
 
 
+def test_list_mitigations_of_an_audit_without_any_says_none_was_applied(capsys, moto_server, server_iot):
+    register(server_iot, (DATA / "roca" / "cert04.pem").read_text())
+    assert main(["run", "--endpoint-url", moto_server, "--no-progress", "--checks", QUALITY, "--format", "json"]) == 3
+    task_id = json.loads(capsys.readouterr().out)["auditTask"]["taskId"]
+    code, out = run_cli(capsys, "list-mitigations")
+    assert (code, out.strip()) == (0, f"No mitigation action has been applied to audit {task_id}.")
+
+
 def test_list_mitigations_groups_rows_under_each_task_saying_whether_it_was_a_dry_run(
         capsys, moto_server, server_iot):
     register(server_iot, (DATA / "roca" / "cert04.pem").read_text(), thing="meter")
