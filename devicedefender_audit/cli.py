@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devicedefender_audit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="audit the account's device certificates")
+    run = sub.add_parser("run", help="audit the account's device and CA certificates")
     _aws_options(run)
     _common(run)
     _blocklists(run)

@@ -66,6 +66,9 @@ def audit_text(task: AuditTask, findings: Iterable[AuditFinding], errors: Iterab
         )]
     elif all(d.check_run_status == "COMPLETED_COMPLIANT" for d in task.audit_details.values()):
         out += ["", "No non-compliant certificates."]
+    elif task.task_status.value != "COMPLETED":
+        out += ["", (f"No finding, but the audit ended {task.task_status.value}: not every certificate was "
+                     "checked (see above).")]
     else:
         out += ["", "No finding, but not every certificate was checked and covered (see above)."]
     if errors:

@@ -255,3 +255,12 @@ def test_the_gate_rule_passes_what_the_gate_reads_and_nothing_else(aws):
         sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                                                            for i, m in enumerate(batch)])
     assert sorted(delivered) == sorted(API_REGISTRATIONS)
+
+
+def test_the_gate_actions_default_names_current_action_types():
+    """The template's default is what a deployed gate reads; it spells today's names, not the
+    earlier PUBLISH_FINDINGS_TO_SNS that the gate still accepts."""
+    from devicedefender_audit.models import MitigationActionType
+
+    default = _template("template.yaml")["Parameters"]["GateActions"]["Default"]
+    assert all(name in MitigationActionType.__members__ for name in default.split(","))

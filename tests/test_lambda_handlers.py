@@ -293,7 +293,7 @@ def test_scheduled_audit_refuses_an_unknown_payload(monkeypatch, aws):
 
 
 def _gate_env(monkeypatch, topic: str, dry_run: str) -> None:
-    monkeypatch.setenv("DDA_GATE_ACTIONS", "UPDATE_DEVICE_CERTIFICATE,ADD_THINGS_TO_THING_GROUP,PUBLISH_FINDINGS_TO_SNS")
+    monkeypatch.setenv("DDA_GATE_ACTIONS", "UPDATE_DEVICE_CERTIFICATE,ADD_THINGS_TO_THING_GROUP,PUBLISH_FINDING_TO_SNS")
     monkeypatch.setenv("DDA_QUARANTINE_GROUP", "quarantine")
     monkeypatch.setenv("DDA_SNS_TOPIC_ARN", topic)
     monkeypatch.setenv("DDA_DRY_RUN", dry_run)

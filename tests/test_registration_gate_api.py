@@ -66,7 +66,7 @@ def registered_event(event_name: str, cert: dict) -> dict:
 
 
 def _gate_env(monkeypatch, topic: str, dry_run: str, actions: str = (
-        "UPDATE_DEVICE_CERTIFICATE,UPDATE_CA_CERTIFICATE,ADD_THINGS_TO_THING_GROUP,PUBLISH_FINDINGS_TO_SNS")) -> None:
+        "UPDATE_DEVICE_CERTIFICATE,UPDATE_CA_CERTIFICATE,ADD_THINGS_TO_THING_GROUP,PUBLISH_FINDING_TO_SNS")) -> None:
     monkeypatch.setenv("DDA_GATE_ACTIONS", actions)
     monkeypatch.setenv("DDA_QUARANTINE_GROUP", "quarantine")
     monkeypatch.setenv("DDA_SNS_TOPIC_ARN", topic)
@@ -109,7 +109,7 @@ def test_the_gated_calls_are_the_ones_that_bring_a_key_someone_else_generated():
 @pytest.mark.parametrize("event_name", [n for n, kind in API_REGISTRATIONS.items() if kind != CA_CERTIFICATE])
 def test_a_weak_device_key_registered_through_the_api_is_deactivated(monkeypatch, caplog, iot, topic_arn, event_name):
     cert = _register_via(iot, event_name, (DATA / "roca" / "cert05.pem").read_text())
-    _gate_env(monkeypatch, topic_arn, dry_run="false", actions="UPDATE_DEVICE_CERTIFICATE,PUBLISH_FINDINGS_TO_SNS")
+    _gate_env(monkeypatch, topic_arn, dry_run="false", actions="UPDATE_DEVICE_CERTIFICATE,PUBLISH_FINDING_TO_SNS")
     caplog.set_level(logging.INFO, logger=GATE_LOGGER)
 
     outcome = registration_gate(registered_event(event_name, cert), None)
@@ -139,7 +139,7 @@ def test_a_dry_run_plans_and_makes_no_mutating_call(aws, topic_arn):
     cert = register(iot, (DATA / "roca" / "cert05.pem").read_text(), thing="meter-7")
     calls.clear()
     settings = GateSettings.from_env({"DDA_GATE_ACTIONS": "UPDATE_DEVICE_CERTIFICATE,ADD_THINGS_TO_THING_GROUP,"
-                                                          "PUBLISH_FINDINGS_TO_SNS",
+                                                          "PUBLISH_FINDING_TO_SNS",
                                       "DDA_QUARANTINE_GROUP": "quarantine", "DDA_SNS_TOPIC_ARN": topic_arn})
     assert settings.dry_run  # acting is opted into
 

@@ -77,7 +77,7 @@ def test_a_certificate_that_cannot_be_described_fails_the_invocation(monkeypatch
     """A throttled DescribeCertificate was an outcome and a success: Lambda did not retry, the
     weak key stayed ACTIVE and nothing was notified."""
     cert = _weak(iot)
-    _gate_env(monkeypatch, topic_arn, dry_run="false", actions="UPDATE_DEVICE_CERTIFICATE,PUBLISH_FINDINGS_TO_SNS")
+    _gate_env(monkeypatch, topic_arn, dry_run="false", actions="UPDATE_DEVICE_CERTIFICATE,PUBLISH_FINDING_TO_SNS")
     _failing(monkeypatch, "DescribeCertificate", code, times=1)
     caplog.set_level(logging.INFO, logger=GATE_LOGGER)
 
@@ -103,7 +103,7 @@ def test_a_failed_deactivation_fails_the_invocation_and_the_retry_finishes_it(mo
     """UpdateCertificate throttled: the execution was FAILED inside a successful invocation, so
     the weak key stayed ACTIVE for good."""
     cert = _weak(iot)
-    _gate_env(monkeypatch, topic_arn, dry_run="false", actions="UPDATE_DEVICE_CERTIFICATE,PUBLISH_FINDINGS_TO_SNS")
+    _gate_env(monkeypatch, topic_arn, dry_run="false", actions="UPDATE_DEVICE_CERTIFICATE,PUBLISH_FINDING_TO_SNS")
     calls = _failing(monkeypatch, "UpdateCertificate", "ThrottlingException", times=1)
 
     with pytest.raises(GateUnfinished, match="UPDATE_DEVICE_CERTIFICATE:FAILED"):
@@ -235,7 +235,8 @@ def test_a_mistyped_setting_is_one_clear_error(env, says):
     ({"DDA_GATE_ACTIONS": ""}, [], True),  # report only, in a dry run: both said explicitly
     ({"DDA_GATE_ACTIONS": " update_device_certificate , ", "DDA_DRY_RUN": " FALSE "},
      ["UPDATE_DEVICE_CERTIFICATE"], False),
-    ({"DDA_GATE_ACTIONS": "PUBLISH_FINDINGS_TO_SNS", "DDA_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:1:t",
+    ({"DDA_GATE_ACTIONS": "PUBLISH_FINDINGS_TO_SNS",  # the earlier name, as deployed gates have it
+      "DDA_SNS_TOPIC_ARN": "arn:aws:sns:us-east-1:1:t",
       "DDA_DRY_RUN": "True", "DDA_STORE": "dynamodb://t", "DDA_BLOCKLISTS": "/opt/blocklists"},
      ["PUBLISH_FINDING_TO_SNS"], True),
 ])

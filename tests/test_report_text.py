@@ -155,3 +155,11 @@ def test_check_of_binary_that_is_not_der_says_so(capsys, tmp_path):
     assert code == 4
     assert json.loads(out)[0]["error"] == (
         "binary data that is not one whole DER certificate, key or CSR (truncated?), nor PEM or OpenSSH text")
+
+
+def test_an_audit_that_ended_failed_says_so_under_its_empty_findings(capsys, aws_env):
+    """No finding in a FAILED audit is not 'checked and covered': the line says how it ended."""
+    assert main(["run", "--endpoint-url", "http://127.0.0.1:9", "--no-progress", "--max-attempts", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "No finding, but the audit ended FAILED: not every certificate was checked" in out
+    assert "No non-compliant certificates" not in out
