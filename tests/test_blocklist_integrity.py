@@ -222,3 +222,34 @@ def test_an_audit_with_a_damaged_list_is_never_compliant(lists, iot):
     assert [f.certificate_id for f in audited.findings] == [weak_2048]
     details = audited.task.audit_details["DEVICE_CERTIFICATE_KEY_QUALITY_CHECK"]
     assert details.check_compliant is False and details.check_run_status != "COMPLETED_COMPLIANT"
+
+
+def test_a_list_whole_for_openssl_but_not_ssh_keygen_claims_no_key_clean(tmp_path):
+    """ssh-keygen's weak keys are not in an openssl-complete list: a key the list lacks may be
+    one of them, so it is NOT_COVERED naming the ssh-keygen range, never CLEAN."""
+    weak = modulus_of(WEAK_1024)
+    rows = [(*split_fingerprint(vulnkey_fingerprint(weak)), Origin("openssl", "le32", "rnd", 1).pack())]
+    manifest = {"complete": False, "complete_variants": ["rnd", "nornd-old", "nornd-new"], "keys_generated": 1,
+                "pid_ranges": {"le32": {"rnd": [[0, 32767]], "ssh-keygen": [[0, 511]]}}}
+    write_blocklist(tmp_path, 1024, np.array(rows, dtype=RECORD), manifest)
+    detector = DebianWeakDetector(tmp_path)
+    assert detector.check(rsa_info(weak)).verdict is Verdict.VULNERABLE
+    result = detector.check(rsa_info((1 << 1023) | 12345))
+    assert result.verdict is Verdict.NOT_COVERED
+    assert "openssl genrsa/req (all generated)" in result.detail and "0-511 (le32 ssh-keygen)" in result.detail
+    assert detector.coverage()[1024].startswith("complete for openssl genrsa/req: 1 keys")
+
+
+def test_an_imported_list_vouches_for_no_key_it_lacks(tmp_path):
+    """Importing a list (any list: a handful of lines will do) adds keys to flag; a key not in
+    it stays NOT_COVERED, as before the import."""
+    weak = modulus_of(WEAK_1024)
+    listed = tmp_path / "blacklist.RSA-1024"
+    listed.write_text(vulnkey_fingerprint(weak).hex() + "\n")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    assert main(["blocklist", "import", str(listed), "--bits", "1024", "--blocklists", str(lists)]) == 0
+    detector = DebianWeakDetector(lists)
+    assert detector.check(rsa_info(weak)).verdict is Verdict.VULNERABLE
+    assert detector.check(rsa_info((1 << 1023) | 12345)).verdict is Verdict.NOT_COVERED
+    assert "imported (adds keys, vouches for none it lacks): blacklist.RSA-1024 (+1)" in detector.coverage()[1024]

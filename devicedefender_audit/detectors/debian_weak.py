@@ -48,7 +48,11 @@ def default_blocklist_dir() -> Path:
     return Path(sys.prefix) / "share" / "devicedefender-audit" / "blocklists"
 
 
-def _pid_ranges_text(pid_ranges: dict[str, dict[str, list[list[int]]]]) -> str:
+#: A manifest's ``pid_ranges``: platform -> variant -> [[first, last], ...].
+PidRanges = dict[str, dict[str, list[list[int]]]]
+
+
+def _pid_ranges_text(pid_ranges: PidRanges) -> str:
     """``pid_ranges`` of a manifest, grouped by identical ranges so a partial list reads in a line:
     ``0-2559 (be32 rnd, le32 rnd, ...); 0-3071 (le64 rnd)``."""
     groups: dict[str, list[str]] = {}
@@ -57,6 +61,12 @@ def _pid_ranges_text(pid_ranges: dict[str, dict[str, list[list[int]]]]) -> str:
             spans = ", ".join(f"{start}-{stop}" for start, stop in ranges)
             groups.setdefault(spans, []).append(f"{platform} {variant}")
     return "; ".join(f"{spans} ({', '.join(names)})" for spans, names in groups.items()) or "none"
+
+
+def _ssh_keygen_ranges(pid_ranges: PidRanges) -> PidRanges:
+    """The ssh-keygen part of a manifest's ``pid_ranges`` (platform -> variant -> ranges)."""
+    return {platform: {"ssh-keygen": variants["ssh-keygen"]}
+            for platform, variants in pid_ranges.items() if "ssh-keygen" in variants}
 
 
 class DebianWeakDetector:
@@ -76,8 +86,10 @@ class DebianWeakDetector:
             raise BlocklistError(
                 f"no blocklists in {self.directory} (check --blocklists or ${ENV_VAR})"
             )
-        #: Sizes whose list holds every openssl key, so a key not in it is CLEAN.
-        self._complete = {bits for bits, table in self.tables.items() if self._covers_openssl_space(table)}
+        #: Sizes whose list holds every weak key of every tool, so a key not in it is CLEAN. A list
+        #: whole for openssl genrsa/req but not for ssh-keygen, or an imported one (which vouches
+        #: for nothing it lacks), leaves a key it lacks NOT_COVERED: never a false all-clear.
+        self._complete = {bits for bits, table in self.tables.items() if table.manifest.get("complete")}
         #: Results are immutable: one CLEAN result serves every clean key (saves ~0.5 us a key).
         self._clean = DetectorResult(self.name, Verdict.CLEAN)
 
@@ -128,9 +140,10 @@ class DebianWeakDetector:
             if state == "partial":
                 out[bits] += f"; pids generated: {_pid_ranges_text(ranges)}"
             elif state != "complete":  # openssl's space is whole: say how far ssh-keygen's is
-                ssh = {platform: {"ssh-keygen": variants["ssh-keygen"]}
-                       for platform, variants in ranges.items() if "ssh-keygen" in variants}
-                out[bits] += f"; ssh-keygen pids generated: {_pid_ranges_text(ssh)}"
+                out[bits] += f"; ssh-keygen pids generated: {_pid_ranges_text(_ssh_keygen_ranges(ranges))}"
+            if manifest.get("imported"):
+                files = ", ".join(f"{i['file']} (+{i['added']})" for i in manifest["imported"])
+                out[bits] += f"; imported (adds keys, vouches for none it lacks): {files}"
         return out
 
     def check(self, key: PublicKeyInfo) -> DetectorResult:
@@ -166,20 +179,21 @@ class DebianWeakDetector:
                 f"RSA-{key.bits} key is one of the predictable Debian OpenSSL keys{how}",
             )
         if key.bits not in self._complete:
-            complete = ", ".join(table.manifest.get("complete_variants", [])) or "none"
-            return DetectorResult(
-                self.name,
-                Verdict.NOT_COVERED,
-                detail=f"not in the RSA-{key.bits} blocklist, but that list is partial "
-                f"({len(table)} keys; variants complete: {complete})",
-            )
+            return DetectorResult(self.name, Verdict.NOT_COVERED, detail=self._not_covered(key.bits, table))
         return self._clean
+
+    def _not_covered(self, bits: int, table: BlocklistTable) -> str:
+        """Why a key missing from a list that is not complete is not clean: what the list lacks."""
+        if self._covers_openssl_space(table):
+            ssh = _pid_ranges_text(_ssh_keygen_ranges(table.manifest.get("pid_ranges", {})))
+            return (f"not among the RSA-{bits} keys of openssl genrsa/req (all generated), but ssh-keygen's "
+                    f"RSA-{bits} keys are generated only for pids {ssh}")
+        complete = ", ".join(table.manifest.get("complete_variants", [])) or "none"
+        return (f"not in the RSA-{bits} blocklist, but that list is partial "
+                f"({len(table)} keys; variants complete: {complete})")
 
     @staticmethod
     def _covers_openssl_space(table: BlocklistTable) -> bool:
-        """Every openssl genrsa/req key of this size is in the list (generated completely, or
-        imported from a full openssl-vulnkey list). ssh-keygen keys are the smaller remainder."""
-        manifest = table.manifest
-        return bool(manifest.get("imported")) or set(OPENSSL_VARIANTS) <= set(
-            manifest.get("complete_variants", [])
-        )
+        """Every openssl genrsa/req key of this size was generated into the list (what remains is
+        ssh-keygen's range, which ``coverage`` and the NOT_COVERED detail then name)."""
+        return set(OPENSSL_VARIANTS) <= set(table.manifest.get("complete_variants", []))
