@@ -96,11 +96,12 @@ class DebianWeakDetector:
     @cached_property
     def version(self) -> str:
         """This detector's code version and a digest of every shipped list's sha256: stored
-        verdicts are recomputed (from the stored key, no AWS call) once any list changes."""
+        verdicts are recomputed (from the stored key, no AWS call) once any list changes. The code
+        version rises when a rule changes (2: only a list complete for both tools gives CLEAN)."""
         digests = sorted(
             f"{path.name}:{json.loads(path.read_text()).get('sha256', '')}" for path in self.directory.glob("*.json")
         )
-        return "1-" + hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16]
+        return "2-" + hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16]
 
     @cached_property
     def ec(self) -> DebianWeakEcLists:
