@@ -295,8 +295,23 @@ class Audit:
         return compare_fleet(
             self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH),
             self._fleet_known(ca), on_phase=lambda label: self._phase(label, None),
-            between_batches=self._raise_if_canceled,
+            between_batches=self._raise_if_canceled, before_full=self._raise_unless_full_comparison_fits,
         )
+
+    def _raise_unless_full_comparison_fits(self, keys: int) -> None:
+        """A full fleet comparison is one call that cannot stop midway: it starts only when the
+        time budget holds it, else the audit ends CANCELED saying so (killed midway, by Lambda's
+        time limit, it would end unrecorded)."""
+        from devicedefender_audit.factoring.fleet_audit import FULL_SECONDS_PER_KEY
+
+        self._raise_if_canceled()
+        needed = keys * FULL_SECONDS_PER_KEY
+        if self.budget is not None and needed > self.budget.left():
+            raise AuditCanceled(
+                f"stopped before the full fleet comparison of {keys:,} keys (about {needed:.0f} s), which the "
+                f"{max(self.budget.left(), 0):.0f} s left before the function's time limit cannot hold; run one "
+                "audit from a machine with the same store (run --store, a DynamoDB one with ?fleet-state=s3://...) "
+                "to save the fleet state, after which audits compare only what changed")
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
                      fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]],

@@ -48,7 +48,7 @@ from devicedefender_audit.detectors import Detector
 from devicedefender_audit.exit_codes import EXIT_FAILED, EXIT_OK, task_exit_code
 from devicedefender_audit.exports.safety import safe_value
 from devicedefender_audit.fleet_run import account_region_failure
-from devicedefender_audit.models import AuditFinding, AuditTask, AuditTaskStatus, ResourceError
+from devicedefender_audit.models import AuditFinding, AuditTask, ResourceError
 from devicedefender_audit.service.tasks import SCHEDULED
 from devicedefender_audit.store import Store, StoreError, open_store, partition_location
 from devicedefender_audit.time_budget import TimeBudget
@@ -194,18 +194,23 @@ def _open_partition(settings: AuditSettings, account_id: str, region: str) -> tu
 
 
 def _reported(task: AuditTask, store: Store, target: AwsTarget, account_id: str,
-              settings: AuditSettings) -> dict[str, Any]:
+              settings: AuditSettings, budget: TimeBudget | None = None) -> dict[str, Any]:
     """One finished audit's summary, notified when it found something or could not check
     everything, its findings then imported into Security Hub when asked (the alert goes first:
     a sync that runs out of the function's time never holds it back). A sync that failed (a role
     without a permission it needs) is notified too, even after a clean audit: a scheduled
-    invocation's result is read by no one, so Security Hub would otherwise go stale in silence."""
+    invocation's result is read by no one, so Security Hub would otherwise go stale in silence.
+    Once ``budget`` is spent the sync is skipped (``securityHub.skipped``): it reads every active
+    finding of the product, and the reserve is for the notifications of what was not done."""
     findings = list(store.findings(task.task_id))
     report = summary(task, findings)
     title = f"devicedefender-audit {account_id} {task.region}"
     if settings.sns_topic_arn and report["exitCode"] != EXIT_OK:
         notify(settings.sns_topic_arn, report, title)
-    if settings.to_securityhub:  # also with no findings: the ones this audit resolved are archived
+    if settings.to_securityhub and budget is not None and budget.spent():
+        report["securityHub"] = {"skipped": "the function's time ran out; the next audit's sync imports "
+                                            "its findings and archives what it resolved"}
+    elif settings.to_securityhub:  # also with no findings: the ones this audit resolved are archived
         sync = _to_securityhub(target, account_id, task, findings, list(store.errors(task.task_id)))
         report["securityHub"] = sync.to_json()
         if settings.sns_topic_arn and sync.failed:
@@ -243,7 +248,7 @@ def _audit_partition(region: str, account_id: str, store: Store, location: str, 
                       checks=make_checks(names, detectors), budget=budget)
         audit.task.account = account_id
         task_id = audit.task.task_id
-        return _reported(audit.run(), store, target, account_id, settings)
+        return _reported(audit.run(), store, target, account_id, settings, budget)
     except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from being audited
         return _failure(region, *account_region_failure(exc), task_id)
     finally:
@@ -278,7 +283,7 @@ def run_due_region(region: str, account_id: str, detectors: Detectors, settings:
             for started in due["startedTasks"]:
                 task = store.get_task(started["taskId"])
                 if task is not None:
-                    result["audits"].append(_reported(task, store, target, account_id, settings))
+                    result["audits"].append(_reported(task, store, target, account_id, settings, budget))
         except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from running
             result.update(_failure(region, *account_region_failure(exc)))
         finally:
@@ -317,9 +322,9 @@ def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detector
 
     ``remaining_s`` is the time left before the function is killed. The work stops
     :data:`~devicedefender_audit.time_budget.RESERVE_S` before that, recorded: the running audit
-    ends ``CANCELED``, and the regions not reached are reported ``NOT_STARTED`` and notified once.
-    Regions go in the order of their last completed audit, oldest first, so the ones not reached
-    go first the next time."""
+    ends ``CANCELED``, and the regions not reached are reported ``NOT_STARTED`` and notified once
+    (with the scheduled audits deferred). Regions go in the order of their last audit's start,
+    oldest first, so the ones not reached go first the next time."""
     if not isinstance(event, Mapping):
         raise ValueError(f"the payload is a JSON object ({{}} or {{\"action\": \"run-due\"}}), not {event!r}")  # noqa: TRY004
     unknown = sorted(set(event) - set(PAYLOAD_KEYS))
@@ -343,14 +348,28 @@ def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detector
             results[region] = run_due_region(region, account_id, detectors, settings, now, budget)
         else:
             results[region] = audit_region(region, account_id, detectors(), settings, budget)
-    left = [region for region, result in results.items() if result.get("errorCode") == NOT_STARTED]
-    if left and settings.sns_topic_arn:
-        report = {"errorCode": NOT_STARTED, "regionsNotStarted": left,
-                  "message": f"{len(left)} of {len(results)} regions not started ({', '.join(left)}): "
-                             f"the function's time ran out; they go first next time"}
-        notify(settings.sns_topic_arn, report, f"devicedefender-audit {account_id}")
+    if settings.sns_topic_arn and (undone := _left_undone(results)):
+        notify(settings.sns_topic_arn, undone, f"devicedefender-audit {account_id}")
     ordered = [results[region] for region in settings.regions]  # the configured order, whatever ran first
     return {"runDue": ordered} if action == RUN_DUE else {"audits": ordered}
+
+
+def _left_undone(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """One notification of what the function's time left undone: the regions not started and the
+    scheduled audits deferred in regions it reached (each with its slot); None when nothing was."""
+    left = [region for region, result in results.items() if result.get("errorCode") == NOT_STARTED]
+    deferred = [{"region": region, **schedule} for region, result in results.items()
+                if result.get("errorCode") != NOT_STARTED for schedule in result.get("deferredSchedules", [])]
+    if not left and not deferred:
+        return None
+    said = []
+    if left:
+        said.append(f"{len(left)} of {len(results)} regions not started ({', '.join(left)}); they go first next time")
+    if deferred:
+        names = ", ".join(f"{d['scheduledAuditName']} in {d['region']}" for d in deferred)
+        said.append(f"{len(deferred)} scheduled audit(s) deferred ({names}); they start at the next run")
+    return {"errorCode": NOT_STARTED, "regionsNotStarted": left, "deferredSchedules": deferred,
+            "message": f"the function's time ran out: {'; '.join(said)}"}
 
 
 def _not_started(region: str, budget: TimeBudget, action: str) -> dict[str, Any]:
@@ -361,21 +380,22 @@ def _not_started(region: str, budget: TimeBudget, action: str) -> dict[str, Any]
 
 
 def _least_recently_audited(settings: AuditSettings, account_id: str, scheduled: bool) -> list[str]:
-    """The regions, those whose last audit of this kind (scheduled or full) completed longest ago
-    first; never: first of all, in the configured order. When the function's time runs out, the
-    regions it did not reach go first the next time, so every region is audited in turn."""
-    def last_completed(region: str) -> datetime:
+    """The regions, those whose last audit of this kind (scheduled or full) started longest ago
+    first; never (or not among the partition's newest tasks): first of all, in the configured order.
+    When the function's time runs out, the regions it did not reach go first the next time, and a
+    region whose audit the time stopped goes last: every region is audited in turn, even beside
+    one that never fits (ordered by last *completed* audit, that one would go first forever)."""
+    def last_started(region: str) -> datetime:
         try:
             _, store = _open_partition(settings, account_id, region)
         except StoreError:
             return _NEVER  # audit_region reports it
         try:
-            return max((t.task_start_time for t in store.list_tasks()
-                        if t.task_status is AuditTaskStatus.COMPLETED and (t.task_type == SCHEDULED) == scheduled),
+            return max((t.task_start_time for t in store.list_tasks() if (t.task_type == SCHEDULED) == scheduled),
                        default=_NEVER)
         except Exception:  # noqa: BLE001 - an unreadable partition only loses its place in the order
             return _NEVER
         finally:
             store.close()
 
-    return sorted(settings.regions, key=last_completed)
+    return sorted(settings.regions, key=last_started)

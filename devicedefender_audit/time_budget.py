@@ -35,3 +35,8 @@ class TimeBudget:
 
     def spent(self) -> bool:
         return time.monotonic() >= self.stop_at
+
+    def left(self) -> float:
+        """Seconds until work stops (negative once spent): for a step that cannot stop midway,
+        which starts only when it fits."""
+        return self.stop_at - time.monotonic()

@@ -92,6 +92,56 @@ def test_run_due_leaves_unclaimed_the_slots_its_budget_did_not_reach(ctx):
     assert started["slot"] == deferred["deferredSchedules"][0]["slot"]
 
 
+def test_a_slot_whose_audit_the_budget_stopped_runs_again_at_the_next_run(ctx, monkeypatch):
+    """Claimed, then CANCELED by the time budget: the slot is released (deferred, naming the
+    canceled task), so a monthly schedule is not skipped for a month."""
+    from devicedefender_audit import audit, time_budget
+
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="monthly", frequency="MONTHLY", dayOfMonth="11",
+         targetCheckNames=[CHECK_NAME])
+    ctx.clock.now = CREATED + timedelta(days=1, hours=1)
+    moment = [1000.0]
+    monkeypatch.setattr(time_budget.time, "monotonic", lambda: moment[0])
+    ctx.budget = TimeBudget.from_remaining(900)
+    check = audit.Audit._check
+
+    def the_time_runs_out(self, *args, **kwargs):
+        moment[0] += 900
+        return check(self, *args, **kwargs)
+
+    monkeypatch.setattr(audit.Audit, "_check", the_time_runs_out)
+    first = run_due(ctx)
+    [canceled] = first["startedTasks"]
+    [deferred] = first["deferredSchedules"]
+    assert ctx.store.get_task(canceled["taskId"]).task_status.value == "CANCELED"
+    assert (deferred["scheduledAuditName"], deferred["canceledTaskId"]) == ("monthly", canceled["taskId"])
+
+    monkeypatch.undo()
+    ctx.budget, ctx.clock.now = None, ctx.clock.now + timedelta(hours=1)
+    [again] = run_due(ctx)["startedTasks"]
+    assert again["slot"] == canceled["slot"] and ctx.store.get_task(again["taskId"]).task_status.value == "COMPLETED"
+    assert run_due(ctx)["startedTasks"] == []  # completed: the slot stays claimed
+
+
+def test_a_slot_whose_audit_was_canceled_on_request_stays_claimed(ctx, monkeypatch):
+    """CancelAuditTask is the user's word: that slot is not run again."""
+    from devicedefender_audit import audit
+
+    call(ctx, "CreateScheduledAudit", scheduledAuditName="daily", frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    ctx.clock.now = CREATED + timedelta(days=1)
+    ctx.budget = TimeBudget.from_remaining(900)
+    check = audit.Audit._check
+
+    def canceled_meanwhile(self, *args, **kwargs):
+        call(ctx, "CancelAuditTask", taskId=self.task.task_id)
+        return check(self, *args, **kwargs)
+
+    monkeypatch.setattr(audit.Audit, "_check", canceled_meanwhile)
+    first = run_due(ctx)
+    assert ctx.store.get_task(first["startedTasks"][0]["taskId"]).task_status.value == "CANCELED"
+    assert first["deferredSchedules"] == [] and run_due(ctx)["startedTasks"] == []
+
+
 def disable_under_schedules(ctx: ServiceContext) -> None:
     """Disable the check behind the API's back: UpdateAccountAuditConfiguration refuses to disable a
     check a scheduled audit uses (as AWS does), but a store can still hold that state (written

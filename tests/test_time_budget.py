@@ -128,3 +128,101 @@ def test_an_audit_stopped_by_the_function_time_is_notified(two_regions, clock, t
     assert west["errorCode"] == "NOT_STARTED"
     subjects = [subject for subject, _ in sns_notifications(topic_arn)]
     assert any(REGION in s and "CANCELED" in s for s in subjects)
+
+
+def test_a_region_that_never_fits_does_not_starve_the_others(two_regions, clock, topic_arn, monkeypatch):
+    """us-east-1's listing alone takes the function's time, every time: it is canceled each time,
+    and the regions go in turn (ordered by last completed audit it would go first forever)."""
+    from moto.iot.responses import IoTResponse
+
+    listing = IoTResponse.list_certificates
+
+    def slow_in_east(self):
+        if self.region == REGION:
+            clock.now += 900
+        return listing(self)
+
+    monkeypatch.setattr(IoTResponse, "list_certificates", slow_in_east)
+    runs = [scheduled_audit({}, LambdaContext(900))["audits"] for _ in range(3)]
+    east = [run[0].get("taskStatus") if run[0].get("errorCode") != "NOT_STARTED" else "NOT_STARTED" for run in runs]
+    west = [run[1].get("taskStatus") if run[1].get("errorCode") != "NOT_STARTED" else "NOT_STARTED" for run in runs]
+    # The second time, eu-west-1 (never audited) goes first and completes; us-east-1 is canceled again.
+    assert east == ["CANCELED"] * 3
+    assert west == ["NOT_STARTED", "COMPLETED", "COMPLETED"]
+
+
+def test_a_full_fleet_comparison_the_budget_cannot_hold_is_not_started(iot, clock, monkeypatch):
+    """The batch GCD over the whole fleet is one call that cannot stop midway: started just before
+    the stop, the function would be killed in it with the task IN_PROGRESS. It starts only when the
+    budget holds it at the measured rate, else the audit ends CANCELED saying so."""
+    from devicedefender_audit.checks import make_checks
+    from devicedefender_audit.detectors import default_detectors
+    from devicedefender_audit.factoring import fleet_audit, fleet_state
+
+    register(iot, (DATA / "roca" / "cert04.pem").read_text())
+    built = []
+    monkeypatch.setattr(fleet_state.FleetState, "build", lambda *args, **kwargs: built.append(args))
+    monkeypatch.setattr(fleet_audit, "FULL_SECONDS_PER_KEY", 900.0)  # one key needs more than is left
+    store = open_store(":memory:")
+    detectors = default_detectors()
+    task = Audit(iot, store, detectors, checks=make_checks(["DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"], detectors),
+                 budget=TimeBudget.from_remaining(900)).run()
+    assert built == [] and task.task_status is AuditTaskStatus.CANCELED
+    message = next(iter(task.audit_details.values())).message
+    assert "full fleet comparison of 1 keys (about 900 s)" in message and "780 s left" in message
+
+
+def test_once_the_time_is_spent_the_security_hub_sync_waits_for_the_next_audit(two_regions, clock, topic_arn,
+                                                                               monkeypatch):
+    """The sync reads every active finding of the product (minutes at scale): after the stop it is
+    skipped and said so, and the notification of the regions not started goes out in time."""
+    from moto.iot.responses import IoTResponse
+
+    start = clock.now
+    monkeypatch.setenv("DDA_SECURITYHUB", "true")
+    describe = IoTResponse.describe_certificate
+
+    def reaches_the_stop(self):
+        clock.now = max(clock.now, start + 900 - RESERVE_S)
+        return describe(self)
+
+    synced = []
+    monkeypatch.setattr(IoTResponse, "describe_certificate", reaches_the_stop)
+    monkeypatch.setattr(lambda_audit, "_to_securityhub", lambda *args: synced.append(args))
+    east, west = scheduled_audit({}, LambdaContext(900))["audits"]
+    assert synced == [] and "next audit's sync" in east["securityHub"]["skipped"]
+    assert west["errorCode"] == "NOT_STARTED"
+
+
+def test_scheduled_audits_deferred_in_a_region_reached_are_notified(two_regions, clock, topic_arn, monkeypatch):
+    """run-due: the time runs out after the first of two due schedules; the second is deferred,
+    and the one notification of what was left undone names it."""
+    import os
+
+    from service_helpers import call
+    from test_service_api import enable
+
+    from devicedefender_audit.service import ServiceContext
+    from devicedefender_audit.service import scheduled as scheduled_module
+
+    monkeypatch.setenv("DDA_REGIONS", REGION)
+    store = open_store(lambda_audit.partition_location(os.environ["DDA_STORE"], "123456789012", REGION))
+    ctx = ServiceContext(store=store, iot_client=lambda: boto3.client("iot", region_name=REGION),
+                         detectors=lambda: [], region=REGION)
+    enable(ctx)
+    for name in ("a", "b"):
+        call(ctx, "CreateScheduledAudit", scheduledAuditName=name, frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    store.close()
+    start_audit = scheduled_module.start_audit
+
+    def then_the_time_runs_out(*args, **kwargs):
+        task_id = start_audit(*args, **kwargs)
+        clock.now += 900
+        return task_id
+
+    monkeypatch.setattr(scheduled_module, "start_audit", then_the_time_runs_out)
+    [result] = scheduled_audit({"action": "run-due", "now": "2099-01-01T01:00:00Z"}, LambdaContext(900))["runDue"]
+    assert [s["scheduledAuditName"] for s in result["startedTasks"]] == ["a"]
+    assert [s["scheduledAuditName"] for s in result["deferredSchedules"]] == ["b"]
+    undone = [message for subject, message in sns_notifications(topic_arn) if "NOT_STARTED" in subject]
+    assert len(undone) == 1 and f"1 scheduled audit(s) deferred (b in {REGION})" in undone[0]

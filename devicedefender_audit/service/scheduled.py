@@ -29,6 +29,7 @@ from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
+from devicedefender_audit.models import AuditTaskStatus
 from devicedefender_audit.service.configuration import SCHEDULED_AUDIT_KIND, require_enabled
 from devicedefender_audit.service.context import ServiceContext, drop_none, page
 from devicedefender_audit.service.errors import (
@@ -176,7 +177,8 @@ def latest_slot(body: dict, now: datetime) -> datetime | None:
 def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
     """Start every scheduled audit that is due at ``now`` (default ``ctx.now()``); what started,
     what could not, and what was left for the next run because ``ctx.budget`` was spent
-    (``deferredSchedules``: their slots are not claimed, so the next run starts them).
+    (``deferredSchedules``: their slots are not claimed, so the next run starts them; a slot whose
+    audit the budget stopped is released again, with ``canceledTaskId``).
 
     ``now`` (``run-due --now``, the Lambda's ``"now"``) only chooses the slots: the audits run at
     ``ctx.now()`` and are recorded so, with the suppressions in force then, so a test with a future
@@ -207,7 +209,20 @@ def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
                            "message": f"{type(exc).__name__}: {exc}"})
             continue
         started.append({"scheduledAuditName": name, "taskId": task_id, "slot": slot})
+        if _stopped_by_budget(ctx, task_id):  # the slot is run again, whole, at the next run
+            ctx.store.delete_record(RUN_KIND, run_key)
+            deferred.append({"scheduledAuditName": name, "slot": slot, "canceledTaskId": task_id})
     return {"startedTasks": started, "failedSchedules": failed, "deferredSchedules": deferred}
+
+
+def _stopped_by_budget(ctx: ServiceContext, task_id: str) -> bool:
+    """The audit (run inline, as the Lambda runs it) ended CANCELED by the time budget: the only
+    other way to end CANCELED, CancelAuditTask, leaves its request in the store."""
+    if ctx.budget is None or ctx.background:
+        return False
+    task = ctx.store.get_task(task_id)
+    return (task is not None and task.task_status is AuditTaskStatus.CANCELED
+            and not ctx.store.cancel_requested(task_id))
 
 
 def _nothing_started() -> dict:
