@@ -5,7 +5,7 @@ A killed invocation leaves its audit ``IN_PROGRESS`` until a later start marks i
 notifies no one, and leaves the regions after it unaudited in silence. Work that checks its
 budget instead ends ``CANCELED`` with :attr:`TimeBudget.why`, and what was not started is
 reported as such; both reach the notification. The reserve is what follows the stop: the audit's
-last batch, its records, the notification and the Security Hub sync.
+last batch, its records and the notifications (the Security Hub sync is skipped once it is spent).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass
 
 #: Seconds kept back from the limit. An audit sees its budget between pages and batches (one
-#: paced batch of descriptions takes tens of seconds), and the notification and the Security Hub
-#: sync run after it stops.
+#: paced batch of descriptions takes tens of seconds), and the notifications go out after it stops.
 RESERVE_S = 120.0
 
 
