@@ -21,16 +21,20 @@ def _detectors() -> list[Detector]:
     return default_detectors()
 
 
-def scheduled_audit(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
+def scheduled_audit(event: Any, context: Any) -> dict[str, Any]:
     """The stack's schedules: ``{}`` audits every configured region (``{"audits": [summary per
     region]}``), ``{"action": "run-due"}`` starts the due scheduled audits of every configured
     region (``{"runDue": [result per region]}``); see :mod:`~devicedefender_audit.lambda_audit`.
-    The work stops, recorded and notified, before the function's time limit."""
+    The work stops, recorded and notified, before the function's time limit.
+
+    The event goes to ``handle`` as it came: Lambda delivers ``{}`` for an invocation without a
+    payload, so anything else that is not a JSON object (``null``, ``[]``, ``""``, ``0``) was sent
+    on purpose and is refused there, not taken for ``{}`` and run as a full audit."""
     from devicedefender_audit.lambda_audit import handle
 
     clock = getattr(context, "get_remaining_time_in_millis", None)
     remaining_s = (lambda: clock() / 1000) if callable(clock) else None
-    return handle(event or {}, os.environ, _detectors, remaining_s)
+    return handle(event, os.environ, _detectors, remaining_s)
 
 
 def registration_gate(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
+import re
+from typing import Any
 
 import boto3
 import pytest
@@ -86,7 +89,7 @@ def test_the_organization_fan_out_is_a_distributed_map_over_account_regions():
     fan_out = machine["Definition"]["States"][listing["Next"]]
     assert fan_out["Type"] == "Map" and fan_out["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
     # The items come from S3 (a state's input is capped at 256 KB), written by the list function.
-    assert fan_out["ItemReader"]["Resource"] == "arn:aws:states:::s3:getObject"
+    assert fan_out["ItemReader"]["Resource"] == "arn:${Partition}:states:::s3:getObject"
     assert fan_out["ToleratedFailurePercentage"] == 100  # one account-region never stops the others
     [audit] = fan_out["ItemProcessor"]["States"].values()
     substitutions = machine["DefinitionSubstitutions"]
@@ -224,12 +227,131 @@ def test_the_gate_role_reads_and_deactivates_cas_only_when_configured_to():
     assert (deactivate["Action"], deactivate["condition"]) == ("iot:UpdateCACertificate", "GateDeactivatesCAs")
     assert read["Resource"] == deactivate["Resource"] == {
         "Fn::Sub": "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:cacert/*"}
-    assert statements["DeactivateWeakCertificates"]["condition"] is None
+    assert statements["ReadRegisteredCertificates"]["condition"] is None
     # UPDATE_CA_CERTIFICATE in GateActions (the condition: the name removed changes the string).
     [api, contains] = _template("template.yaml")["Conditions"]["GateDeactivatesCAs"]["Fn::And"]
     assert api == {"Condition": "GateApi"}
     assert contains == {"Fn::Not": [{"Fn::Equals": [
         {"Fn::Join": ["", {"Fn::Split": ["UPDATE_CA_CERTIFICATE", {"Ref": "GateActions"}]}]}, {"Ref": "GateActions"}]}]}
+
+
+def _value(node: Any, template: dict, parameters: dict[str, str]) -> Any:
+    """A condition's operand with Ref (to a parameter), Fn::Join and Fn::Split evaluated."""
+    if isinstance(node, dict) and "Ref" in node:
+        return parameters.get(node["Ref"], template["Parameters"][node["Ref"]].get("Default"))
+    if isinstance(node, dict) and "Fn::Join" in node:
+        separator, items = node["Fn::Join"]
+        return separator.join(_value(items, template, parameters))
+    if isinstance(node, dict) and "Fn::Split" in node:
+        separator, text = node["Fn::Split"]
+        return _value(text, template, parameters).split(separator)
+    assert isinstance(node, str), node
+    return node
+
+
+def _holds(condition: Any, template: dict, parameters: dict[str, str]) -> bool:
+    """A template condition (by name or as written) under ``parameters`` (else the defaults)."""
+    if isinstance(condition, str):
+        return _holds(template["Conditions"][condition], template, parameters)
+    [(function, operand)] = condition.items()
+    if function == "Condition":
+        return _holds(operand, template, parameters)
+    if function in ("Fn::And", "Fn::Or"):
+        results = [_holds(c, template, parameters) for c in operand]
+        return all(results) if function == "Fn::And" else any(results)
+    if function == "Fn::Not":
+        return not _holds(operand[0], template, parameters)
+    assert function == "Fn::Equals", function
+    left, right = (_value(v, template, parameters) for v in operand)
+    return left == right
+
+
+GATE_ALWAYS = {"iot:DescribeCertificate", "iot:ListPrincipalThings", "logs:CreateLogStream", "logs:PutLogEvents",
+               "sqs:SendMessage"}
+QUARANTINE = {"iot:DescribeThingGroup", "iot:CreateThingGroup", "iot:AddThingToThingGroup"}
+
+
+@pytest.mark.parametrize(("actions", "api", "granted"), [
+    ("", "true", {"iot:DescribeCACertificate"}),  # report only: reads, nothing else
+    ("UPDATE_DEVICE_CERTIFICATE,PUBLISH_FINDING_TO_SNS", "true",
+     {"iot:DescribeCACertificate", "iot:UpdateCertificate", "sns:Publish"}),  # the default
+    ("PUBLISH_FINDINGS_TO_SNS", "false", {"sns:Publish"}),  # the earlier name, which the gate accepts
+    ("ADD_THINGS_TO_THING_GROUP", "false", QUARANTINE),
+    ("UPDATE_CA_CERTIFICATE", "true", {"iot:DescribeCACertificate", "iot:UpdateCACertificate"}),
+    ("UPDATE_CA_CERTIFICATE", "false", set()),  # CAs are gated only through API registrations
+    ("UPDATE_DEVICE_CERTIFICATE, ADD_THINGS_TO_THING_GROUP, UPDATE_CA_CERTIFICATE, PUBLISH_FINDING_TO_SNS", "true",
+     {"iot:UpdateCertificate", *QUARANTINE, "iot:DescribeCACertificate", "iot:UpdateCACertificate", "sns:Publish"}),
+])
+def test_the_gate_role_may_make_an_actions_calls_only_when_gate_actions_names_it(actions, api, granted):
+    template = _template("template.yaml")
+    parameters = {"EnableRegistrationGate": "true", "GateActions": actions, "GateApiRegistrations": api}
+    allowed = {action for statement in _gate_statements().values()
+               if statement["condition"] is None or _holds(statement["condition"], template, parameters)
+               for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
+    assert allowed == GATE_ALWAYS | granted
+
+
+def test_gate_actions_are_upper_case_as_the_roles_conditions_match_them():
+    """The gate reads action names in any case; the conditions above compare them as written."""
+    parameter = _template("template.yaml")["Parameters"]["GateActions"]
+    assert re.fullmatch(parameter["AllowedPattern"], parameter["Default"])
+    assert re.fullmatch(parameter["AllowedPattern"], "UPDATE_DEVICE_CERTIFICATE, PUBLISH_FINDING_TO_SNS")
+    assert re.fullmatch(parameter["AllowedPattern"], "")
+    assert not re.fullmatch(parameter["AllowedPattern"], "update_device_certificate")
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+@pytest.mark.parametrize("template", [p.name for p in TEMPLATES])
+def test_no_arn_names_the_aws_partition(template):
+    """A stack in aws-cn or aws-us-gov gets its own partition's ARNs (AWS::Partition)."""
+    assert [s for s in _strings(_template(template)) if "arn:aws:" in s] == []
+
+
+def _resources(node: Any) -> list[str]:
+    """Every state's (and item reader's, result writer's) ``Resource``."""
+    if isinstance(node, list):
+        return [r for value in node for r in _resources(value)]
+    if not isinstance(node, dict):
+        return []
+    own = [node["Resource"]] if isinstance(node.get("Resource"), str) else []
+    return own + [r for key, value in node.items() if key != "Resource" for r in _resources(value)]
+
+
+def test_the_fan_outs_integrations_are_in_the_stacks_partition():
+    machine = _template("template.yaml")["Resources"]["FleetStateMachine"]["Properties"]
+    resolved = {"${" + name + "}": value["Fn::Sub"].replace("${AWS::Partition}", "aws-cn") if "Fn::Sub" in value else
+                "aws-cn" if value == {"Ref": "AWS::Partition"} else "resolved-elsewhere"
+                for name, value in machine["DefinitionSubstitutions"].items()}
+    resources = [re.sub(r"\$\{\w+\}", lambda m: resolved[m.group()], r) for r in _resources(machine["Definition"])]
+    assert sorted(resources) == ["arn:aws-cn:states:::lambda:invoke", "arn:aws-cn:states:::lambda:invoke",
+                                 "arn:aws-cn:states:::s3:getObject", "arn:aws-cn:states:::s3:putObject"]
+
+
+def _build_lambda(monkeypatch, function: tuple[int, int], layer: tuple[int, int]) -> int:
+    """infra/build_lambda.py's exit status for artifacts of these (unzipped, zipped) sizes."""
+    spec = importlib.util.spec_from_file_location("build_lambda", INFRA / "build_lambda.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "build", lambda *_: {"dependencies": (function[0], 0), "function.zip": function,
+                                                     "blocklists-layer.zip": layer})
+    return module.main([])
+
+
+def test_build_lambda_fails_only_past_the_unzipped_limit(monkeypatch, capsys):
+    """The template deploys from S3: a zip over 50 MB (the direct-upload limit) is named, not refused."""
+    mb = 1024 * 1024
+    assert _build_lambda(monkeypatch, (120 * mb, 60 * mb), (100 * mb, 55 * mb)) == 0
+    out = capsys.readouterr().out
+    assert "function.zip is over 50 MB zipped: upload it through S3" in out and "fits a zip deployment" in out
+    assert _build_lambda(monkeypatch, (150 * mb, 40 * mb), (101 * mb, 30 * mb)) == 1
+    assert "does NOT fit" in capsys.readouterr().out
 
 
 def test_the_gate_rule_passes_what_the_gate_reads_and_nothing_else(aws):

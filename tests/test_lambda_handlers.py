@@ -292,6 +292,17 @@ def test_scheduled_audit_refuses_an_unknown_payload(monkeypatch, aws):
         scheduled_audit({"now": "2025-03-05T00:10:00Z"}, None)
 
 
+
+@pytest.mark.parametrize("event", [None, [], "", 0, False], ids=repr)
+def test_scheduled_audit_refuses_a_payload_that_is_not_an_object(monkeypatch, tmp_path, aws, event):
+    """Lambda delivers {} for an invocation without a payload: a falsy non-object was sent on
+    purpose (a mistake), and must not run a full audit of every region in its place."""
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("DDA_STORE", str(tmp_path / "lambda.sqlite3"))
+    with pytest.raises(ValueError, match="the payload is a JSON object"):
+        scheduled_audit(event, None)
+    assert not list(tmp_path.iterdir())  # no region audited
+
 def _gate_env(monkeypatch, topic: str, dry_run: str) -> None:
     monkeypatch.setenv("DDA_GATE_ACTIONS", "UPDATE_DEVICE_CERTIFICATE,ADD_THINGS_TO_THING_GROUP,PUBLISH_FINDING_TO_SNS")
     monkeypatch.setenv("DDA_QUARANTINE_GROUP", "quarantine")

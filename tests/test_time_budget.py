@@ -208,7 +208,7 @@ def test_scheduled_audits_deferred_in_a_region_reached_are_notified(two_regions,
     monkeypatch.setenv("DDA_REGIONS", REGION)
     store = open_store(lambda_audit.partition_location(os.environ["DDA_STORE"], "123456789012", REGION))
     ctx = ServiceContext(store=store, iot_client=lambda: boto3.client("iot", region_name=REGION),
-                         detectors=lambda: [], region=REGION)
+                         detectors=list, region=REGION)
     enable(ctx)
     for name in ("a", "b"):
         call(ctx, "CreateScheduledAudit", scheduledAuditName=name, frequency="DAILY", targetCheckNames=[CHECK_NAME])
