@@ -62,6 +62,10 @@ class AuditInterrupted(BaseException):
     """SIGTERM during an audit (SIGINT arrives as ``KeyboardInterrupt``)."""
 
 
+class _ComparisonDoesNotFit(Exception):
+    """The full fleet comparison would outlast the time budget: not started (the message says why)."""
+
+
 class AuditCanceled(Exception):
     """``CancelAuditTask`` asked this task to stop, or its time budget is spent: it ends
     ``CANCELED`` (with the budget's reason as message), and ``run`` returns."""
@@ -285,33 +289,43 @@ class Audit:
             for start in range(0, len(ca.records), CHECK_BATCH):
                 self._check_batch(ca.records[start : start + CHECK_BATCH], set(), pool, fleet, self.ca_checks)
 
-    def _fleet_scan(self, sync: SyncResult, ca: CaSync | None) -> FleetComparison:
+    def _fleet_scan(self, sync: SyncResult, ca: CaSync | None) -> FleetComparison | None:
         """The in-scope RSA moduli compared with each other (batch GCD), with a known list and
         with the CA keys: results and evidence of the keys with a finding (shared prime, or the
         same modulus in another certificate). Incremental against the state the store kept from
-        the last audit; recomputed in full, and said so in the phase, when there is none it can trust."""
+        the last audit; recomputed in full, and said so in the phase, when there is none it can trust.
+        None when a full comparison does not fit the time budget: the checks that compare are then
+        partial (never compliant), and every key is still checked on its own."""
         from devicedefender_audit.factoring.fleet_audit import compare_fleet
 
-        return compare_fleet(
-            self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH),
-            self._fleet_known(ca), on_phase=lambda label: self._phase(label, None),
-            between_batches=self._raise_if_canceled, before_full=self._raise_unless_full_comparison_fits,
-        )
+        try:
+            return compare_fleet(
+                self.store, lambda: self.store.in_scope(sync.started, IN_SCOPE_STATUSES, CHECK_BATCH),
+                self._fleet_known(ca), on_phase=lambda label: self._phase(label, None),
+                between_batches=self._raise_if_canceled, before_full=self._raise_unless_full_comparison_fits,
+            )
+        except _ComparisonDoesNotFit as exc:
+            self._phase(f"Comparing the fleet's moduli: not run ({exc})", None)
+            for check in self.checks:
+                if check.fleet:
+                    self.partial[check.name] = str(exc)
+            return None
 
     def _raise_unless_full_comparison_fits(self, keys: int) -> None:
-        """A full fleet comparison is one call that cannot stop midway: it starts only when the
-        time budget holds it, else the audit ends CANCELED saying so (killed midway, by Lambda's
-        time limit, it would end unrecorded)."""
+        """A full fleet comparison is one call that cannot stop midway: killed in it by Lambda's
+        time limit, the audit would end unrecorded. It starts only when the time budget holds it."""
         from devicedefender_audit.factoring.fleet_audit import FULL_SECONDS_PER_KEY
 
         self._raise_if_canceled()
-        needed = keys * FULL_SECONDS_PER_KEY
-        if self.budget is not None and needed > self.budget.left():
-            raise AuditCanceled(
-                f"stopped before the full fleet comparison of {keys:,} keys (about {needed:.0f} s), which the "
-                f"{max(self.budget.left(), 0):.0f} s left before the function's time limit cannot hold; run one "
-                "audit from a machine with the same store (run --store, a DynamoDB one with ?fleet-state=s3://...) "
-                "to save the fleet state, after which audits compare only what changed")
+        if self.budget is None:
+            return
+        needed, left = keys * FULL_SECONDS_PER_KEY / self.budget.cpu, self.budget.left()
+        if needed > left:
+            raise _ComparisonDoesNotFit(
+                f"the full comparison of the fleet's {keys:,} keys (about {needed:.0f} s) was not run, as the "
+                f"{left:.0f} s left before the function's time limit cannot hold it; run one audit from a machine "
+                "with the same store (run --store; a DynamoDB one with ?fleet-state=s3://...) to save the fleet "
+                "state, after which audits compare only what changed")
 
     def _check_batch(self, records: list[InventoryRecord], undescribed: set[str], pool: ThreadPoolExecutor,
                      fleet: dict[str, tuple[list[DetectorResult], dict[str, str]]],

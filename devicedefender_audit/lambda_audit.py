@@ -64,6 +64,8 @@ ACTION, AUDIT, RUN_DUE = "action", "audit", "run-due"
 PAYLOAD_KEYS = (ACTION, "regions", "now")
 #: ``errorCode`` of a region the function's time did not reach.
 NOT_STARTED = "NOT_STARTED"
+#: The code of the one notification of what the function's time left undone.
+TIME_LIMIT_REACHED = "TIME_LIMIT_REACHED"
 #: The last audit of a region never audited: the oldest of all.
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
 #: A check's run status, worst first: what a summary reports for the whole task.
@@ -275,15 +277,16 @@ def run_due_region(region: str, account_id: str, detectors: Detectors, settings:
         ctx = ServiceContext(store=store, iot_client=lambda: target.client("iot"), detectors=detectors,
                              region=region, account_id=account_id, sns_client=lambda: target.client("sns"),
                              budget=budget)
+        def report(started: dict[str, Any]) -> None:  # each audit as it ends, its sync in its own time
+            task = store.get_task(started["taskId"])
+            if task is not None:
+                result["audits"].append(_reported(task, store, target, account_id, settings, budget))
+
         try:
-            due = run_due(ctx, now)
+            due = run_due(ctx, now, on_started=report)
             result["startedTasks"] = [{**s, "slot": s["slot"].isoformat()} for s in due["startedTasks"]]
             result["failedSchedules"] = due["failedSchedules"]
             result["deferredSchedules"] = [{**s, "slot": s["slot"].isoformat()} for s in due["deferredSchedules"]]
-            for started in due["startedTasks"]:
-                task = store.get_task(started["taskId"])
-                if task is not None:
-                    result["audits"].append(_reported(task, store, target, account_id, settings, budget))
         except Exception as exc:  # noqa: BLE001 - one region's failure must not keep the others from running
             result.update(_failure(region, *account_region_failure(exc)))
         finally:
@@ -339,7 +342,8 @@ def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detector
     now = _moment(event["now"]) if event.get("now") is not None else None
     settings = AuditSettings.from_env(env, event)
     account_id = AwsTarget().client("sts").get_caller_identity()["Account"]
-    budget = TimeBudget.from_remaining(remaining_s()) if remaining_s is not None else None
+    budget = (TimeBudget.from_remaining(remaining_s(), cpu=TimeBudget.lambda_cpu(env))
+              if remaining_s is not None else None)
     results: dict[str, dict[str, Any]] = {}
     for region in _least_recently_audited(settings, account_id, scheduled=action == RUN_DUE):
         if budget is not None and budget.spent():
@@ -355,21 +359,28 @@ def handle(event: Mapping[str, Any], env: Mapping[str, str], detectors: Detector
 
 
 def _left_undone(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """One notification of what the function's time left undone: the regions not started and the
-    scheduled audits deferred in regions it reached (each with its slot); None when nothing was."""
+    """One notification of what the function's time left undone: the regions not started, the
+    scheduled audits deferred in regions it reached (each with its slot) and the audits whose
+    Security Hub sync was skipped; None when nothing was."""
     left = [region for region, result in results.items() if result.get("errorCode") == NOT_STARTED]
     deferred = [{"region": region, **schedule} for region, result in results.items()
                 if result.get("errorCode") != NOT_STARTED for schedule in result.get("deferredSchedules", [])]
-    if not left and not deferred:
-        return None
+    unsynced = [{"region": region, "taskId": report.get("taskId")} for region, result in results.items()
+                for report in result.get("audits", [result])
+                if isinstance(report.get("securityHub"), dict) and "skipped" in report["securityHub"]]
     said = []
     if left:
         said.append(f"{len(left)} of {len(results)} regions not started ({', '.join(left)}); they go first next time")
     if deferred:
         names = ", ".join(f"{d['scheduledAuditName']} in {d['region']}" for d in deferred)
         said.append(f"{len(deferred)} scheduled audit(s) deferred ({names}); they start at the next run")
-    return {"errorCode": NOT_STARTED, "regionsNotStarted": left, "deferredSchedules": deferred,
-            "message": f"the function's time ran out: {'; '.join(said)}"}
+    if unsynced:
+        said.append(f"the Security Hub sync of {len(unsynced)} audit(s) skipped "
+                    f"({', '.join(u['region'] for u in unsynced)}); the next audit's sync catches up")
+    if not said:
+        return None
+    return {"errorCode": TIME_LIMIT_REACHED, "regionsNotStarted": left, "deferredSchedules": deferred,
+            "securityHubSyncsSkipped": unsynced, "message": f"the function's time ran out: {'; '.join(said)}"}
 
 
 def _not_started(region: str, budget: TimeBudget, action: str) -> dict[str, Any]:

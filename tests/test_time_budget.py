@@ -81,7 +81,7 @@ def test_a_budget_spent_before_the_start_audits_nothing_and_notifies_once(two_re
     assert [(r["region"], r["errorCode"], r["exitCode"]) for r in reports] == [
         (REGION, "NOT_STARTED", EXIT_FAILED), (WEST, "NOT_STARTED", EXIT_FAILED)]
     [(subject, message)] = sns_notifications(topic_arn)
-    assert "NOT_STARTED" in subject and f"2 of 2 regions not started ({REGION}, {WEST})" in message
+    assert "TIME_LIMIT_REACHED" in subject and f"2 of 2 regions not started ({REGION}, {WEST})" in message
 
 
 def test_regions_the_time_did_not_reach_go_first_the_next_time(two_regions, clock, topic_arn, monkeypatch):
@@ -105,7 +105,7 @@ def test_regions_the_time_did_not_reach_go_first_the_next_time(two_regions, cloc
     assert [r.get("errorCode") for r in second] == ["NOT_STARTED", None]
     assert second[1]["findings"][0]["certificateId"] == two_regions[WEST]
     subjects = [subject for subject, _ in sns_notifications(topic_arn)]
-    assert sum("NOT_STARTED" in s for s in subjects) == 2  # each region left out was said
+    assert sum("TIME_LIMIT_REACHED" in s for s in subjects) == 2  # each region left out was said
 
 
 def test_an_audit_stopped_by_the_function_time_is_notified(two_regions, clock, topic_arn, monkeypatch):
@@ -154,7 +154,8 @@ def test_a_region_that_never_fits_does_not_starve_the_others(two_regions, clock,
 def test_a_full_fleet_comparison_the_budget_cannot_hold_is_not_started(iot, clock, monkeypatch):
     """The batch GCD over the whole fleet is one call that cannot stop midway: started just before
     the stop, the function would be killed in it with the task IN_PROGRESS. It starts only when the
-    budget holds it at the measured rate, else the audit ends CANCELED saying so."""
+    budget holds it at the measured rate (scaled to the budget's share of a core); else the
+    comparing checks are partial, never compliant, and every key is still checked on its own."""
     from devicedefender_audit.checks import make_checks
     from devicedefender_audit.detectors import default_detectors
     from devicedefender_audit.factoring import fleet_audit, fleet_state
@@ -162,14 +163,23 @@ def test_a_full_fleet_comparison_the_budget_cannot_hold_is_not_started(iot, cloc
     register(iot, (DATA / "roca" / "cert04.pem").read_text())
     built = []
     monkeypatch.setattr(fleet_state.FleetState, "build", lambda *args, **kwargs: built.append(args))
-    monkeypatch.setattr(fleet_audit, "FULL_SECONDS_PER_KEY", 900.0)  # one key needs more than is left
+    monkeypatch.setattr(fleet_audit, "FULL_SECONDS_PER_KEY", 500.0)  # 1000 s at half a core: more than is left
     store = open_store(":memory:")
     detectors = default_detectors()
-    task = Audit(iot, store, detectors, checks=make_checks(["DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"], detectors),
-                 budget=TimeBudget.from_remaining(900)).run()
-    assert built == [] and task.task_status is AuditTaskStatus.CANCELED
-    message = next(iter(task.audit_details.values())).message
-    assert "full fleet comparison of 1 keys (about 900 s)" in message and "780 s left" in message
+    checks = make_checks([CHECK_NAME, "DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"], detectors)
+    task = Audit(iot, store, detectors, checks=checks, budget=TimeBudget.from_remaining(900, cpu=0.5)).run()
+    assert built == [] and task.task_status is AuditTaskStatus.COMPLETED
+    quality, factorable = task.audit_details[CHECK_NAME], task.audit_details["DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK"]
+    assert quality.check_run_status == "COMPLETED_NON_COMPLIANT"  # the ROCA key was checked all the same
+    assert (factorable.check_run_status, factorable.check_compliant) == ("FAILED", False)
+    assert "full comparison of the fleet's 1 keys (about 1000 s) was not run" in factorable.message
+    assert "780 s left" in factorable.message
+
+
+def test_the_vcpu_share_of_a_lambda_follows_its_memory():
+    assert TimeBudget.lambda_cpu({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}) == pytest.approx(1024 / 1769)
+    assert TimeBudget.lambda_cpu({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "4096"}) == 1.0  # one thread: one vCPU
+    assert TimeBudget.lambda_cpu({}) == TimeBudget.lambda_cpu({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "x"}) == 1.0
 
 
 def test_once_the_time_is_spent_the_security_hub_sync_waits_for_the_next_audit(two_regions, clock, topic_arn,
@@ -224,5 +234,49 @@ def test_scheduled_audits_deferred_in_a_region_reached_are_notified(two_regions,
     [result] = scheduled_audit({"action": "run-due", "now": "2099-01-01T01:00:00Z"}, LambdaContext(900))["runDue"]
     assert [s["scheduledAuditName"] for s in result["startedTasks"]] == ["a"]
     assert [s["scheduledAuditName"] for s in result["deferredSchedules"]] == ["b"]
-    undone = [message for subject, message in sns_notifications(topic_arn) if "NOT_STARTED" in subject]
+    undone = [message for subject, message in sns_notifications(topic_arn) if "TIME_LIMIT_REACHED" in subject]
     assert len(undone) == 1 and f"1 scheduled audit(s) deferred (b in {REGION})" in undone[0]
+
+
+def test_each_scheduled_audit_is_reported_and_synced_as_it_ends(two_regions, clock, topic_arn, monkeypatch):
+    """run-due: schedule a completes, then b runs out of the time. a's Security Hub sync runs when a
+    ends (not after b, when the time is gone); b's is skipped, and the one notification of what
+    was left undone names b's slot, given back, and its skipped sync."""
+    import os
+
+    from service_helpers import call
+    from test_service_api import enable
+
+    from devicedefender_audit.exports.securityhub_sync import BatchResult, SyncResult
+    from devicedefender_audit.service import ServiceContext
+    from devicedefender_audit.service import scheduled as scheduled_module
+
+    monkeypatch.setenv("DDA_REGIONS", REGION)
+    monkeypatch.setenv("DDA_SECURITYHUB", "true")
+    store = open_store(lambda_audit.partition_location(os.environ["DDA_STORE"], "123456789012", REGION))
+    ctx = ServiceContext(store=store, iot_client=lambda: boto3.client("iot", region_name=REGION),
+                         detectors=list, region=REGION)
+    enable(ctx)
+    for name in ("a", "b"):
+        call(ctx, "CreateScheduledAudit", scheduledAuditName=name, frequency="DAILY", targetCheckNames=[CHECK_NAME])
+    store.close()
+    start_audit, started = scheduled_module.start_audit, []
+
+    def b_runs_out_of_time(*args, **kwargs):
+        started.append(args[2:])
+        if len(started) == 2:
+            clock.now += 900
+        return start_audit(*args, **kwargs)
+
+    synced = []
+    monkeypatch.setattr(scheduled_module, "start_audit", b_runs_out_of_time)
+    monkeypatch.setattr(lambda_audit, "_to_securityhub",
+                        lambda target, account, task, *rest: synced.append(task.task_id) or SyncResult(BatchResult()))
+    [result] = scheduled_audit({"action": "run-due", "now": "2099-01-01T01:00:00Z"}, LambdaContext(900))["runDue"]
+    a, b = result["audits"]
+    assert (a["taskStatus"], b["taskStatus"]) == ("COMPLETED", "CANCELED")
+    assert synced == [a["taskId"]] and "skipped" in b["securityHub"]
+    assert [(d["scheduledAuditName"], d["canceledTaskId"]) for d in result["deferredSchedules"]] == [("b", b["taskId"])]
+    [undone] = [message for subject, message in sns_notifications(topic_arn) if "TIME_LIMIT_REACHED" in subject]
+    assert f"1 scheduled audit(s) deferred (b in {REGION})" in undone
+    assert f"the Security Hub sync of 1 audit(s) skipped ({REGION})" in undone

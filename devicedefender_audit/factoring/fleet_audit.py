@@ -44,9 +44,10 @@ from devicedefender_audit.store.base import InventoryRecord, Store, StoreError
 
 PHASE = "Comparing the fleet's moduli"
 
-#: Seconds per key of a full comparison, for deciding whether a time budget holds one: measured
-#: 0.66 ms a key at 100k and 1.03 ms at 1M (README, bench_batch_gcd.py, a busy 2-core machine),
-#: rounded up, as a Lambda of 2048 MB has about one core.
+#: Seconds per key of a full comparison on one core, for deciding whether a time budget holds
+#: one: measured 0.66 ms a key at 100k and 1.03 ms at 1M (README, bench_batch_gcd.py, one process
+#: on a busy 2-core machine), rounded up; a budget with less than a core scales it
+#: (:attr:`~devicedefender_audit.time_budget.TimeBudget.cpu`).
 FULL_SECONDS_PER_KEY = 1.2e-3
 MAGIC = b"DDA-FLEET-AUDIT\n"
 VERSION = 1

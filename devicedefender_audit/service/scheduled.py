@@ -25,6 +25,7 @@ from __future__ import annotations
 import calendar
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -174,7 +175,8 @@ def latest_slot(body: dict, now: datetime) -> datetime | None:
     return None
 
 
-def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
+def run_due(ctx: ServiceContext, now: datetime | None = None,
+            on_started: Callable[[dict], None] | None = None) -> dict:
     """Start every scheduled audit that is due at ``now`` (default ``ctx.now()``); what started,
     what could not, and what was left for the next run because ``ctx.budget`` was spent
     (``deferredSchedules``: their slots are not claimed, so the next run starts them; a slot whose
@@ -183,6 +185,9 @@ def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
     ``now`` (``run-due --now``, the Lambda's ``"now"``) only chooses the slots: the audits run at
     ``ctx.now()`` and are recorded so, with the suppressions in force then, so a test with a future
     moment never becomes the "latest audit" until that date.
+
+    ``on_started`` is called with each started entry as soon as its audit returns (at once, run
+    inline as the Lambda runs them: reported before the next one can spend the time).
 
     Not an API operation (Device Defender schedules internally): ``run-due`` for cron/EventBridge.
     """
@@ -209,6 +214,8 @@ def run_due(ctx: ServiceContext, now: datetime | None = None) -> dict:
                            "message": f"{type(exc).__name__}: {exc}"})
             continue
         started.append({"scheduledAuditName": name, "taskId": task_id, "slot": slot})
+        if on_started is not None:
+            on_started(started[-1])
         if _stopped_by_budget(ctx, task_id):  # the slot is run again, whole, at the next run
             ctx.store.delete_record(RUN_KIND, run_key)
             deferred.append({"scheduledAuditName": name, "slot": slot, "canceledTaskId": task_id})
