@@ -239,6 +239,12 @@ def test_a_list_whole_for_openssl_but_not_ssh_keygen_claims_no_key_clean(tmp_pat
     assert "openssl genrsa/req (all generated)" in result.detail and "0-511 (le32 ssh-keygen)" in result.detail
     assert detector.coverage()[1024].startswith("complete for openssl genrsa/req: 1 keys")
 
+    del manifest["pid_ranges"]["le32"]["ssh-keygen"]
+    write_blocklist(tmp_path, 1024, np.array(rows, dtype=RECORD), manifest)
+    result = DebianWeakDetector(tmp_path).check(rsa_info((1 << 1023) | 12345))
+    assert result.verdict is Verdict.NOT_COVERED and result.detail.endswith("ssh-keygen's RSA-1024 keys are not "
+                                                                            "generated yet")
+
 
 def test_an_imported_list_vouches_for_no_key_it_lacks(tmp_path):
     """Importing a list (any list: a handful of lines will do) adds keys to flag; a key not in

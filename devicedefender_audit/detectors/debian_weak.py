@@ -186,9 +186,10 @@ class DebianWeakDetector:
     def _not_covered(self, bits: int, table: BlocklistTable) -> str:
         """Why a key missing from a list that is not complete is not clean: what the list lacks."""
         if self._covers_openssl_space(table):
-            ssh = _pid_ranges_text(_ssh_keygen_ranges(table.manifest.get("pid_ranges", {})))
+            ranges = _ssh_keygen_ranges(table.manifest.get("pid_ranges", {}))
+            ssh = f"are generated only for pids {_pid_ranges_text(ranges)}" if ranges else "are not generated yet"
             return (f"not among the RSA-{bits} keys of openssl genrsa/req (all generated), but ssh-keygen's "
-                    f"RSA-{bits} keys are generated only for pids {ssh}")
+                    f"RSA-{bits} keys {ssh}")
         complete = ", ".join(table.manifest.get("complete_variants", [])) or "none"
         return (f"not in the RSA-{bits} blocklist, but that list is partial "
                 f"({len(table)} keys; variants complete: {complete})")
