@@ -12,6 +12,7 @@ exactly which pid ranges are covered, so a partial list is still usable and hone
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -23,9 +24,10 @@ from typing import Protocol
 
 import numpy as np
 
-from devicedefender_audit.debian_weak.blocklist_file import RECORD, write_blocklist
+from devicedefender_audit.debian_weak.blocklist_file import RECORD, BlocklistTable, manifest_path, write_blocklist
 from devicedefender_audit.debian_weak.fingerprint import (
     PLATFORM_NAMES,
+    UNKNOWN_ORIGIN,
     VARIANT_NAMES,
     Origin,
     split_fingerprint,
@@ -214,9 +216,28 @@ def merge_checkpoints(directory: Path, label: str) -> Merged:
     return Merged(np.concatenate(parts), pid_ranges, keys)
 
 
+def _imported(blocklists: Path, bits: int) -> tuple[np.ndarray, list[dict]]:
+    """The entries an earlier ``blocklist import`` added to the table of ``bits`` (origin unknown)
+    and the manifest's account of the imports: a rebuild from the checkpoints keeps both, as
+    dropping them would silently unflag keys the user listed."""
+    path = manifest_path(blocklists, bits)
+    imports = json.loads(path.read_text()).get("imported", []) if path.exists() else []
+    if not imports:
+        return np.empty(0, dtype=RECORD), []
+    records = BlocklistTable.open(blocklists, bits).records()
+    return records[records["origin"] == UNKNOWN_ORIGIN], imports
+
+
 def build(blocklists: Path, bits: int) -> dict:
-    """Merge all checkpoints of ``bits`` into the shipped table; return its manifest."""
+    """Merge all checkpoints of ``bits``, and what was imported into the table before, into the
+    shipped table; return its manifest."""
     merged = merge_checkpoints(checkpoint_dir(blocklists, bits), f"RSA-{bits}")
+    imported, imports = _imported(blocklists, bits)
+    records = merged.records
+    if len(imported):  # an imported key generated since is kept once, with its origin
+        generated = set(zip(records["hi"].tolist(), records["lo"].tolist(), strict=True))
+        kept = [r for r in imported if (int(r["hi"]), int(r["lo"])) not in generated]
+        records = np.concatenate([records, np.array(kept, dtype=RECORD)])
     pid_ranges = merged.pid_ranges
     complete_variants = merged.complete_variants(VARIANT_NAMES)
     manifest = {
@@ -231,4 +252,6 @@ def build(blocklists: Path, bits: int) -> dict:
         "complete": len(complete_variants) == len(VARIANT_NAMES),
         "generator": "devicedefender_audit.debian_weak (OpenSSL 0.9.8 md_rand + rsa_gen replay)",
     }
-    return write_blocklist(blocklists, bits, merged.records, manifest)
+    if imports:
+        manifest["imported"] = imports
+    return write_blocklist(blocklists, bits, records, manifest)
