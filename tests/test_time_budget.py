@@ -204,16 +204,15 @@ def test_once_the_time_is_spent_the_security_hub_sync_waits_for_the_next_audit(t
     assert west["errorCode"] == "NOT_STARTED"
 
 
-def test_scheduled_audits_deferred_in_a_region_reached_are_notified(two_regions, clock, topic_arn, monkeypatch):
-    """run-due: the time runs out after the first of two due schedules; the second is deferred,
-    and the one notification of what was left undone names it."""
+def two_daily_schedules(monkeypatch) -> None:
+    """Scheduled audits a and b, daily, in us-east-1's partition of the function's store, the one
+    region it audits."""
     import os
 
     from service_helpers import call
     from test_service_api import enable
 
     from devicedefender_audit.service import ServiceContext
-    from devicedefender_audit.service import scheduled as scheduled_module
 
     monkeypatch.setenv("DDA_REGIONS", REGION)
     store = open_store(lambda_audit.partition_location(os.environ["DDA_STORE"], "123456789012", REGION))
@@ -223,6 +222,14 @@ def test_scheduled_audits_deferred_in_a_region_reached_are_notified(two_regions,
     for name in ("a", "b"):
         call(ctx, "CreateScheduledAudit", scheduledAuditName=name, frequency="DAILY", targetCheckNames=[CHECK_NAME])
     store.close()
+
+
+def test_scheduled_audits_deferred_in_a_region_reached_are_notified(two_regions, clock, topic_arn, monkeypatch):
+    """run-due: the time runs out after the first of two due schedules; the second is deferred,
+    and the one notification of what was left undone names it."""
+    from devicedefender_audit.service import scheduled as scheduled_module
+
+    two_daily_schedules(monkeypatch)
     start_audit = scheduled_module.start_audit
 
     def then_the_time_runs_out(*args, **kwargs):
@@ -242,24 +249,11 @@ def test_each_scheduled_audit_is_reported_and_synced_as_it_ends(two_regions, clo
     """run-due: schedule a completes, then b runs out of the time. a's Security Hub sync runs when a
     ends (not after b, when the time is gone); b's is skipped, and the one notification of what
     was left undone names b's slot, given back, and its skipped sync."""
-    import os
-
-    from service_helpers import call
-    from test_service_api import enable
-
     from devicedefender_audit.exports.securityhub_sync import BatchResult, SyncResult
-    from devicedefender_audit.service import ServiceContext
     from devicedefender_audit.service import scheduled as scheduled_module
 
-    monkeypatch.setenv("DDA_REGIONS", REGION)
     monkeypatch.setenv("DDA_SECURITYHUB", "true")
-    store = open_store(lambda_audit.partition_location(os.environ["DDA_STORE"], "123456789012", REGION))
-    ctx = ServiceContext(store=store, iot_client=lambda: boto3.client("iot", region_name=REGION),
-                         detectors=list, region=REGION)
-    enable(ctx)
-    for name in ("a", "b"):
-        call(ctx, "CreateScheduledAudit", scheduledAuditName=name, frequency="DAILY", targetCheckNames=[CHECK_NAME])
-    store.close()
+    two_daily_schedules(monkeypatch)
     start_audit, started = scheduled_module.start_audit, []
 
     def b_runs_out_of_time(*args, **kwargs):
