@@ -184,7 +184,8 @@ def _load(loader: _Loader, data: bytes, what: str) -> PublicKeyInfo:
 
     cryptography raises ValueError for malformed encodings, UnsupportedAlgorithm for unknown key
     types and curves, ``x509.InvalidVersion`` (not a ValueError) for an X.509 version other than
-    v1-v3, and InternalError when OpenSSL refuses a key it was handed (e.g. an oversized DH group).
+    v1-v3, InternalError when OpenSSL refuses a key it was handed (e.g. an oversized DH group), and
+    NotImplementedError for an encoding it does not read (an OpenSSH ECDSA key's compressed point).
     """
     from cryptography import x509
     from cryptography.exceptions import InternalError, UnsupportedAlgorithm
@@ -200,6 +201,8 @@ def _load(loader: _Loader, data: bytes, what: str) -> PublicKeyInfo:
         raise KeyMaterialError(f"malformed {what}: OpenSSL refused it ({reasons or 'no reason given'})") from exc
     except (ValueError, x509.InvalidVersion) as exc:
         raise KeyMaterialError(f"malformed {what}: {exc}") from exc
+    except NotImplementedError as exc:  # e.g. an OpenSSH ECDSA key with a compressed point
+        raise KeyMaterialError(f"unsupported encoding in {what}: {exc}") from exc
     return _describe(key, source)
 
 
@@ -308,7 +311,10 @@ def _openssh_private_key(blob: bytes) -> tuple[object, str]:
     cipher, offset = _ssh_string(blob, len(_OPENSSH_PRIVATE_MAGIC))
     _, offset = _ssh_string(blob, offset)  # KDF name
     _, offset = _ssh_string(blob, offset)  # KDF options
-    public, _ = _ssh_string(blob, offset + 4)  # the first key, after the key count
+    keys = int.from_bytes(blob[offset : offset + 4], "big")
+    if keys != 1:  # OpenSSH writes one; reading only the first of more would pass the others unchecked
+        raise ValueError(f"an openssh-key-v1 file of {keys} keys (OpenSSH writes one): not read")
+    public, _ = _ssh_string(blob, offset + 4)
     if cipher != b"none":
         key_type, _ = _ssh_string(public, 0)
         key = serialization.load_ssh_public_key(key_type + b" " + base64.b64encode(public))
@@ -610,14 +616,17 @@ def _ssh_key_fields(line: str) -> tuple[str, str] | None:
     return None
 
 
-def _ssh_entries(text: str) -> list[ParsedKey]:
+def _ssh_entries(text: str, others_are_errors: bool = True) -> list[ParsedKey]:
     """One entry per line of OpenSSH public key text, or [] when no line is an OpenSSH key.
 
     Lines other than keys, blanks and ``#`` comments are errors, so a mangled key line is
-    reported rather than skipped.
+    reported rather than skipped; unless not ``others_are_errors``: key lines among PEM blocks,
+    whose text around them is ignored.
     """
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
     lines = [(number, line) for number, line in lines if line and not line.startswith("#")]
+    if not others_are_errors:
+        lines = [(number, line) for number, line in lines if _ssh_key_fields(line)]
     if not any(_ssh_key_fields(line) for _, line in lines):
         return []
     if len(lines) > MAX_BLOCKS:
@@ -665,6 +674,17 @@ _BARE_NUMBER = re.compile(r"(?:modulus=)?(?:0x)?[0-9a-f][0-9a-f:\s]*", re.IGNORE
 
 #: Control characters no text file holds (tab, newlines, vertical tab and form feed aside).
 _BINARY_CHARACTER = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+#: Every byte but those control characters: ``data.translate(None, _TEXT_BYTES)`` keeps only the
+#: control bytes (0.4 us for a certificate, against 2 us for a regex search).
+_TEXT_BYTES = bytes(b for b in range(256) if not _BINARY_CHARACTER.match(chr(b)))
+#: What an editor may write before a PEM file's first line.
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _may_hold_ssh_key_lines(text: str) -> bool:
+    """Whether a text can hold an OpenSSH key line (a field, whitespace, then base64 starting
+    ``AAAA``): a cheap test, so PEM files do not pay the per-line scan."""
+    return " AAAA" in text or "\tAAAA" in text
 
 
 def _unrecognised(data: bytes | str) -> str:
@@ -697,12 +717,20 @@ def parse_key_material(data: bytes | str) -> list[ParsedKey]:
     or nothing recognisable in it.
     """
     _refuse_oversized(data)
-    text = _as_text(data)
-    entries = _pem_entries(text) or _ssh_entries(text)
+    if isinstance(data, bytes):
+        if _is_der_sequence(data):  # one whole DER object: its key, not PEM text inside it (an extension)
+            return [_entry("", _der_key, data, "DER input")]
+        data = data.removeprefix(_UTF8_BOM)
+    text = _as_text(data).removeprefix("\ufeff")
+    entries = _pem_entries(text)
+    if entries and isinstance(data, bytes) and data.translate(None, _TEXT_BYTES):
+        raise KeyMaterialError(
+            "PEM blocks in binary data (an archive, or a DER file with more after it?): a key in the binary "
+            "part would go unchecked; pass the certificate and key files themselves")
+    if not entries or _may_hold_ssh_key_lines(text):  # OpenSSH key lines beside PEM blocks count too
+        entries += _ssh_entries(text, others_are_errors=not entries)
     if entries:
         return entries
-    if isinstance(data, bytes) and _is_der_sequence(data):
-        return [_entry("", _der_key, data, "DER input")]
     raise KeyMaterialError(_unrecognised(data))
 
 

@@ -150,17 +150,21 @@ def test_unusable_blocklist_file_arguments_are_usage_errors(capsys, tmp_path, ar
     assert code == 2
 
 
-@pytest.mark.parametrize("damage", ["missing", "empty", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "ec-truncated", "ec-orphan"])
 def test_an_audit_with_unusable_blocklists_stops_before_any_aws_call(capsys, aws_env, tmp_path, damage):
     """A mistyped --blocklists must not become an audit that reports every key not covered: the
-    directory and each list's size are checked before the first AWS call (DEAD would fail it)."""
+    directory and each list's size are checked before the first AWS call (DEAD would fail it),
+    the EC lists' too, though they are opened only for the first EC key."""
     lists = tmp_path / "lists"
     if damage != "missing":
         lists.mkdir()
-    if damage == "truncated":
-        for name in ("rsa-1024.ddwk", "rsa-1024.json"):
-            (lists / name).write_bytes((REPO / "blocklists" / name).read_bytes())
-        with (lists / "rsa-1024.ddwk").open("r+b") as data:
+    names = {"truncated": ["rsa-1024.ddwk", "rsa-1024.json"],
+             "ec-truncated": ["rsa-1024.ddwk", "rsa-1024.json", "ec-p256.ddwk", "ec-p256.json"],
+             "ec-orphan": ["rsa-1024.ddwk", "rsa-1024.json", "ec-p256.ddwk"]}.get(damage, [])
+    for name in names:
+        (lists / name).write_bytes((REPO / "blocklists" / name).read_bytes())
+    if damage in ("truncated", "ec-truncated"):
+        with (lists / names[-2]).open("r+b") as data:
             data.truncate(data.seek(0, 2) - 8)
     code = main(["run", "--endpoint-url", DEAD, "--no-progress", "--max-attempts", "1",
                  "--blocklists", str(lists)])

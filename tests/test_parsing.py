@@ -11,6 +11,7 @@ import base64
 import io
 import string
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -730,3 +731,78 @@ def test_fuzz_corpus_is_real():
     labels = {label for label, _ in REAL_BLOCKS}
     assert {"CERTIFICATE", "PUBLIC KEY", "RSA PRIVATE KEY", "OPENSSH PRIVATE KEY"} <= labels
     assert len(SSH_BLOBS) >= 5
+
+
+# Inputs that hid a weak key behind another (found by an adversarial hunt) ---------------------
+
+
+def _ssh_blob(public_key) -> bytes:
+    return base64.b64decode(public_key.public_bytes(serialization.Encoding.OpenSSH,
+                                                    serialization.PublicFormat.OpenSSH).split()[1])
+
+
+def _good_public_pem() -> bytes:
+    good = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return good.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+NOW = datetime.now(timezone.utc)
+
+
+def test_a_der_certificate_is_read_as_der_even_with_pem_text_inside_it():
+    """A PEM block in an extension's value is data of the certificate, not the key to check."""
+    weak = weak_private_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(weak.public_key())
+                   .serial_number(1).not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1))
+                   .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"),
+                                                             b"\n" + _good_public_pem()), critical=False)
+                   .sign(weak, hashes.SHA256()))
+    assert only_key(certificate.public_bytes(serialization.Encoding.DER)).modulus == weak_modulus()
+
+
+def test_pem_blocks_in_binary_data_are_refused_not_read_alone():
+    """An archive holding a weak DER certificate and a good PEM one: reading the PEM block alone
+    reported the archive clean."""
+    certificate = x509.load_pem_x509_certificate(issue_certificate(weak_private_key()).encode())
+    weak_der = certificate.public_bytes(serialization.Encoding.DER)
+    with pytest.raises(KeyMaterialError, match="PEM blocks in binary data"):
+        parse_key_material(b"weak.der\0\0\0" + weak_der + b"\0" * 64 + b"subject=CN=good\n" + _good_public_pem())
+
+
+def test_openssh_key_lines_beside_pem_blocks_are_read_too():
+    line = weak_private_key().public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                         serialization.PublicFormat.OpenSSH)
+    for data in (_good_public_pem() + b"some text\n" + line + b" device\n", line + b"\n" + _good_public_pem()):
+        entries = parse_key_material(data)
+        assert all(e.error is None for e in entries) and len(entries) == 2  # the text line is ignored
+        assert weak_modulus() in {e.key.modulus for e in entries}
+
+
+def test_an_openssh_private_key_file_of_two_keys_is_refused():
+    """OpenSSH writes one key a file; reading the first of two passed the second unchecked."""
+    def string(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    good = ec.generate_private_key(ec.SECP256R1()).public_key()
+    header = (b"openssh-key-v1\0" + string(b"aes256-ctr") + string(b"bcrypt") + string(string(b"\0" * 16) + b"\0\0\0\x10")
+              + (2).to_bytes(4, "big") + string(_ssh_blob(good)) + string(_ssh_blob(weak_private_key().public_key()))
+              + string(b"\0" * 64))
+    pem = b"-----BEGIN OPENSSH PRIVATE KEY-----\n" + base64.encodebytes(header) + b"-----END OPENSSH PRIVATE KEY-----\n"
+    [entry] = parse_key_material(pem)
+    assert entry.error is not None and "of 2 keys (OpenSSH writes one)" in str(entry.error)
+
+
+def test_an_ssh_ecdsa_key_with_a_compressed_point_is_its_files_error_only(tmp_path):
+    """cryptography raises NotImplementedError for it: that was a traceback losing every result."""
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    blob = b"".join(len(p).to_bytes(4, "big") + p for p in (b"ecdsa-sha2-nistp256", b"nistp256", point))
+    (tmp_path / "a.pub").write_bytes(b"ecdsa-sha2-nistp256 " + base64.b64encode(blob) + b" device\n")
+    (tmp_path / "b-roca.pem").write_bytes((DATA / "roca" / "cert04.pem").read_bytes())
+    checks = check_files(sorted(str(p) for p in tmp_path.iterdir()), [RocaDetector()])
+    assert "unsupported encoding" in checks[0].error and checks[1].vulnerable
+
+
+def test_a_utf8_byte_order_mark_before_pem_is_ignored():
+    assert only_key(b"\xef\xbb\xbf" + _good_public_pem()).algorithm == "EC secp256r1"

@@ -26,6 +26,7 @@ from devicedefender_audit.debian_weak.blocklist_file import (
     BlocklistError,
     BlocklistTable,
     available_sizes,
+    check_ec_files,
 )
 from devicedefender_audit.debian_weak.fingerprint import OPENSSL_VARIANTS, Origin, vulnkey_lookup_key
 from devicedefender_audit.detectors.base import DetectorResult, Verdict
@@ -82,6 +83,7 @@ class DebianWeakDetector:
         self.tables: dict[int, BlocklistTable] = {
             bits: BlocklistTable.open(self.directory, bits) for bits in available_sizes(self.directory)
         }
+        check_ec_files(self.directory)  # opened at the first EC key, but a damaged one fails now
         if not self.tables and not any(self.directory.glob("ec-*.json")):
             raise BlocklistError(
                 f"no blocklists in {self.directory} (check --blocklists or ${ENV_VAR})"
