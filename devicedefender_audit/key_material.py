@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import base64
 import re
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
+
+# A DH key is read to be reported (NOT_COVERED), not used: cryptography's notice that FFDH is
+# deprecated, printed once per process, would only clutter a report.
+warnings.filterwarnings("ignore", message="Diffie-Hellman over finite fields", module="devicedefender_audit")
 
 #: Moduli above this are refused: no real device key is larger, and the arithmetic on an
 #: attacker-supplied huge modulus would only cost time.
@@ -157,8 +162,10 @@ def _describe(key: object, source: str) -> PublicKeyInfo:
         algorithm, bits = "Ed448", 456
     elif isinstance(key, dsa.DSAPublicKey):
         algorithm, bits = "DSA", key.key_size
-    else:
-        algorithm, bits = type(key).__name__, 0
+    elif type(key).__name__ == "DHPublicKey":  # naming cryptography's dh module warns that FFDH is deprecated
+        algorithm, bits = "DH", key.key_size
+    else:  # X25519, X448: key agreement keys, none from OpenSSL 0.9.8
+        algorithm, bits = type(key).__name__.removesuffix("PublicKey"), 0
     return PublicKeyInfo(algorithm, bits, modulus, exponent, source, _spki(key), point, magnitude)
 
 

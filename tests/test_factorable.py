@@ -345,8 +345,9 @@ def test_fermat_bound_is_what_the_docstring_promises():
         (lambda: 3 * prime(2046), f"no larger than {SMALL_PRIME_BOUND}"),
         (lambda: 50021 * prime(2032), f"no larger than {SMALL_PRIME_BOUND}"),
         (lambda: prime(2048), "prime"),
+        (lambda: prime(683) ** 3, "perfect power"),  # an integer cube root factors it
     ],
-    ids=["even", "three", "50021", "prime"],
+    ids=["even", "three", "50021", "prime", "cube"],
 )
 def test_small_factor_rules(make, words):
     modulus = make()

@@ -806,3 +806,34 @@ def test_an_ssh_ecdsa_key_with_a_compressed_point_is_its_files_error_only(tmp_pa
 
 def test_a_utf8_byte_order_mark_before_pem_is_ignored():
     assert only_key(b"\xef\xbb\xbf" + _good_public_pem()).algorithm == "EC secp256r1"
+
+
+def test_a_dh_key_is_not_covered_and_read_without_a_warning(tmp_path):
+    """Debian's OpenSSL drew DH private values from the broken PRNG too: NOT_COVERED, like DSA,
+    not NOT_APPLICABLE; cryptography's FFDH deprecation notice is not printed into a report."""
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives.asymmetric import dh
+
+    modp_1024 = int("FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A0879"
+                    "8E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B"
+                    "0BFF5CB6F406B7EDEE386BFB5A899FA5AE9F24117C4B1FE649286651ECE65381FFFFFFFFFFFFFFFF", 16)  # RFC 2409
+    public = dh.DHParameterNumbers(modp_1024, 2).parameters().generate_private_key().public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key = only_key(pem)
+    assert (key.algorithm, key.bits) == ("DH", 1024)
+    result = DebianWeakDetector(REPO / "blocklists").check(key)
+    assert result.verdict is Verdict.NOT_COVERED and result.detail == "DH keys from the Debian bug are not covered"
+    (tmp_path / "dh.pem").write_bytes(pem)
+    proc = subprocess.run([sys.executable, "-m", "devicedefender_audit", "check", str(tmp_path / "dh.pem")],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc.returncode == 4 and proc.stderr == ""
+
+
+def test_key_agreement_keys_are_named_plainly():
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    public = x25519.X25519PrivateKey.generate().public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert only_key(pem).algorithm == "X25519"

@@ -156,9 +156,9 @@ class DebianWeakDetector:
             if self.ec.load_errors:
                 raise BlocklistError("; ".join(self.ec.load_errors))
             return self.ec.check(key, self.name, self.reason_code)
-        if key.algorithm == "DSA":
+        if key.algorithm in ("DSA", "DH"):  # Debian's OpenSSL drew their private values from the same PRNG
             return DetectorResult(
-                self.name, Verdict.NOT_COVERED, detail="DSA keys from the Debian bug are not covered"
+                self.name, Verdict.NOT_COVERED, detail=f"{key.algorithm} keys from the Debian bug are not covered"
             )
         return DetectorResult(self.name, Verdict.NOT_APPLICABLE, detail=f"{key.algorithm} key")
 
