@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from devicedefender_audit.debian_weak import ec_generator
-from devicedefender_audit.debian_weak.blocklist_file import BlocklistTable, data_path
+from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, data_path
 from devicedefender_audit.debian_weak.ec_curves import CURVES, P256, ec_point_fingerprint
 from devicedefender_audit.debian_weak.ec_keygen import (
     public_point,
@@ -130,8 +130,8 @@ def test_corrupt_ec_list_is_reported_not_trusted(small_ec_list):
     ec_generator.build(small_ec_list, "p256")
     path = data_path(small_ec_list, 256, "ec-p256")
     path.write_bytes(path.read_bytes()[:-3])
-    detector = DebianWeakDetector(small_ec_list)
-    assert not detector.ec.tables and any("ec-p256" in e for e in detector.load_errors)
+    with pytest.raises(BlocklistError, match="ec-p256.ddwk is .* bytes"):  # at start, not at the first EC key
+        DebianWeakDetector(small_ec_list)
 
 
 # --- the shipped lists ---------------------------------------------------------------------
