@@ -632,8 +632,10 @@ def _ssh_entries(text: str, others_are_errors: bool = True) -> list[ParsedKey]:
     """
     lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
     lines = [(number, line) for number, line in lines if line and not line.startswith("#")]
-    if not others_are_errors:
-        lines = [(number, line) for number, line in lines if _ssh_key_fields(line)]
+    if not others_are_errors:  # keys only: a line that is none (an example, a truncated one) is text
+        keys = [_entry(f"line {number}", _ssh_public_key, " ".join(fields).encode("ascii", "replace"),
+                       f"{fields[0]} key") for number, line in lines if (fields := _ssh_key_fields(line))]
+        return [entry for entry in keys[:MAX_BLOCKS] if entry.error is None]
     if not any(_ssh_key_fields(line) for _, line in lines):
         return []
     if len(lines) > MAX_BLOCKS:
@@ -681,11 +683,15 @@ _BARE_NUMBER = re.compile(r"(?:modulus=)?(?:0x)?[0-9a-f][0-9a-f:\s]*", re.IGNORE
 
 #: Control characters no text file holds (tab, newlines, vertical tab and form feed aside).
 _BINARY_CHARACTER = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
-#: Every byte but those control characters: ``data.translate(None, _TEXT_BYTES)`` keeps only the
-#: control bytes (0.4 us for a certificate, against 2 us for a regex search).
-_TEXT_BYTES = bytes(b for b in range(256) if not _BINARY_CHARACTER.match(chr(b)))
-#: What an editor may write before a PEM file's first line.
+#: Every byte but the control bytes of binary data: ``data.translate(None, _TEXT_BYTES)`` keeps only
+#: those (0.4 us for a certificate, against 2 us for a regex search). ESC and DEL are text here:
+#: a pasted terminal log has colour codes, and a DER encoding cannot avoid the low control bytes
+#: (its tags and lengths).
+_TEXT_BYTES = bytes(b for b in range(256) if b not in {*range(0x09), *range(0x0E, 0x1B), *range(0x1C, 0x20)})
+#: What an editor may write before a PEM file's first line, and what tools pad its end with: NULs
+#: (a C buffer dumped whole; mbedTLS counts the PEM's terminating NUL) and DOS's end-of-file ^Z.
 _UTF8_BOM = b"\xef\xbb\xbf"
+_END_PADDING = b"\x00\x1a"
 
 
 def _may_hold_ssh_key_lines(text: str) -> bool:
@@ -724,21 +730,35 @@ def parse_key_material(data: bytes | str) -> list[ParsedKey]:
     or nothing recognisable in it.
     """
     _refuse_oversized(data)
+    der = None
     if isinstance(data, bytes):
-        if _is_der_sequence(data):  # one whole DER object: its key, not PEM text inside it (an extension)
-            return [_entry("", _der_key, data, "DER input")]
+        # The DER object, or one a tool ended with a newline (its own last byte may be 0x0a).
+        whole = data if _is_der_sequence(data) else data.rstrip(b"\r\n")
+        if _is_der_sequence(whole):  # one whole DER object: its key, not PEM text inside it (an extension)
+            der = _entry("", _der_key, whole, "DER input")
+            if der.error is None or whole.translate(None, _TEXT_BYTES):
+                return [der]
+            # else text that happens to start like DER ("0a.lan ssh-ed25519 ..."): read as text below
         data = data.removeprefix(_UTF8_BOM)
     text = _as_text(data).removeprefix("\ufeff")
     entries = _pem_entries(text)
-    if entries and isinstance(data, bytes) and data.translate(None, _TEXT_BYTES):
+    if entries and isinstance(data, bytes) and data.rstrip(_END_PADDING).translate(None, _TEXT_BYTES):
         raise KeyMaterialError(
             "PEM blocks in binary data (an archive, or a DER file with more after it?): a key in the binary "
             "part would go unchecked; pass the certificate and key files themselves")
-    if not entries or _may_hold_ssh_key_lines(text):  # OpenSSH key lines beside PEM blocks count too
-        entries += _ssh_entries(text, others_are_errors=not entries)
+    if not entries:
+        entries = _ssh_entries(text)
+    elif _may_hold_ssh_key_lines(text):  # OpenSSH keys beside PEM blocks count too, in line order
+        entries = sorted(entries + _ssh_entries(text, others_are_errors=False), key=_line_number)
     if entries:
         return entries
+    if der is not None:
+        return [der]
     raise KeyMaterialError(_unrecognised(data))
+
+
+def _line_number(entry: ParsedKey) -> int:
+    return int(entry.location.removeprefix("line ") or 0)
 
 
 def public_keys_from_pem(text: str | bytes) -> list[PublicKeyInfo]:

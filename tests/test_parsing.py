@@ -837,3 +837,44 @@ def test_key_agreement_keys_are_named_plainly():
     public = x25519.X25519PrivateKey.generate().public_key()
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert only_key(pem).algorithm == "X25519"
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda pem: pem + b"\x1a",  # DOS end-of-file, as `copy a.pem+b.pem` writes it
+    lambda pem: pem + b"\0",  # a C buffer written with its terminating NUL (mbedTLS counts it)
+    lambda pem: pem + b"\0" * 2000,  # a fixed-size buffer or flash dump
+    lambda pem: b"\x1b[32mINFO\x1b[0m device cert:\n" + pem + b"\x1b[?2004l\x7f\n",  # a coloured terminal log
+], ids=["ctrl-z", "nul", "nul-padding", "terminal-log"])
+def test_text_padding_and_terminal_codes_around_pem_are_not_binary(wrap):
+    assert only_key(wrap(_good_public_pem())).algorithm == "EC secp256r1"
+
+
+def test_text_that_happens_to_start_like_der_is_read_as_text():
+    """'0' is a SEQUENCE tag and 'a' a valid length: a known_hosts line for 0a.lan can be one
+    whole DER element. It is not a DER key, so it is read as the text it is."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    line = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    body = b".lan " + line + b" "
+    data = b"0a" + body + b"x" * (ord("a") - len(body))  # the host 0a.lan, the comment making 97 bytes
+    assert key_material._is_der_sequence(data)
+    assert only_key(data).algorithm == "Ed25519"
+
+
+def test_a_der_file_ended_with_a_newline_is_read():
+    der = x509.load_pem_x509_certificate((DATA / "roca" / "cert04.pem").read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+    assert only_key(der + b"\n").modulus == only_key(der).modulus
+
+
+def test_an_unreadable_ssh_line_beside_pem_is_text_and_keys_come_in_line_order():
+    """Beside PEM blocks, text is ignored: an example or truncated key line too (only key lines
+    that are keys count), and the entries come in the order of their lines."""
+    weak = weak_private_key().public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                         serialization.PublicFormat.OpenSSH)
+    data = (b"# runbook\n    ssh-rsa AAAAB3NzaC1yc2E...QC... you@laptop\n" + weak + b" device\n"
+            + _good_public_pem())
+    entries = parse_key_material(data)
+    assert [e.location for e in entries] == ["line 3", "line 4"] and all(e.error is None for e in entries)
+    assert entries[0].key.modulus == weak_modulus()
