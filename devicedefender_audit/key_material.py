@@ -372,7 +372,26 @@ def _der_key(der: bytes) -> tuple[object, str]:
     except KeyMaterialError:
         raise
     except ValueError as exc:
-        raise ValueError("not a certificate, certificate request, public key or private key") from exc
+        raise ValueError("not a certificate, certificate request, public key or private key"
+                         + _container_hint(der)) from exc
+
+
+#: DER content-type OIDs (tag and length included) of the stores certificates travel in.
+_PKCS7_SIGNED_DATA = bytes.fromhex("06092a864886f70d010702")
+_PKCS7_DATA = bytes.fromhex("06092a864886f70d010701")
+
+
+def _container_hint(data: bytes) -> str:
+    """What store an input that holds no key in a form read here looks like, and how to get the
+    certificates out of it: PKCS#12 (.p12/.pfx), PKCS#7 (.p7b) or a Java keystore."""
+    head = data[:64]
+    if head.startswith(b"\xfe\xed\xfe\xed"):
+        return " (a Java keystore: keytool -exportcert -rfc -alias ALIAS -keystore FILE gives PEM)"
+    if _PKCS7_SIGNED_DATA in head:
+        return " (a PKCS#7 bundle: openssl pkcs7 -print_certs -in FILE -inform DER gives PEM)"
+    if _PKCS7_DATA in head and b"\x02\x01\x03" in head[:8]:
+        return " (a PKCS#12 store: openssl pkcs12 -in FILE -nokeys gives its certificates as PEM)"
+    return ""
 
 
 #: PEM labels we read, and how (from the block's DER).
@@ -703,7 +722,9 @@ def _may_hold_ssh_key_lines(text: str) -> bool:
 def _unrecognised(data: bytes | str) -> str:
     """Why an input holds no key, in one line: what it looks like, and what was expected. A bare
     "no PEM block found" left a user with an empty file or a hex modulus guessing what was wrong."""
+    hint = ""
     if isinstance(data, bytes):
+        hint = _container_hint(data)
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -711,7 +732,8 @@ def _unrecognised(data: bytes | str) -> str:
     if not data:
         return f"empty file; {_EXPECTED}"
     if _BINARY_CHARACTER.search(data):
-        return "binary data that is not one whole DER certificate, key or CSR (truncated?), nor PEM or OpenSSH text"
+        return ("binary data that is not one whole DER certificate, key or CSR (truncated?), nor PEM or OpenSSH "
+                f"text{hint}")
     text = data.strip()
     if not text:
         return f"blank file (whitespace only); {_EXPECTED}"

@@ -878,3 +878,26 @@ def test_an_unreadable_ssh_line_beside_pem_is_text_and_keys_come_in_line_order()
     entries = parse_key_material(data)
     assert [e.location for e in entries] == ["line 3", "line 4"] and all(e.error is None for e in entries)
     assert entries[0].key.modulus == weak_modulus()
+
+
+def test_certificate_stores_are_named_with_how_to_get_pem_out():
+    from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+
+    private = weak_private_key()
+    certificate = x509.load_pem_x509_certificate(issue_certificate(private).encode())
+    stores = {
+        "PKCS#12 store": pkcs12.serialize_key_and_certificates(b"device", private, certificate, None,
+                                                               serialization.NoEncryption()),
+        "PKCS#7 bundle": pkcs7.serialize_certificates([certificate], serialization.Encoding.DER),
+        "Java keystore": b"\xfe\xed\xfe\xed\0\0\0\x02\0\0\0\x01" + bytes(range(64)),
+    }
+    for name, data in stores.items():
+        entries = []
+        try:
+            entries = parse_key_material(data)
+        except KeyMaterialError as exc:
+            message = str(exc)
+        else:
+            [entry] = entries
+            message = str(entry.error)
+        assert f"(a {name}:" in message and "PEM" in message, message
