@@ -322,8 +322,26 @@ def _open_store(args: argparse.Namespace, scope: str = ACTS_IN_REGION) -> Store:
         region = configured_region(target)
     elif scope != ANY_REGION:  # reads, and a partition (the command acts in its region: _target)
         region = getattr(args, "region", None)
+    if scope == ACTS_IN_REGION and not demo:
+        refuse_another_accounts_partition(location, target)
     return open_store(location, target if str(location).startswith("dynamodb:") else None, region,
                       bind=scope == ACTS_IN_REGION, create=scope != READS_LOCALLY)
+
+
+def refuse_another_accounts_partition(location: str, target: AwsTarget) -> None:
+    """A command that acts with these credentials on an account-region's partition acts in the
+    credentials' account: on another account's partition it would audit or change this account's
+    certificates and record them as that account's (a certificate id can be the same in both).
+    A StoreError (exit 2) then, before anything is done."""
+    from devicedefender_audit.store import StoreError, partition_account
+
+    named = partition_account(location)
+    if named is None:
+        return
+    acting = target.client("sts").get_caller_identity()["Account"]
+    if acting != named:
+        raise StoreError(f"store {location} is account {named}'s, but these credentials act in account {acting}: "
+                         f"use account {named}'s credentials (--profile), or run --role-arn for its audits")
 
 
 def configured_region(target: AwsTarget) -> str | None:

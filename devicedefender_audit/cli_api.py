@@ -219,6 +219,10 @@ def _context(options: argparse.Namespace, read_only: bool = False) -> Any:
     # read-only operation, is compared only with a --region given on the command line (the
     # configured one may be the table's); only an operation that writes binds a store.
     compare = options.region if named or read_only else command_region
+    if named and not read_only and not options.assume_roles:
+        from devicedefender_audit.cli import refuse_another_accounts_partition
+
+        refuse_another_accounts_partition(resolve_location(options.store), aws)
     store = open_store(options.store, target, compare, bind=not read_only)
     region = named or command_region or "us-east-1"  # the fallback names ARNs only
 

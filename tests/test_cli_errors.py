@@ -283,3 +283,29 @@ def test_a_command_that_reads_audits_creates_no_dynamodb_table(command, aws, cap
     assert (f"error: no store at dynamodb://audtis: there is no table audtis in {REGION}; run an audit first"
             in capsys.readouterr().err)
     assert boto3.client("dynamodb", region_name=REGION).list_tables()["TableNames"] == []
+
+
+def test_another_accounts_partition_is_refused_to_commands_acting_with_these_credentials(capsys, aws, tmp_path):
+    """A member account's partition (from run --role-arn) mitigated with the caller's own
+    credentials deactivated the caller's certificate of the same id, reported COMPLETED."""
+    import boto3
+
+    member = "111111111111"
+    pem = (DATA / "roca" / "cert04.pem").read_text()
+    issued = boto3.client("sts", region_name=REGION).assume_role(
+        RoleArn=f"arn:aws:iam::{member}:role/dda-audit", RoleSessionName="setup")["Credentials"]
+    boto3.client("iot", region_name=REGION, aws_access_key_id=issued["AccessKeyId"],
+                 aws_secret_access_key=issued["SecretAccessKey"], aws_session_token=issued["SessionToken"]
+                 ).register_certificate_without_ca(certificatePem=pem, status="ACTIVE")
+    own = boto3.client("iot", region_name=REGION)
+    mine = own.register_certificate_without_ca(certificatePem=pem, status="ACTIVE")["certificateId"]
+    assert main(["run", "--role-arn", f"arn:aws:iam::{member}:role/dda-audit", "--regions", REGION,
+                 "--no-progress", "--store", str(tmp_path / "audits.sqlite3")]) == 3
+    capsys.readouterr()
+    partition = str(tmp_path / f"audits.{member}.{REGION}.sqlite3")
+    for argv in (["mitigate", "--store", partition, "--action", "UPDATE_DEVICE_CERTIFICATE"],
+                 ["run", "--store", partition, "--no-progress"]):
+        assert main(argv) == 2
+        line = one_error_line(capsys)
+        assert f"is account {member}'s, but these credentials act in account 123456789012" in line
+    assert own.describe_certificate(certificateId=mine)["certificateDescription"]["status"] == "ACTIVE"

@@ -106,6 +106,19 @@ def partition_region(location: Path | str) -> str | None:
     return None
 
 
+def partition_account(location: Path | str) -> str | None:
+    """The account of an account-region's partition, as :func:`partition_location` names them;
+    None for any other store."""
+    text = str(location)
+    if text.startswith("dynamodb:"):
+        partition = _dynamodb_location(_dynamodb_options(text)[0])[1]
+        return partition.split("/")[0] if partition else None
+    parts = Path(text).name.split(".")
+    if len(parts) >= 4 and _ACCOUNT.fullmatch(parts[-3]) and _REGION.fullmatch(parts[-2]):
+        return parts[-3]
+    return None
+
+
 def _dynamodb_options(location: str) -> tuple[str, S3Location | None]:
     """(the location without its options, where its fleet state is kept) of
     ``dynamodb://...[?fleet-state=s3://BUCKET/PREFIX]``; any other option is a StoreError."""
