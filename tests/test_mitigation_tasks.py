@@ -349,3 +349,31 @@ def test_a_retry_after_the_task_ended_with_keys_in_another_order_is_a_retry(weak
     assert start(ctx, dry_run=True, target=again, **request) == {"taskId": "r1"}
     with pytest.raises(TaskAlreadyExists):
         start(ctx, target=again, **request)
+
+
+def test_a_finding_suppressed_since_its_audit_is_not_mitigated(weak_account):
+    """'Mitigation actions won't be performed on suppressed audit findings': a suppression made
+    after the audit is the user's word too (it was deactivated all the same)."""
+    a, ctx = weak_account, weak_account["ctx"]
+    findings = call(ctx, "ListAuditFindings", taskId=a["audit"])["findings"]
+    accepted = findings[0]["nonCompliantResource"]["resourceIdentifier"]
+    call(ctx, "CreateAuditSuppression", checkName=CHECK_NAME, resourceIdentifier=accepted,
+         suppressIndefinitely=True, clientRequestToken="s1")
+    call(ctx, "StartAuditMitigationActionsTask", taskId="real", target={"auditTaskId": a["audit"]},
+         auditCheckToActionsMapping={CHECK_NAME: ["deactivate"]}, clientRequestToken="real")
+    assert ctx.store.get_record("mitigation_task", "real")["findingIds"] == [findings[1]["findingId"]]
+    status = {c["certificateId"]: s for c, s in zip(a["certs"], statuses(a["iot"], a["certs"]), strict=True)}
+    assert status[accepted["deviceCertificateId"]] == "ACTIVE"
+    assert status[findings[1]["nonCompliantResource"]["resourceIdentifier"]["deviceCertificateId"]] == "INACTIVE"
+
+
+def test_rows_a_dry_run_did_not_run_are_dry_run_rows(weak_account):
+    """CANCELED rows (and SKIPPED ones after a failed action) are recorded as the task's mode,
+    so list-mitigations does not call a canceled dry run a real run."""
+    a, ctx = weak_account, weak_account["ctx"]
+    ctx.store.put_record("mitigation_task_cancel", "dry", {"taskId": "dry"})  # canceled before it starts
+    OPERATIONS["StartAuditMitigationActionsTask"](ctx, dry_run=True, taskId="dry", target={"auditTaskId": a["audit"]},
+                                                  auditCheckToActionsMapping={CHECK_NAME: ["deactivate"]},
+                                                  clientRequestToken="dry")
+    executions = ctx.store.executions("dry")
+    assert executions and all(e.status.value == "CANCELED" and e.dry_run for e in executions)

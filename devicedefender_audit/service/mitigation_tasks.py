@@ -7,7 +7,8 @@ A task applies, through the one :class:`~devicedefender_audit.mitigation.Mitigat
 ``findingIds``, or the findings of ``auditTaskId``, optionally narrowed by
 ``auditCheckToReasonCodeFilter`` (the filter selects findings "from the audit", so it needs
 ``auditTaskId``). Suppressed findings are left out, named or not: "Mitigation actions won't be
-performed on suppressed audit findings". The findings and the action definitions are fixed when
+performed on suppressed audit findings" (suppressed in their audit, or by a suppression in force
+when the task starts). The findings and the action definitions are fixed when
 the task starts, so editing or deleting an action later does not change a task. A retry with the same ``taskId``
 and ``clientRequestToken`` returns the existing task; another token for that id is
 ``TaskAlreadyExistsException``, and a token already used for another task is refused. A request
@@ -42,6 +43,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from devicedefender_audit.check_names import RESOURCE_TYPE_OF
@@ -62,6 +64,7 @@ from devicedefender_audit.service.mitigation_actions import APPLICABLE_TYPES, de
 from devicedefender_audit.service.shapes import check_request, fill_idempotency_tokens
 from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
 from devicedefender_audit.store import Store
+from devicedefender_audit.suppressions import ActiveSuppressions
 
 TASK_KIND, TOKEN_KIND, CANCEL_KIND = "mitigation_task", "mitigation_task_token", "mitigation_task_cancel"
 IN_PROGRESS = "IN_PROGRESS"
@@ -100,7 +103,8 @@ def _tasks(ctx: ServiceContext) -> list[dict]:
     return [_ended_if_abandoned(ctx, body) for _, body in ctx.store.records(TASK_KIND)]
 
 
-def _resolve_findings(store: Store, target: Mapping[str, Any], checks: Sequence[str]) -> list[AuditFinding]:
+def _resolve_findings(store: Store, target: Mapping[str, Any], checks: Sequence[str],
+                      now: datetime) -> list[AuditFinding]:
     finding_ids, audit_task_id = target.get("findingIds"), target.get("auditTaskId")
     reason_filter = target.get("auditCheckToReasonCodeFilter")
     if bool(finding_ids) == bool(audit_task_id):
@@ -120,8 +124,11 @@ def _resolve_findings(store: Store, target: Mapping[str, Any], checks: Sequence[
         findings = list(store.findings(audit_task_id))
     if reason_filter:
         findings = [f for f in findings if f.reason_for_non_compliance_code in reason_filter.get(f.check_name, ())]
-    # "Mitigation actions won't be performed on suppressed audit findings" (Device Defender guide).
-    return [f for f in findings if f.check_name in checks and not f.is_suppressed]
+    # "Mitigation actions won't be performed on suppressed audit findings" (Device Defender guide):
+    # suppressed when the audit ran, or by a suppression in force now (made since: the user's
+    # word that the finding is accepted).
+    active = ActiveSuppressions(store, now)
+    return [f for f in findings if f.check_name in checks and not f.is_suppressed and not active.covers(f)]
 
 
 def _check_mapping(mapping: Mapping[str, Sequence[str]], definitions: Mapping[str, ActionDefinition]) -> None:
@@ -146,7 +153,7 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
     for ``mitigate``. Returns the task id (the existing one for a retried request).
     """
     _check_mapping(mapping, definitions)
-    findings = _resolve_findings(ctx.store, target, list(mapping))
+    findings = _resolve_findings(ctx.store, target, list(mapping), ctx.now())
     used = [definitions[name] for name in dict.fromkeys(n for names in mapping.values() for n in names)]
     clients = _clients_by_role(ctx, used)
     statistics = {check: {"totalFindingsCount": sum(f.check_name == check for f in findings),
@@ -256,7 +263,8 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
             if canceled:
                 for action in actions:
                     store.record_execution(_not_run(task_id, finding, action, MitigationStatus.CANCELED,
-                                                    "the task was canceled before this action ran"))
+                                                    "the task was canceled before this action ran",
+                                                    body.get("dryRun", False)))
                 stats["canceledFindingsCount"] += 1
             else:
                 statuses = _apply_in_order(store, mitigators, finding, actions, task_id)
@@ -287,7 +295,8 @@ def _apply_in_order(store: Store, mitigators: Mapping[str | None, Mitigator], fi
     for action in actions:
         if failed is not None:
             store.record_execution(_not_run(task_id, finding, action, MitigationStatus.SKIPPED,
-                                            f"skipped: action {failed} failed for this finding"))
+                                            f"skipped: action {failed} failed for this finding",
+                                            mitigators[action.role_arn].dry_run))
             continue
         status = mitigators[action.role_arn].execute(finding, action, task_id).status
         statuses.add(status)
@@ -297,11 +306,11 @@ def _apply_in_order(store: Store, mitigators: Mapping[str | None, Mitigator], fi
 
 
 def _not_run(task_id: str, finding: AuditFinding, action: ActionDefinition, status: MitigationStatus,
-             message: str) -> MitigationExecution:
+             message: str, dry_run: bool) -> MitigationExecution:
     now = utcnow()
     return MitigationExecution(task_id=task_id, finding_id=finding.finding_id, action_name=action.name,
                                action_id=action.action_id, action_type=action.action_type,
-                               status=status, start_time=now, end_time=now, message=message)
+                               status=status, start_time=now, end_time=now, message=message, dry_run=dry_run)
 
 
 def start_audit_mitigation_actions_task(ctx: ServiceContext, *, dry_run: bool = False, **request: Any) -> dict:
