@@ -319,6 +319,8 @@ def test_ca_findings_through_serve_and_boto3(moto_server, tmp_path):
         second = audited()
         details = iot.describe_audit_task(taskId=second)["auditDetails"][CA_CERTIFICATE_KEY_QUALITY_CHECK]
         assert details["suppressedNonCompliantResourcesCount"] == 1
+        # A suppression in force keeps the finding from mitigation, even from its earlier audit.
+        iot.delete_audit_suppression(checkName=CA_CERTIFICATE_KEY_QUALITY_CHECK, resourceIdentifier=identifier)
         iot.create_mitigation_action(actionName="retire-ca", roleArn=ROLE,
                                      actionParams={"updateCACertificateParams": {"action": "DEACTIVATE"}})
         iot.start_audit_mitigation_actions_task(taskId="retire", target={"findingIds": [finding["findingId"]]},
