@@ -156,6 +156,8 @@ class Mitigator:
         self._effects = RunEffects() if effects is None else effects
         #: (claim, claim id) this execution holds in the store, checked before each mutating call.
         self._holding: tuple[str, str] | None = None
+        #: Mutating calls of this execution that AWS answered (a real run's).
+        self._answered = 0
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
@@ -174,7 +176,7 @@ class Mitigator:
             status=MitigationStatus.COMPLETED,
             dry_run=self.dry_run,
         )
-        self._calls = []
+        self._calls, self._answered = [], 0
         claim = f"{finding.finding_id}/{action.digest}"
         try:
             if action.action_type not in ACTIONS_FOR_RESOURCE[finding.resource_type]:
@@ -205,6 +207,9 @@ class Mitigator:
             execution.status = MitigationStatus.FAILED
             execution.error_code = aws_error_code(exc)
             execution.message = str(exc)
+        except BaseException:  # interrupted (Ctrl-C, a stop): say what was done, then stop
+            self._interrupted(execution, claim, action, task_id)
+            raise
         finally:
             if self._holding is not None and self.store is not None:
                 self.store.delete_record(CLAIM_KIND, claim)  # not applied: a later run tries again
@@ -214,6 +219,24 @@ class Mitigator:
         if self.store:
             self.store.record_execution(execution)
         return execution
+
+    def _interrupted(self, execution: MitigationExecution, claim: str, action: ActionDefinition,
+                     task_id: str) -> None:
+        """Record an execution stopped midway, with the calls it made. A notification whose
+        publish was made, answered or not, counts as sent (at most once per finding: a later run
+        would send it again; the record says it may not have gone out); any other action's claim
+        is released as on failure, since repeating its calls is harmless and its state checks
+        skip what is done."""
+        made = len(self._calls) if not self.dry_run else 0
+        if action.action_type is MitigationActionType.PUBLISH_FINDING_TO_SNS and made:
+            self._made(claim, action, task_id)
+        execution.status, execution.error_code = MitigationStatus.FAILED, "INTERRUPTED"
+        execution.message = (f"interrupted: {self._answered} of the {made} mutating call(s) made were answered"
+                             + ("; the notification may not have gone out and is not sent again"
+                                if action.action_type is MitigationActionType.PUBLISH_FINDING_TO_SNS and made else ""))
+        execution.calls, execution.end_time = self._calls, utcnow()
+        if self.store is not None:
+            self.store.record_execution(execution)
 
     def _claim(self, key: str, task_id: str, action: ActionDefinition) -> str | None:
         """Take (finding, action digest) for this task, atomically, and return the claim's id;
@@ -271,6 +294,7 @@ class Mitigator:
             self._check_still_held()
         self._calls.append(PlannedCall(service=service, operation=operation, parameters=params))
         response = None if self.dry_run else getattr(client, operation)(**params)
+        self._answered += not self.dry_run
         self._effects.record_call(operation, params, finding.finding_id)
         return response
 

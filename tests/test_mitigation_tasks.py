@@ -377,3 +377,28 @@ def test_rows_a_dry_run_did_not_run_are_dry_run_rows(weak_account):
                                                   clientRequestToken="dry")
     executions = ctx.store.executions("dry")
     assert executions and all(e.status.value == "CANCELED" and e.dry_run for e in executions)
+
+
+def test_an_interrupt_after_a_notification_went_out_neither_repeats_it_nor_loses_its_record(weak_account):
+    """Ctrl-C right after SNS answered: the claim was released as for a failure, so the next task
+    published the finding again, and the execution left no record."""
+    a, ctx = weak_account, weak_account["ctx"]
+    published = []
+
+    def interrupt_after_the_first(**_):
+        published.append(1)
+        if len(published) == 1:
+            raise KeyboardInterrupt
+
+    a["sns"].meta.events.register("after-call.sns.Publish", interrupt_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        call(ctx, "StartAuditMitigationActionsTask", taskId="t1", target={"auditTaskId": a["audit"]},
+             auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="t1")
+    [interrupted] = ctx.store.executions("t1")
+    assert (interrupted.status.value, interrupted.error_code) == ("FAILED", "INTERRUPTED")
+    assert [c.operation for c in interrupted.calls] == ["publish"]
+
+    call(ctx, "StartAuditMitigationActionsTask", taskId="t2", target={"auditTaskId": a["audit"]},
+         auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="t2")
+    assert len(a["drain"]()) == 2  # one message a finding, the interrupted one not sent again
+    assert sorted(e.status.value for e in ctx.store.executions("t2")) == ["COMPLETED", "SKIPPED"]
