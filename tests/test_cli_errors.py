@@ -309,3 +309,10 @@ def test_another_accounts_partition_is_refused_to_commands_acting_with_these_cre
         line = one_error_line(capsys)
         assert f"is account {member}'s, but these credentials act in account 123456789012" in line
     assert own.describe_certificate(certificateId=mine)["certificateDescription"]["status"] == "ACTIVE"
+
+
+@pytest.mark.parametrize(("group", "says"), [("a/b", "does not match the pattern"), ("x" * 200, "at most 128")])
+def test_mitigate_options_are_checked_by_the_model_before_anything_is_planned(capsys, failed_audit, group, says):
+    """A thing group AWS would refuse was planned in a dry run, and made by moto in a real one."""
+    code = main(["mitigate", "--dry-run", "--action", "ADD_THINGS_TO_THING_GROUP", "--thing-group", group])
+    assert code == 2 and says in one_error_line(capsys)
