@@ -396,6 +396,7 @@ def test_an_interrupt_after_a_notification_went_out_neither_repeats_it_nor_loses
              auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="t1")
     [interrupted] = ctx.store.executions("t1")
     assert (interrupted.status.value, interrupted.error_code) == ("FAILED", "INTERRUPTED")
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="t1")["taskStatus"] == "CANCELED"  # not IN_PROGRESS
     assert [c.operation for c in interrupted.calls] == ["publish"]
 
     call(ctx, "StartAuditMitigationActionsTask", taskId="t2", target={"auditTaskId": a["audit"]},

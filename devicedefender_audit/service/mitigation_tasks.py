@@ -281,6 +281,9 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
     except Exception:
         body["taskStatus"] = "FAILED"
         raise
+    except BaseException:  # interrupted (Ctrl-C): ended, as an interrupted audit is, not left IN_PROGRESS
+        body["taskStatus"] = "CANCELED"
+        raise
     finally:
         body["endTime"] = ctx.now().timestamp()
         store.put_record(TASK_KIND, task_id, body)
