@@ -85,6 +85,10 @@ def service_context(target: AwsTarget, store_path: Path | str, blocklists: Path 
     if named is not None and named != configured:
         # One target reaches both the store and AWS IoT here: a partition is served in its region.
         raise StoreError(f"store {store_path} is region {named}'s partition; serve it with --region {named}")
+    if not assume_roles:  # the server acts with these credentials: in their account
+        from devicedefender_audit.cli import refuse_another_accounts_partition
+
+        refuse_another_accounts_partition(str(store_path), target)
     # The store is checked against the region the server acts in here, and bound to it only once the
     # server listens (_bind_store); the fallback names ARNs only.
     return ServiceContext(store=open_store(store_path, target, configured, bind=False),

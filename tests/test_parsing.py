@@ -901,3 +901,12 @@ def test_certificate_stores_are_named_with_how_to_get_pem_out():
             [entry] = entries
             message = str(entry.error)
         assert f"(a {name}:" in message and "PEM" in message, message
+
+
+def test_more_key_lines_than_the_limit_beside_pem_are_refused_not_cut():
+    """Beside a PEM block the key lines past the limit were dropped in silence: a weak key on
+    line 1007 went unchecked."""
+    line = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    with pytest.raises(InputTooLargeError, match=f"more than {MAX_BLOCKS} OpenSSH key lines"):
+        parse_key_material(_good_public_pem() + (line + b"\n") * (MAX_BLOCKS + 1))
