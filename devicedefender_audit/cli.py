@@ -635,13 +635,13 @@ def cmd_show_findings(args: argparse.Namespace) -> int:
     return task_exit_code(task)
 
 
-def _print_executions(executions: Sequence[MitigationExecution], fmt: str, **text: str) -> None:
+def _print_executions(executions: Sequence[MitigationExecution], fmt: str, empty: str | None = None) -> None:
     from devicedefender_audit.report import executions_text
 
     if fmt == "json":
         print(json.dumps({"actionsExecutions": [e.to_aws() for e in executions]}, indent=2))
     else:
-        print(executions_text(executions, **text))
+        print(executions_text(executions, empty))
 
 
 #: A well-formed role ARN, to check ``mitigate``'s unstored actions with the model's own rules

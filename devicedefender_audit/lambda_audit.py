@@ -196,7 +196,7 @@ def _open_partition(settings: AuditSettings, account_id: str, region: str) -> tu
 
 
 def _reported(task: AuditTask, store: Store, target: AwsTarget, account_id: str,
-              settings: AuditSettings, budget: TimeBudget | None = None) -> dict[str, Any]:
+              settings: AuditSettings, budget: TimeBudget | None) -> dict[str, Any]:
     """One finished audit's summary, notified when it found something or could not check
     everything, its findings then imported into Security Hub when asked (the alert goes first:
     a sync that runs out of the function's time never holds it back). A sync that failed (a role

@@ -101,13 +101,13 @@ def tasks_text(tasks: Sequence[AuditTask]) -> str:
     )
 
 
-def executions_text(executions: Sequence[MitigationExecution], empty: str = "No mitigation actions to run.") -> str:
+def executions_text(executions: Sequence[MitigationExecution], empty: str | None = None) -> str:
     """One table per mitigation task, in the order given (``list-mitigations``: oldest task
     first, as its JSON), each under a line naming the task and whether it was a dry run: a dry
     run, the real run and a re-run act on the same findings, and their rows read alike.
     ``empty`` is what is said when there is nothing (``mitigate``: nothing to act on)."""
     if not executions:
-        return empty
+        return empty or "No mitigation actions to run."
     by_task: dict[str, list[MitigationExecution]] = {}
     for e in executions:
         by_task.setdefault(e.task_id, []).append(e)

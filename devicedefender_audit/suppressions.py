@@ -42,7 +42,8 @@ def is_active(suppression: Mapping[str, object], now: datetime) -> bool:
 
 
 class ActiveSuppressions:
-    """The suppressions active when an audit starts, for a fast per-finding lookup."""
+    """The suppressions active at one moment (an audit's start, a mitigation task's), for a fast
+    per-finding lookup."""
 
     def __init__(self, store: Store, now: datetime | None = None) -> None:
         now = now or datetime.now(timezone.utc)
