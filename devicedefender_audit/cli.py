@@ -371,11 +371,7 @@ def _target(args: argparse.Namespace) -> AwsTarget:
 def _detectors(args: argparse.Namespace) -> list[Any]:
     from devicedefender_audit.detectors import default_detectors
 
-    detectors = default_detectors(args.blocklists)
-    for detector in detectors:
-        for error in getattr(detector, "load_errors", []):
-            print(f"warning: {error}", file=sys.stderr)
-    return detectors
+    return default_detectors(args.blocklists)
 
 
 def _print_audit(store: Store, task: AuditTask, fmt: str) -> None:

@@ -261,24 +261,18 @@ class BlocklistTable:
         return out
 
 
-def check_ec_files(directory: Path) -> None:
-    """Check the ``ec-<curve>`` lists as :func:`available_sizes` and opening check the RSA ones:
-    a data file without its manifest, a manifest without its data, or a size that does not match
-    raises :class:`BlocklistError`. Cheap (no EC code is imported, nothing is hashed), so it runs
-    at start: a damaged EC list must fail an RSA-only run too, not wait for the first EC key."""
-    manifests = {path.stem for path in directory.glob("ec-*.json")}
-    orphans = sorted({path.stem for path in directory.glob("ec-*.ddwk")} - manifests)
+def open_ec_tables(directory: Path) -> dict[str, BlocklistTable]:
+    """The ``ec-p<bits>`` lists in ``directory`` by file stem (``ec-p256``), opened and checked as
+    the RSA ones are (:func:`available_sizes`, :meth:`BlocklistTable.open`): a data file without
+    its manifest, a manifest without its data, or a size that does not match raises
+    :class:`BlocklistError`. Cheap (no EC code is imported, nothing is hashed), so it runs at
+    start: a damaged EC list must fail an RSA-only run too, not wait for the first EC key."""
+    manifests = {path.stem for path in directory.glob("ec-p*.json")}
+    orphans = sorted({path.stem for path in directory.glob("ec-p*.ddwk")} - manifests)
     if orphans:
         raise BlocklistError(f"{directory} has blocklist data without a manifest: {', '.join(orphans)}")
-    for stem in sorted(manifests):
-        path = directory / f"{stem}.json"
-        try:
-            bits = json.loads(path.read_text()).get("bits")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise BlocklistError(f"cannot read blocklist manifest {path}: {exc}") from exc
-        if not isinstance(bits, int):
-            raise BlocklistError(f"{path} is not a blocklist manifest (no key size)")
-        BlocklistTable.open(directory, bits, name=stem)  # the mapping is dropped: this only checks
+    return {stem: BlocklistTable.open(directory, int(stem.removeprefix("ec-p")), name=stem)
+            for stem in sorted(manifests) if stem.removeprefix("ec-p").isdigit()}
 
 
 def available_sizes(directory: Path) -> list[int]:

@@ -26,7 +26,7 @@ from devicedefender_audit.debian_weak.blocklist_file import (
     BlocklistError,
     BlocklistTable,
     available_sizes,
-    check_ec_files,
+    open_ec_tables,
 )
 from devicedefender_audit.debian_weak.fingerprint import OPENSSL_VARIANTS, Origin, vulnkey_lookup_key
 from devicedefender_audit.detectors.base import DetectorResult, Verdict
@@ -83,7 +83,8 @@ class DebianWeakDetector:
         self.tables: dict[int, BlocklistTable] = {
             bits: BlocklistTable.open(self.directory, bits) for bits in available_sizes(self.directory)
         }
-        check_ec_files(self.directory)  # opened at the first EC key, but a damaged one fails now
+        #: The EC lists' tables, opened and checked now (a damaged one fails an RSA-only run too).
+        self._ec_tables = open_ec_tables(self.directory)
         if not self.tables and not any(self.directory.glob("ec-*.json")):
             raise BlocklistError(
                 f"no blocklists in {self.directory} (check --blocklists or ${ENV_VAR})"
@@ -107,19 +108,11 @@ class DebianWeakDetector:
 
     @cached_property
     def ec(self) -> DebianWeakEcLists:
-        """The EC lists, opened on first use: their module imports the EC key generator (and
-        numpy), which checking RSA keys does not need."""
+        """The EC lookups, made on first use: their module imports the EC curve code, which
+        checking RSA keys does not need."""
         from devicedefender_audit.detectors.debian_weak_ec import DebianWeakEcLists
 
-        return DebianWeakEcLists(self.directory)
-
-    @property
-    def load_errors(self) -> list[str]:
-        """EC lists that could not be opened, once they have been opened (by the first EC key or
-        :meth:`coverage`; an EC lookup then raises). A broken RSA list raises when the detector
-        is made. Reading this does not open the EC lists, so RSA-only runs stay light."""
-        ec = self.__dict__.get("ec")
-        return ec.load_errors if ec is not None else []
+        return DebianWeakEcLists(self._ec_tables)
 
     def coverage(self) -> dict[int, str]:
         """Covered key sizes and how completely, for reports and ``blocklist info``. Verifies
@@ -153,8 +146,6 @@ class DebianWeakDetector:
         if key.algorithm == "RSA" and key.modulus is not None:  # the common case, tested first
             return self._check_rsa(key)
         if key.algorithm.startswith("EC "):
-            if self.ec.load_errors:
-                raise BlocklistError("; ".join(self.ec.load_errors))
             return self.ec.check(key, self.name, self.reason_code)
         if key.algorithm in ("DSA", "DH"):  # Debian's OpenSSL drew their private values from the same PRNG
             return DetectorResult(

@@ -7,9 +7,7 @@ apart from the RSA lookup so each can change without the other.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from devicedefender_audit.debian_weak.blocklist_file import BlocklistError, BlocklistTable, manifest_path
+from devicedefender_audit.debian_weak.blocklist_file import BlocklistTable
 from devicedefender_audit.debian_weak.ec_curves import (
     CURVES,
     curve_by_cryptography_name,
@@ -31,16 +29,12 @@ def describe_origin(origin: Origin) -> str:
 class DebianWeakEcLists:
     """The shipped EC lists in one directory, by curve (``p256`` ...)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.tables: dict[str, BlocklistTable] = {}
-        self.load_errors: list[str] = []
-        for curve in CURVES.values():
-            if not manifest_path(directory, curve.bits, table_name(curve.name)).exists():
-                continue
-            try:
-                self.tables[curve.name] = BlocklistTable.open(directory, curve.bits, name=table_name(curve.name))
-            except BlocklistError as exc:
-                self.load_errors.append(str(exc))
+    def __init__(self, tables: dict[str, BlocklistTable]) -> None:
+        """``tables`` by file stem, as :func:`~devicedefender_audit.debian_weak.blocklist_file.open_ec_tables`
+        opened (and checked) them."""
+        self.tables: dict[str, BlocklistTable] = {
+            curve.name: tables[table_name(curve.name)] for curve in CURVES.values() if table_name(curve.name) in tables
+        }
 
     def _covered(self) -> str:
         return ", ".join(CURVES[name].display for name in self.tables) or "none"
