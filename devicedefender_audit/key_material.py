@@ -733,7 +733,12 @@ def _is_binary(data: bytes) -> bool:
 def _may_hold_ssh_key_lines(text: str) -> bool:
     """Whether a text can hold an OpenSSH key line (a field, whitespace, then base64 starting
     ``AAAA``): a cheap test, so PEM files do not pay the per-line scan."""
-    return " AAAA" in text or "\tAAAA" in text
+    at = text.find("AAAA")  # one scan; a PEM body line may hold AAAA too, never after a blank
+    while at > 0:
+        if text[at - 1] in " \t":
+            return True
+        at = text.find("AAAA", at + 1)
+    return False
 
 
 def _unrecognised(data: bytes | str) -> str:
