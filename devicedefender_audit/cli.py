@@ -333,11 +333,12 @@ def refuse_another_accounts_partition(location: str, target: AwsTarget) -> None:
     credentials' account: on another account's partition it would audit or change this account's
     certificates and record them as that account's (a certificate id can be the same in both).
     A StoreError (exit 2) then, before anything is done."""
-    from devicedefender_audit.store import StoreError, partition_account
+    from devicedefender_audit.store import StoreError, partition_of
 
-    named = partition_account(location)
-    if named is None:
+    partition = partition_of(location)
+    if partition is None:
         return
+    named = partition[0]
     acting = target.client("sts").get_caller_identity()["Account"]
     if acting != named:
         raise StoreError(f"store {location} is account {named}'s, but these credentials act in account {acting}: "

@@ -93,30 +93,26 @@ def partition_location(location: Path | str, account_id: str, region: str) -> st
     return str(path.with_name(f"{path.stem}.{account_id}.{region}{path.suffix}"))
 
 
+def partition_of(location: Path | str) -> tuple[str, str] | None:
+    """(account, region) of an account-region's partition, as :func:`partition_location` names
+    them; None for any other store."""
+    text = str(location)
+    if text.startswith("dynamodb:"):
+        partition = _dynamodb_location(_dynamodb_options(text)[0])[1]
+        if not partition:
+            return None
+        account, region = partition.split("/")[:2]
+        return account, region
+    parts = Path(text).name.split(".")
+    if len(parts) >= 4 and _ACCOUNT.fullmatch(parts[-3]) and _REGION.fullmatch(parts[-2]):
+        return parts[-3], parts[-2]
+    return None
+
+
 def partition_region(location: Path | str) -> str | None:
-    """The region of an account-region's partition, as :func:`partition_location` names them;
-    None for any other store."""
-    text = str(location)
-    if text.startswith("dynamodb:"):
-        partition = _dynamodb_location(_dynamodb_options(text)[0])[1]
-        return partition.split("/")[1] if partition else None
-    parts = Path(text).name.split(".")
-    if len(parts) >= 4 and _ACCOUNT.fullmatch(parts[-3]) and _REGION.fullmatch(parts[-2]):
-        return parts[-2]
-    return None
-
-
-def partition_account(location: Path | str) -> str | None:
-    """The account of an account-region's partition, as :func:`partition_location` names them;
-    None for any other store."""
-    text = str(location)
-    if text.startswith("dynamodb:"):
-        partition = _dynamodb_location(_dynamodb_options(text)[0])[1]
-        return partition.split("/")[0] if partition else None
-    parts = Path(text).name.split(".")
-    if len(parts) >= 4 and _ACCOUNT.fullmatch(parts[-3]) and _REGION.fullmatch(parts[-2]):
-        return parts[-3]
-    return None
+    """The region of an account-region's partition; None for any other store."""
+    named = partition_of(location)
+    return named[1] if named else None
 
 
 def _dynamodb_options(location: str) -> tuple[str, S3Location | None]:
