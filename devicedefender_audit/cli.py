@@ -641,11 +641,6 @@ def _print_executions(executions: Sequence[MitigationExecution], fmt: str, empty
         print(executions_text(executions, empty))
 
 
-#: A well-formed role ARN, to check ``mitigate``'s unstored actions with the model's own rules
-#: (they act with the command's credentials, not a role).
-MITIGATE_ROLE_PLACEHOLDER = "arn:aws:iam::123456789012:role/mitigate"
-
-
 def cmd_mitigate(args: argparse.Namespace) -> int:
     """The everyday front of StartAuditMitigationActionsTask: the given action types, with their
     options as unstored definitions, on every finding of one audit (each action on the checks
@@ -655,20 +650,13 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     from devicedefender_audit.models import MitigationActionType, new_id
     from devicedefender_audit.service import ServiceContext, ServiceError
     from devicedefender_audit.service.mitigation_tasks import start_mitigation_task
-    from devicedefender_audit.service.shapes import check_request
 
     try:
         actions = {a.name: a for a in (
             ActionDefinition.for_type(MitigationActionType(name), args.thing_group, args.sns_topic_arn)
             for name in dict.fromkeys(args.actions))}
-        for action in actions.values():  # the model's rules (a group name's length and characters, ...)
-            check_request("CreateMitigationAction", {"actionName": action.name, "roleArn": MITIGATE_ROLE_PLACEHOLDER,
-                                                     "actionParams": action.action_params})
-    except ValueError as exc:
+    except ValueError as exc:  # a missing option, or one the model refuses
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ServiceError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     store = _open_store(args)
     try:

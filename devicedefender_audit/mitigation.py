@@ -65,6 +65,10 @@ ACTIONS_FOR_RESOURCE = {
 }
 
 
+#: A role ARN of the model's form, for checking an unstored definition's options with the model.
+_ANY_ROLE = "arn:aws:iam::123456789012:role/mitigation"
+
+
 @dataclass(frozen=True)
 class ActionDefinition:
     """One mitigation action: its user-defined name and id, its type and the type's parameters
@@ -106,7 +110,23 @@ class ActionDefinition:
         else:  # UPDATE_DEVICE_CERTIFICATE, UPDATE_CA_CERTIFICATE: the model's only action
             params = {"action": "DEACTIVATE"}
         draft = cls(action_type.value, "", action_type, params)
-        return cls(draft.name, str(uuid.UUID(draft.digest[:32])), action_type, params)
+        definition = cls(draft.name, str(uuid.UUID(draft.digest[:32])), action_type, params)
+        definition.check_with_model()
+        return definition
+
+    def check_with_model(self) -> None:
+        """ValueError for options AWS would refuse (a thing group name's length and characters,
+        a topic ARN's form): checked with CreateMitigationAction's shape, so that a dry run never
+        plans a call AWS refuses (a role ARN of the right form stands in: an unstored definition
+        acts with its caller's credentials)."""
+        from devicedefender_audit.service.errors import InvalidRequest  # the service imports this module
+        from devicedefender_audit.service.shapes import check_request
+
+        try:
+            check_request("CreateMitigationAction", {"actionName": self.name, "roleArn": _ANY_ROLE,
+                                                     "actionParams": self.action_params})
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
 
     @property
     def action_params(self) -> dict[str, Any]:

@@ -151,7 +151,10 @@ def _action(name: str, env: Mapping[str, str]) -> ActionDefinition:
     if not value:
         raise GateConfigurationError(f"DDA_GATE_ACTIONS: {action_type.value} needs {variable} ({what}), "
                                      "which is not set")
-    return ActionDefinition.for_type(action_type, **{argument: value})
+    try:
+        return ActionDefinition.for_type(action_type, **{argument: value})
+    except ValueError as exc:  # a value AWS would refuse
+        raise GateConfigurationError(f"{variable}: {exc}") from None
 
 
 def _dry_run(value: str | None) -> bool:

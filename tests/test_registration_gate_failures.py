@@ -223,8 +223,10 @@ def test_the_home_account_and_region_are_acted_on(monkeypatch, iot, topic_arn):
     ({"DDA_GATE_ACTIONS": "ADD_THINGS_TO_THING_GROUP"}, "ADD_THINGS_TO_THING_GROUP needs DDA_QUARANTINE_GROUP"),
     ({"DDA_GATE_ACTIONS": "PUBLISH_FINDING_TO_SNS", "DDA_SNS_TOPIC_ARN": " "},
      "PUBLISH_FINDING_TO_SNS needs DDA_SNS_TOPIC_ARN"),
+    ({"DDA_GATE_ACTIONS": "ADD_THINGS_TO_THING_GROUP", "DDA_QUARANTINE_GROUP": "weak/keys"},
+     "DDA_QUARANTINE_GROUP: CreateMitigationActionRequest.actionParams.addThingsToThingGroupParams"),
 ], ids=["dry-run-typo", "dry-run-zero", "dry-run-name-typo", "actions-name-typo", "actions-unset",
-        "action-typo", "semicolons", "no-group", "blank-topic"])
+        "action-typo", "semicolons", "no-group", "blank-topic", "group-aws-refuses"])
 def test_a_mistyped_setting_is_one_clear_error(env, says):
     with pytest.raises(GateConfigurationError) as raised:
         GateSettings.from_env(env)
