@@ -93,6 +93,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def absent_from(candidates: np.ndarray, records: np.ndarray) -> np.ndarray:
+    """The ``candidates`` (dtype :data:`RECORD`) whose fingerprint ``records`` lack: merging an
+    import or keeping one across a rebuild adds each key once."""
+    import numpy as np
+
+    known = set(zip(records["hi"].tolist(), records["lo"].tolist(), strict=True))
+    return np.array([r for r in candidates if (int(r["hi"]), int(r["lo"])) not in known], dtype=_record_dtype())
+
+
 def write_blocklist(
     directory: Path, bits: int, records: np.ndarray, manifest: dict[str, Any], name: str | None = None
 ) -> dict[str, Any]:

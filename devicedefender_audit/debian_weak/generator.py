@@ -24,7 +24,13 @@ from typing import Protocol
 
 import numpy as np
 
-from devicedefender_audit.debian_weak.blocklist_file import RECORD, BlocklistTable, manifest_path, write_blocklist
+from devicedefender_audit.debian_weak.blocklist_file import (
+    RECORD,
+    BlocklistTable,
+    absent_from,
+    manifest_path,
+    write_blocklist,
+)
 from devicedefender_audit.debian_weak.fingerprint import (
     PLATFORM_NAMES,
     UNKNOWN_ORIGIN,
@@ -235,9 +241,7 @@ def build(blocklists: Path, bits: int) -> dict:
     imported, imports = _imported(blocklists, bits)
     records = merged.records
     if len(imported):  # an imported key generated since is kept once, with its origin
-        generated = set(zip(records["hi"].tolist(), records["lo"].tolist(), strict=True))
-        kept = [r for r in imported if (int(r["hi"]), int(r["lo"])) not in generated]
-        records = np.concatenate([records, np.array(kept, dtype=RECORD)])
+        records = np.concatenate([records, absent_from(imported, records)])
     pid_ranges = merged.pid_ranges
     complete_variants = merged.complete_variants(VARIANT_NAMES)
     manifest = {

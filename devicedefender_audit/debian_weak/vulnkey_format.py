@@ -15,6 +15,7 @@ from devicedefender_audit.debian_weak.blocklist_file import (
     RECORD,
     BlocklistError,
     BlocklistTable,
+    absent_from,
     data_path,
     write_blocklist,
 )
@@ -45,10 +46,7 @@ def import_vulnkey_list(blocklists: Path, bits: int, path: Path) -> int:
     if data_path(blocklists, bits).exists():
         table = BlocklistTable.open(blocklists, bits)
         existing, manifest = table.records(), dict(table.manifest)
-    known = {(int(h), int(lo)) for h, lo in zip(existing["hi"], existing["lo"], strict=True)}
-    fresh = np.array(
-        [r for r in imported if (int(r["hi"]), int(r["lo"])) not in known], dtype=RECORD
-    )
+    fresh = absent_from(imported, existing)
     manifest.setdefault("imported", []).append({"file": path.name, "added": len(fresh)})
     write_blocklist(blocklists, bits, np.concatenate([existing, fresh]), manifest)
     return len(fresh)
