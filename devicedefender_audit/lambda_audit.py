@@ -392,7 +392,8 @@ def _not_started(region: str, budget: TimeBudget, action: str) -> dict[str, Any]
 
 def _least_recently_audited(settings: AuditSettings, account_id: str, scheduled: bool) -> list[str]:
     """The regions, those whose last audit of this kind (scheduled or full) started longest ago
-    first; never (or not among the partition's newest tasks): first of all, in the configured order.
+    first; never: first of all, in the configured order. The partition's tasks are read newest
+    first down to the newest of that kind, however many of the other kind came after it.
     When the function's time runs out, the regions it did not reach go first the next time, and a
     region whose audit the time stopped goes last: every region is audited in turn, even beside
     one that never fits (ordered by last *completed* audit, that one would go first forever)."""
@@ -402,8 +403,8 @@ def _least_recently_audited(settings: AuditSettings, account_id: str, scheduled:
         except StoreError:
             return _NEVER  # audit_region reports it
         try:
-            return max((t.task_start_time for t in store.list_tasks() if (t.task_type == SCHEDULED) == scheduled),
-                       default=_NEVER)
+            return next((t.task_start_time for t in store.newest_tasks() if (t.task_type == SCHEDULED) == scheduled),
+                        _NEVER)
         except Exception:  # noqa: BLE001 - an unreadable partition only loses its place in the order
             return _NEVER
         finally:

@@ -206,6 +206,7 @@ def test_tasks_by_id_start_time_and_status(store):
     assert [t.task_id for t in store.list_tasks()] == [t.task_id for t in reversed(tasks)]
     assert [t.task_id for t in store.list_tasks(limit=2)] == [tasks[4].task_id, tasks[3].task_id]
     assert store.latest_task_id() == tasks[4].task_id
+    assert [t.task_id for t in store.newest_tasks()] == [t.task_id for t in reversed(tasks)]
     in_progress = {task.task_id: who for task, who in store.in_progress_tasks()}
     assert in_progress == {tasks[3].task_id: owner, tasks[4].task_id: None}
     assert [t.task_id for t in store.tasks_started_between(T0 + timedelta(hours=1), T0 + timedelta(hours=3))] == [
@@ -215,6 +216,15 @@ def test_tasks_by_id_start_time_and_status(store):
 
 def test_no_tasks(store):
     assert store.list_tasks() == [] and store.latest_task_id() is None and store.in_progress_tasks() == []
+    assert list(store.newest_tasks()) == []
+
+
+def test_newest_tasks_reads_past_one_batch(store):
+    """DynamoDB reads the tasks' bodies 100 at a time: all 205 come back, newest first."""
+    tasks = [AuditTask(task_start_time=T0 + timedelta(minutes=m)) for m in range(205)]
+    for task in tasks:
+        store.save_task(task)
+    assert [t.task_id for t in store.newest_tasks()] == [t.task_id for t in reversed(tasks)]
 
 
 def test_cancel_requests(store):

@@ -151,6 +151,28 @@ def test_a_region_that_never_fits_does_not_starve_the_others(two_regions, clock,
     assert west == ["NOT_STARTED", "COMPLETED", "COMPLETED"]
 
 
+def test_regions_go_by_their_last_audit_of_the_kind_however_many_came_after_it(two_regions):
+    """eu-west-1's last full audit is older than us-east-1's, which 60 scheduled audits followed:
+    eu-west-1 goes first. Read from the 50 newest tasks, us-east-1 counted as never audited."""
+    import os
+    from datetime import datetime, timedelta, timezone
+
+    from devicedefender_audit.models import AuditTask
+    from devicedefender_audit.service.tasks import SCHEDULED
+
+    settings = lambda_audit.AuditSettings.from_env(os.environ)
+    account_id = boto3.client("sts", region_name=REGION).get_caller_identity()["Account"]
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for region, full_at, scheduled in ((REGION, t0 + timedelta(days=1), 60), (WEST, t0, 0)):
+        _, store = lambda_audit._open_partition(settings, account_id, region)
+        store.save_task(AuditTask(task_start_time=full_at))
+        for hour in range(scheduled):
+            store.save_task(AuditTask(task_start_time=full_at + timedelta(hours=hour + 1), task_type=SCHEDULED))
+        store.close()
+    assert lambda_audit._least_recently_audited(settings, account_id, scheduled=False) == [WEST, REGION]
+    assert lambda_audit._least_recently_audited(settings, account_id, scheduled=True) == [WEST, REGION]
+
+
 def test_a_full_fleet_comparison_the_budget_cannot_hold_is_not_started(iot, clock, monkeypatch):
     """The batch GCD over the whole fleet is one call that cannot stop midway: started just before
     the stop, the function would be killed in it with the task IN_PROGRESS. It starts only when the

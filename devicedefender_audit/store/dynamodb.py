@@ -72,6 +72,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
+from itertools import islice
 from typing import Any, TypeVar
 
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
@@ -576,6 +577,13 @@ class DynamoStore:
 
     def list_tasks(self, limit: int = 50) -> list[AuditTask]:
         return [task for task, _ in self._tasks(self._task_index(forward=False, limit=limit))]
+
+    def newest_tasks(self) -> Iterator[AuditTask]:
+        """Every task, newest first, read a batch at a time as the caller goes: one looking for
+        the newest task of a kind stops at it."""
+        index = self._task_index(forward=False)
+        while batch := list(islice(index, GET_BATCH)):
+            yield from (task for task, _ in self._tasks(batch))
 
     def latest_task_id(self) -> str | None:
         latest = next(self._task_index(forward=False, limit=1), None)

@@ -445,6 +445,12 @@ class SqliteStore:
         ).fetchall()
         return [AuditTask.model_validate_json(body) for (body,) in rows]
 
+    def newest_tasks(self) -> Iterator[AuditTask]:
+        """Every task, newest first, parsed as the caller goes: one looking for the newest task of
+        a kind stops at it (the rows are read at once, so no statement stays open meanwhile)."""
+        rows = self._db.execute("SELECT body FROM audit_tasks ORDER BY start_time DESC").fetchall()
+        return (AuditTask.model_validate_json(body) for (body,) in rows)
+
     def latest_task_id(self) -> str | None:
         row = self._db.execute("SELECT task_id FROM audit_tasks ORDER BY start_time DESC LIMIT 1").fetchone()
         return row[0] if row else None
