@@ -831,7 +831,11 @@ def certificate_public_key(certificate_pem: str) -> PublicKeyInfo:
 
 
 def public_key_from_spki(der: bytes, source: str = "certificate") -> PublicKeyInfo:
-    """The key the inventory stored (SubjectPublicKeyInfo DER), ready for the detectors again."""
+    """The key the inventory stored (SubjectPublicKeyInfo DER), ready for the detectors again: an
+    ordinary RSA key read directly (:func:`_rsa_spki_key`), every other through cryptography."""
+    fast = _rsa_spki_key(der)
+    if fast is not None:
+        return fast._replace(source=source)
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 

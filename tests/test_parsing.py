@@ -660,9 +660,12 @@ def via_cryptography(spki: bytes) -> PublicKeyInfo | None:
 
 
 def assert_fast_path_agrees(spki: bytes) -> PublicKeyInfo | None:
-    """The property of the RSA SubjectPublicKeyInfo fast path: it gives what cryptography gives, or declines."""
+    """The property of the RSA SubjectPublicKeyInfo fast path: it gives what cryptography gives, or
+    declines; a stored key (``public_key_from_spki``, which takes the fast path) is read the same."""
     fast = key_material._rsa_spki_key(spki)
     assert fast is None or fast == via_cryptography(spki), spki.hex()
+    if fast is not None:
+        assert key_material.public_key_from_spki(spki) == fast._replace(source="certificate")
     return fast
 
 

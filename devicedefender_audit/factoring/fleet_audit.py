@@ -39,7 +39,7 @@ from devicedefender_audit.factoring.fleet_state import FleetState
 from devicedefender_audit.factoring.framing import FleetStateError, frame, read_frame
 from devicedefender_audit.factoring.known import KnownMatch, KnownValues, match_known
 from devicedefender_audit.factoring.sharing import FleetFinding, Key
-from devicedefender_audit.key_material import KeyMaterialError, _rsa_spki_key, public_key_from_spki
+from devicedefender_audit.key_material import KeyMaterialError, public_key_from_spki
 from devicedefender_audit.store.base import InventoryRecord, Store, StoreError
 
 PHASE = "Comparing the fleet's moduli"
@@ -67,17 +67,13 @@ def _is_rsa(record: InventoryRecord) -> bool:
 
 def rsa_modulus(record: InventoryRecord) -> int | None:
     """The modulus of the record's RSA key; None when it has none or it is unreadable (the
-    per-key pass reports those). Ordinary keys are read from their DER directly, which costs a
-    fraction of loading them through cryptography (only odd cases go there)."""
+    per-key pass reports those)."""
     if not _is_rsa(record):
         return None
-    spki = record.description.spki  # type: ignore[union-attr]
-    key = _rsa_spki_key(spki)  # type: ignore[arg-type]
-    if key is None:
-        try:
-            key = public_key_from_spki(spki)  # type: ignore[arg-type]
-        except KeyMaterialError:
-            return None
+    try:
+        key = public_key_from_spki(record.description.spki)  # type: ignore[union-attr, arg-type]
+    except KeyMaterialError:
+        return None
     return key.modulus if key.modulus and key.modulus > 1 else None
 
 
