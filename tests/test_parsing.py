@@ -811,6 +811,7 @@ def test_a_utf8_byte_order_mark_before_pem_is_ignored():
     assert only_key(b"\xef\xbb\xbf" + _good_public_pem()).algorithm == "EC secp256r1"
 
 
+@pytest.mark.filterwarnings("ignore:Diffie-Hellman over finite fields")  # pytest resets the module's filter
 def test_a_dh_key_is_not_covered_and_read_without_a_warning(tmp_path):
     """Debian's OpenSSL drew DH private values from the broken PRNG too: NOT_COVERED, like DSA,
     not NOT_APPLICABLE; cryptography's FFDH deprecation notice is not printed into a report."""
