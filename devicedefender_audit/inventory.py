@@ -7,6 +7,12 @@ that have no description yet, and commits descriptions in small batches as they 
 interrupted sync loses at most one batch and the next one goes on from there. Certificates that
 are no longer listed are marked gone.
 
+Each page is recorded with the time it was received, not the sync's start, and an older
+observation never overwrites a newer one: two audits of one account at once (a scheduled
+invocation delivered twice) then cannot mark gone a certificate the other has just listed, nor
+store the status an older page saw over the one a newer page saw, either of which would leave a
+listed ACTIVE certificate out of both audits.
+
 Describes run concurrently, paced by the client's token buckets (:mod:`.aws.pacing`), with a
 bounded number in flight so memory stays flat in fleet size.
 """
@@ -147,6 +153,8 @@ class _Described:
     status: str
     description: Description | None
     error: ResourceError | None
+    #: When ``status`` was seen (DescribeCertificate's answer, or the listing's).
+    seen_at: float
 
 
 class InventorySync:
@@ -185,13 +193,14 @@ class InventorySync:
                                       f"could not list certificates: {aws_error_message(exc)}") from exc
                 except Exception as exc:  # an answer the model does not describe (botocore parser errors too)
                     raise SyncAborted("MALFORMED_RESPONSE", f"could not list certificates: {unreadable(exc)}") from exc
-                self.store.record_listing(page, result.started)
+                seen_at = time.time()
+                self.store.record_listing(page, seen_at)
                 result.listed += len(page)
                 for cert in page:
                     if cert.status not in self.statuses:
                         result.unknown_status += 1
                         done.append(_Described(cert, cert.status, None,
-                                               unknown_status(cert, "ListCertificates", self.statuses)))
+                                               unknown_status(cert, "ListCertificates", self.statuses), seen_at))
                 in_scope = [c for c in page if c.status in IN_SCOPE_STATUSES]
                 result.in_scope += len(in_scope)
                 missing = self.store.ids_without_description(c.certificate_id for c in in_scope)
@@ -241,22 +250,24 @@ class InventorySync:
         try:
             status, pem = describe_certificate_pem(self.iot, cid)
         except AWS_ERRORS as exc:
-            return _Described(cert, cert.status, None, describe_error(cid, exc))
+            return _Described(cert, cert.status, None, describe_error(cid, exc), time.time())
         except Exception as exc:  # noqa: BLE001 - an answer the model does not describe is this certificate's error
             return _Described(cert, cert.status, None, ResourceError(
-                certificate_id=cid, error_code="MALFORMED_RESPONSE", message=f"DescribeCertificate: {unreadable(exc)}"))
+                certificate_id=cid, error_code="MALFORMED_RESPONSE", message=f"DescribeCertificate: {unreadable(exc)}"),
+                time.time())
+        seen_at = time.time()
         if status not in self.statuses:  # missing or unknown: the listing's status stands
             status = cert.status
         if not certificate_id_matches(cid, pem):
             return _Described(cert, status, None, ResourceError(
                 certificate_id=cid, error_code="CERTIFICATE_ID_MISMATCH",
-                message="the PEM that DescribeCertificate returned does not hash to the certificate id"))
+                message="the PEM that DescribeCertificate returned does not hash to the certificate id"), seen_at)
         try:
             description = describe(cid, pem)
         except Exception as exc:  # noqa: BLE001 - a parser bug must not end the audit; it is reported
             return _Described(cert, status, None, ResourceError(
-                certificate_id=cid, error_code="CHECK_FAILED", message=f"{type(exc).__name__}: {exc}"))
-        return _Described(cert, status, description, None)
+                certificate_id=cid, error_code="CHECK_FAILED", message=f"{type(exc).__name__}: {exc}"), seen_at)
+        return _Described(cert, status, description, None, seen_at)
 
     def _commit(self, done: list[_Described], result: SyncResult) -> None:
         """Write one batch of describe results in one transaction."""
@@ -264,15 +275,16 @@ class InventorySync:
             return
         descriptions = [d.description for d in done if d.description is not None]
         changed = [
-            ListedCertificate(d.listed.certificate_id, d.listed.certificate_arn, d.status, d.listed.creation_date)
+            (ListedCertificate(d.listed.certificate_id, d.listed.certificate_arn, d.status, d.listed.creation_date),
+             d.seen_at)
             for d in done if d.status != d.listed.status
         ]
         errors = [d.error for d in done if d.error is not None]
         deleted = [e.certificate_id for e in errors if e.left_scope]
         with self.store.batch():
             self.store.save_descriptions(descriptions)
-            if changed:
-                self.store.record_listing(changed, result.started)
+            for certificate, seen_at in changed:  # rare: the status changed since the listing
+                self.store.record_listing([certificate], seen_at)
             if deleted:
                 self.store.set_gone(deleted, time.time())
         for error in errors:

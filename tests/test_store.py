@@ -97,13 +97,21 @@ def test_this_suite_exercises_every_protocol_method():
 # inventory -------------------------------------------------------------------------------------
 
 
-def test_listing_keeps_first_seen_and_moves_last_seen_forward(store):
+def test_listing_keeps_first_seen_and_an_older_observation_changes_nothing(store):
+    """An overlapping audit's older page, written late, neither moves last_seen back nor puts
+    back the status it saw (ACTIVE at 150, INACTIVE since 200), nor brings back a gone record."""
     store.record_listing([listed(1)], 100.0)
     store.record_listing([listed(1, "INACTIVE")], 200.0)
-    store.record_listing([listed(1, "ACTIVE")], 150.0)  # a late writer: status yes, last_seen no
+    store.record_listing([listed(1, "ACTIVE")], 150.0)
     record = store.inventory_record(cid(1))
     assert (record.certificate_id, record.status, record.first_seen, record.last_seen, record.gone_since) == (
-        cid(1), "ACTIVE", 100.0, 200.0, None)
+        cid(1), "INACTIVE", 100.0, 200.0, None)
+    store.set_gone([cid(1)], 250.0)
+    store.record_listing([listed(1, "ACTIVE")], 180.0)
+    assert store.inventory_record(cid(1)).gone_since == 250.0
+    store.record_listing([listed(1, "ACTIVE")], 300.0)  # listed again since: back, with that status
+    record = store.inventory_record(cid(1))
+    assert (record.status, record.last_seen, record.gone_since) == ("ACTIVE", 300.0, None)
     assert record.certificate_arn.endswith(cid(1))
     assert record.creation_date == (T0 - timedelta(days=1)).isoformat()
     assert record.description is None

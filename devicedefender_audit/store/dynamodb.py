@@ -367,8 +367,9 @@ class DynamoStore:
     # inventory -----------------------------------------------------------------------------------
 
     def record_listing(self, certificates: Sequence[ListedCertificate], seen_at: float) -> None:
-        """Upsert each listed certificate: ``first_seen`` kept, ``last_seen`` only moves forward,
-        no longer gone; the description and verdicts are left as they are."""
+        """Upsert each listed certificate seen at ``seen_at``: ``first_seen`` kept, status and
+        ``last_seen`` set, no longer gone; nothing is changed by an observation older than the one
+        recorded (an overlapping audit's). The description and verdicts are left as they are."""
         def listed(certificate: ListedCertificate) -> None:
             key = _inventory_key(certificate.certificate_id)
             values: dict[str, object] = {":arn": certificate.certificate_arn, ":status": certificate.status}
@@ -378,13 +379,10 @@ class DynamoStore:
                 names["#created"] = "creation_date"
                 values[":created"] = certificate.creation_date.isoformat()
                 created = ", #created = if_not_exists(#created, :created)"
-            moved = self._update(
+            self._update(
                 key, f"SET #arn = :arn, #status = :status{created}, #first = if_not_exists(#first, :t), "
                 "#last = :t REMOVE #gone", names, {**values, ":t": seen_at},
                 condition="attribute_not_exists(#last) OR #last <= :t")
-            if not moved:  # a later listing was recorded already: keep its last_seen
-                del names["#first"], names["#last"]
-                self._update(key, f"SET #arn = :arn, #status = :status{created} REMOVE #gone", names, values)
 
         self._submit(lambda: self._concurrently([lambda c=c: listed(c) for c in certificates]))
 

@@ -329,7 +329,8 @@ class SqliteStore:
             "INSERT INTO certificates (certificate_id, certificate_arn, status, creation_date, "
             "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(certificate_id) DO UPDATE SET certificate_arn = excluded.certificate_arn, "
-            "status = excluded.status, last_seen = MAX(last_seen, excluded.last_seen), gone_since = NULL",
+            "status = excluded.status, last_seen = excluded.last_seen, gone_since = NULL "
+            "WHERE excluded.last_seen >= certificates.last_seen",
             [
                 (c.certificate_id, c.certificate_arn, c.status,
                  c.creation_date.isoformat() if c.creation_date else None, seen_at, seen_at)
