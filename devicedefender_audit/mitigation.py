@@ -144,7 +144,12 @@ class _Skip(Exception):
     """An action that has nothing to do for this finding."""
 
 
-class _ClaimLost(_Skip):
+class _HeldElsewhere(_Skip):
+    """Another task is making this change: it applies the finding's actions in their order, so
+    the actions after this one are that task's too (a failure there must keep them from running)."""
+
+
+class _ClaimLost(_HeldElsewhere):
     """Another task retook this task's claim (it took this one for gone: silent for
     :data:`~devicedefender_audit.liveness.STALE_AFTER_S`): the change is now
     that task's to make, so this one stops before its next mutating call."""
@@ -178,6 +183,8 @@ class Mitigator:
         self._holding: tuple[str, str] | None = None
         #: Mutating calls of this execution that AWS answered (a real run's).
         self._answered = 0
+        #: Why the last execution was left to another task (:class:`_HeldElsewhere`), else None.
+        self.held_elsewhere: str | None = None
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
@@ -196,7 +203,7 @@ class Mitigator:
             status=MitigationStatus.COMPLETED,
             dry_run=self.dry_run,
         )
-        self._calls, self._answered = [], 0
+        self._calls, self._answered, self.held_elsewhere = [], 0, None
         claim = f"{finding.finding_id}/{action.digest}"
         try:
             if action.action_type not in ACTIONS_FOR_RESOURCE[finding.resource_type]:
@@ -217,6 +224,8 @@ class Mitigator:
         except _Skip as skip:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
+            if isinstance(skip, _HeldElsewhere):
+                self.held_elsewhere = str(skip)
             if isinstance(skip, _ClaimLost):
                 self._holding = None  # the claim is the other task's now: not ours to release
             if isinstance(skip, _DoneInThisRun):
@@ -278,14 +287,14 @@ class Mitigator:
                 return body["claimId"]
             if self.dry_run:
                 return None
-            raise _Skip("another task took the claim meanwhile")
+            raise _HeldElsewhere("another task took the claim meanwhile")
         if holder.get("state") == "APPLIED":
             raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
         if abandoned(holder) and self.dry_run:
             return None  # its owner is gone: this task would apply it
         if abandoned(holder) and retake(self.store, CLAIM_KIND, key, holder, body):
             return body["claimId"]  # its owner is gone: this task applies it
-        raise _Skip(f"being applied by task {holder.get('taskId')}")
+        raise _HeldElsewhere(f"being applied by task {holder.get('taskId')}")
 
     def _check_still_held(self) -> None:
         """:class:`_ClaimLost` when another task retook the claim this execution holds."""

@@ -403,3 +403,54 @@ def test_an_interrupt_after_a_notification_went_out_neither_repeats_it_nor_loses
          auditCheckToActionsMapping={CHECK_NAME: ["notify"]}, clientRequestToken="t2")
     assert len(a["drain"]()) == 2  # one message a finding, the interrupted one not sent again
     assert sorted(e.status.value for e in ctx.store.executions("t2")) == ["COMPLETED", "SKIPPED"]
+
+
+def test_the_actions_after_one_another_task_is_applying_are_left_to_that_task(weak_account):
+    """Another running task holds the finding's deactivation: this task does not publish the
+    notification after it (were the deactivation to fail there, the notification would have gone
+    out for a certificate still ACTIVE); the holder applies both in order."""
+    a, ctx = weak_account, weak_account["ctx"]
+    finding = next(ctx.store.findings(a["audit"]))
+    deactivate = definition_of(stored_action(ctx.store, "deactivate"))
+    holder = {**new_claim("other-task", "deactivate"), "pid": os.getppid()}  # a live process's
+    assert ctx.store.insert_record(CLAIM_KIND, f"{finding.finding_id}/{deactivate.digest}", holder)
+
+    call(ctx, "StartAuditMitigationActionsTask", taskId="second", target={"findingIds": [finding.finding_id]},
+         auditCheckToActionsMapping={CHECK_NAME: ["deactivate", "notify"]}, clientRequestToken="second")
+
+    executions = {e.action_name: (e.status.value, e.message) for e in ctx.store.executions("second")}
+    assert executions == {
+        "deactivate": ("SKIPPED", "skipped: being applied by task other-task"),
+        "notify": ("SKIPPED", "skipped: action deactivate is left to another task (being applied by task "
+                              "other-task), which applies the actions after it in order")}
+    assert a["drain"]() == []
+
+
+def test_a_retry_while_the_first_attempt_is_checked_is_throttled_not_told_it_started(weak_account, monkeypatch):
+    """The first attempt stored the task and is still checking the running-task limit and the
+    token (it may be refused and delete the task): an SDK retry of the same request meanwhile
+    gets ThrottlingException, which the SDK retries, not {"taskId"} for a task that never runs."""
+    from devicedefender_audit.service import mitigation_tasks
+    from devicedefender_audit.service.errors import Throttled
+
+    class StillChecking(Exception):
+        pass
+
+    def checking(_ctx):
+        raise StillChecking
+
+    a, ctx = weak_account, weak_account["ctx"]
+    request = {"taskId": "t1", "target": {"auditTaskId": a["audit"]},
+               "auditCheckToActionsMapping": {CHECK_NAME: ["notify"]}, "clientRequestToken": "tok"}
+    with monkeypatch.context() as patch:  # the first attempt, stopped where it counts the running tasks
+        patch.setattr(mitigation_tasks, "_tasks", checking)
+        with pytest.raises(StillChecking):
+            call(ctx, "StartAuditMitigationActionsTask", **request)
+    with pytest.raises(Throttled, match="being started by this request's first attempt"):
+        call(ctx, "StartAuditMitigationActionsTask", **request)
+    # The first attempt died there: the task is FAILED when read, and a retry is answered with it.
+    body = ctx.store.get_record("mitigation_task", "t1")
+    ctx.store.put_record("mitigation_task", "t1", {**body, "owner": {**body["owner"], "pid": dead_pid()}})
+    assert call(ctx, "StartAuditMitigationActionsTask", **request) == {"taskId": "t1"}
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="t1")["taskStatus"] == "FAILED"
+    assert a["drain"]() == []

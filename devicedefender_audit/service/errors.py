@@ -59,6 +59,14 @@ class TaskAlreadyExists(ServiceError):
     status = 400
 
 
+class Throttled(ServiceError):
+    """The request cannot be answered yet: the SDKs retry a ``ThrottlingException`` by themselves
+    (botocore's retry modes count it as throttling)."""
+
+    code = "ThrottlingException"
+    status = 400
+
+
 class LimitExceeded(ServiceError):
     """One of Device Defender's fixed quotas (not adjustable) would be passed: 5 scheduled audits,
     100 mitigation actions, 10 audit mitigation actions tasks running at the same time."""

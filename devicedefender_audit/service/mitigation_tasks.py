@@ -10,7 +10,8 @@ A task applies, through the one :class:`~devicedefender_audit.mitigation.Mitigat
 performed on suppressed audit findings" (suppressed in their audit, or by a suppression in force
 when the task starts). The findings and the action definitions are fixed when
 the task starts, so editing or deleting an action later does not change a task. A retry with the same ``taskId``
-and ``clientRequestToken`` returns the existing task; another token for that id is
+and ``clientRequestToken`` returns the existing task (``ThrottlingException``, which the SDKs retry,
+while the first attempt is still being checked: it may yet be refused); another token for that id is
 ``TaskAlreadyExistsException``, and a token already used for another task is refused. A request
 without a token gets a fresh one, as boto3 and the AWS CLI fill in the model's idempotency token.
 Each mapped action must be defined and of a type that acts on its check's findings.
@@ -27,7 +28,9 @@ skipped when all of them were (nothing to do, already applied, or a dry run), el
 As the Device Defender guide has it, "actions are applied in the order in which they are
 specified"; "if ... one of those actions failed, the subsequent actions are skipped for that
 finding (but are still applied to other findings)" (recorded ``SKIPPED``, naming the failed one),
-and "the taskStatus is set to failed if one or more of the actions failed": a task ends
+and "the taskStatus is set to failed if one or more of the actions failed". An action another
+running task is applying to the finding leaves the finding's later actions to that task (recorded
+``SKIPPED``, naming it), which applies them in order after it. A task ends
 ``FAILED`` when a finding failed, ``CANCELED`` when canceled, else ``COMPLETED``.
 A cancel request is seen between findings; the actions not run are recorded ``CANCELED``.
 
@@ -59,7 +62,13 @@ from devicedefender_audit.models import (
 )
 from devicedefender_audit.service.configuration import SUPPORTED_CHECKS
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, from_epoch, page
-from devicedefender_audit.service.errors import InvalidRequest, LimitExceeded, ResourceNotFound, TaskAlreadyExists
+from devicedefender_audit.service.errors import (
+    InvalidRequest,
+    LimitExceeded,
+    ResourceNotFound,
+    TaskAlreadyExists,
+    Throttled,
+)
 from devicedefender_audit.service.mitigation_actions import APPLICABLE_TYPES, definition_of, stored_action
 from devicedefender_audit.service.shapes import check_request, fill_idempotency_tokens
 from devicedefender_audit.service.tasks import EXTENSIONS_MEMBER
@@ -176,6 +185,8 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
         "auditTaskIds": sorted({f.task_id for f in findings} | ({target["auditTaskId"]} if "auditTaskId" in target
                                                                   else set())),
         "owner": _owner(),
+        # Until the limit and token checks below pass: a retry meanwhile is not told the task started.
+        "starting": True,
     }
     if not ctx.store.insert_record(TASK_KIND, task_id, body):
         existing = ctx.store.get_record(TASK_KIND, task_id) or {}
@@ -188,6 +199,9 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
             was = "a dry run" if existing.get("dryRun") else "a real run"
             raise TaskAlreadyExists(f"mitigation actions task {task_id} exists ({was} with this clientRequestToken, "
                                     "another target, mapping or dry-run setting): give a new task id and token")
+        if existing.get("starting") and _ended_if_abandoned(ctx, existing)["taskStatus"] == IN_PROGRESS:
+            raise Throttled(f"mitigation actions task {task_id} is being started by this request's first attempt: "
+                            "retry in a moment")
         return task_id  # a retry of the request that started it
     running = [b["taskId"] for b in _tasks(ctx) if b["taskStatus"] == IN_PROGRESS and b["taskId"] != task_id]
     if len(running) >= MAX_RUNNING_TASKS:
@@ -199,6 +213,8 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
         ctx.store.delete_record(TASK_KIND, task_id)
         holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
         raise InvalidRequest(f"clientRequestToken {client_request_token} was used for task {holder}")
+    del body["starting"]
+    ctx.store.put_record(TASK_KIND, task_id, body)
     store = ctx.worker_store()
     effects = RunEffects()  # one task, one record of its changes, whichever role made them
     mitigators = {role: Mitigator(iot, sns, store, dry_run=dry_run, effects=effects)
@@ -291,20 +307,25 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
 
 def _apply_in_order(store: Store, mitigators: Mapping[str | None, Mitigator], finding: AuditFinding,
                     actions: Sequence[ActionDefinition], task_id: str) -> set[MitigationStatus]:
-    """The finding's actions in their mapping's order, those after a failed one skipped; the
-    statuses of its executions."""
+    """The finding's actions in their mapping's order, those after a failed one skipped, and
+    those after one another task is applying left to that task (it applies them in order: were
+    this task to go on, a notification could go out although the deactivation before it failed
+    there); the statuses of its executions."""
     statuses: set[MitigationStatus] = set()
-    failed: str | None = None
+    skip_rest: str | None = None
     for action in actions:
-        if failed is not None:
-            store.record_execution(_not_run(task_id, finding, action, MitigationStatus.SKIPPED,
-                                            f"skipped: action {failed} failed for this finding",
-                                            mitigators[action.role_arn].dry_run))
+        mitigator = mitigators[action.role_arn]
+        if skip_rest is not None:
+            store.record_execution(_not_run(task_id, finding, action, MitigationStatus.SKIPPED, skip_rest,
+                                            mitigator.dry_run))
             continue
-        status = mitigators[action.role_arn].execute(finding, action, task_id).status
+        status = mitigator.execute(finding, action, task_id).status
         statuses.add(status)
         if status is MitigationStatus.FAILED:
-            failed = action.name
+            skip_rest = f"skipped: action {action.name} failed for this finding"
+        elif mitigator.held_elsewhere is not None:
+            skip_rest = (f"skipped: action {action.name} is left to another task ({mitigator.held_elsewhere}), "
+                         "which applies the actions after it in order")
     return statuses
 
 
