@@ -383,7 +383,11 @@ class Mitigator:
         except ClientError as exc:
             if not is_not_found(exc):
                 raise
-            self._mutate(finding, self.iot, "iot", "create_thing_group", thingGroupName=name)
+            try:
+                self._mutate(finding, self.iot, "iot", "create_thing_group", thingGroupName=name)
+            except ClientError as exc:  # created meanwhile by a task or gate run beside this one
+                if aws_error_code(exc) != "ResourceAlreadyExistsException":
+                    raise
         else:
             self._effects.groups.add(name)
 

@@ -268,3 +268,32 @@ def test_the_sns_subject_carries_the_findings_own_severity(account):
     [published] = execution.calls
     assert published.parameters["Subject"].startswith("HIGH DEVICE_CERTIFICATE_KEY_QUALITY_CHECK: ")
     assert json.loads(published.parameters["Message"])["severity"] == "HIGH"
+
+
+
+class LooksBeforeTheOtherRunCreates:
+    """The moto client, answering DescribeThingGroup as it was before another run created the group."""
+
+    def __init__(self, iot) -> None:
+        self._iot = iot
+
+    def __getattr__(self, name: str):
+        return getattr(self._iot, name)
+
+    def describe_thing_group(self, **_):
+        raise self._iot.exceptions.ResourceNotFoundException(
+            {"Error": {"Code": "ResourceNotFoundException", "Message": "not found"}}, "DescribeThingGroup")
+
+
+def test_a_thing_group_created_meanwhile_by_another_run_is_used(account):
+    """Two runs at once (the gate receiving an event twice) both find no quarantine group and
+    both create it: the one told it exists already goes on to add the things."""
+    a = account
+    a["iot"].create_thing_group(thingGroupName=GROUP)  # by the other run, after this one looked
+    with pytest.raises(a["iot"].exceptions.ResourceAlreadyExistsException):
+        a["iot"].create_thing_group(thingGroupName=GROUP)  # what this run is told (moto, or other attributes)
+    quarantine = config(a, actions=(Action.ADD_THINGS_TO_THING_GROUP,))
+    executions = Mitigator(LooksBeforeTheOtherRunCreates(a["iot"]), a["sns"], a["store"], dry_run=False).apply(
+        a["findings"][:1], quarantine, TASK)
+    assert [e.status for e in executions] == [MitigationStatus.COMPLETED]
+    assert group_members(a["iot"]) in ({"meter-1", "meter-1b"}, {"meter-2"})  # the finding's things
