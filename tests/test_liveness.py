@@ -17,10 +17,14 @@ NOW = 1e12
 NO_SUCH_PID = 2**22 + 12345  # above Linux's pid_max
 
 
+HERE = this_process()[0]  # this host and process-id space, this run of the process
+NAME = socket.gethostname()
+
+
 def test_each_way_an_owner_is_gone_says_why():
-    host = socket.gethostname()
+    host = HERE
     assert owner_gone(host, NO_SUCH_PID, NOW, "finishing the task", NOW) == \
-        f"process {NO_SUCH_PID} on {host} ended without finishing the task"
+        f"process {NO_SUCH_PID} on {NAME} ended without finishing the task"
     assert owner_gone("elsewhere", 1, NOW - STALE_AFTER_S - 1, "finishing the task", NOW) == \
         f"process 1 on elsewhere gave no sign of life for more than {STALE_AFTER_S // 60} minutes"
     assert "not recorded" in owner_gone(None, None, None, "finishing the task", NOW)
@@ -33,15 +37,15 @@ def test_each_way_an_owner_is_gone_says_why():
 
 def test_a_claim_and_an_audit_task_are_given_up_by_the_same_rule():
     claim = {**new_claim("t", "notify"), "pid": NO_SUCH_PID, "heartbeat": NOW}
-    assert abandoned(claim, NOW) == f"process {NO_SUCH_PID} on {socket.gethostname()} ended without applying or " \
+    assert abandoned(claim, NOW) == f"process {NO_SUCH_PID} on {NAME} ended without applying or " \
                                     "releasing it"
     assert abandoned({**claim, "state": "APPLIED"}, NOW) is None
     store = open_store(":memory:")
     dead = AuditTask()
-    store.save_task(dead, TaskOwner(socket.gethostname(), NO_SUCH_PID, NOW))
+    store.save_task(dead, TaskOwner(HERE, NO_SUCH_PID, NOW))
     assert recover_interrupted(store, now=NOW) == [dead.task_id]
     assert store.get_task(dead.task_id).details.message == \
-        f"process {NO_SUCH_PID} on {socket.gethostname()} ended without finishing the task"
+        f"process {NO_SUCH_PID} on {NAME} ended without finishing the task"
 
 
 def test_an_audit_task_stored_without_an_owner_says_so():
@@ -53,3 +57,22 @@ def test_an_audit_task_stored_without_an_owner_says_so():
     failed = store.get_task(old.task_id)
     assert failed.task_status is AuditTaskStatus.FAILED and failed.details.error_code == "INTERRUPTED"
     assert "owner was not recorded" in failed.details.message
+
+
+def test_a_process_id_is_asked_of_the_system_only_where_it_names_the_same_process():
+    """Two Lambda execution environments or containers can share a host name and process ids:
+    only the same kernel and process-id namespace ask the system; elsewhere only the heartbeat
+    counts. A process restarted with the same id (pid 1 of a restarted container, a Lambda
+    runtime after a timeout) is another run: its predecessor's work is recovered at once."""
+    name, space, _run = HERE.split("#")
+    other_space = f"{name}#{space}x#{_run}"  # same host name, another kernel or namespace
+    assert owner_gone(other_space, NO_SUCH_PID, NOW, "finishing the task", NOW) is None
+    assert "no sign of life" in owner_gone(other_space, NO_SUCH_PID, NOW - STALE_AFTER_S - 1, "finishing the task", NOW)
+    assert owner_gone(NAME, NO_SUCH_PID, NOW, "finishing the task", NOW) is None  # recorded by an earlier version
+    previous_run = f"{name}#{space}#previous"
+    assert owner_gone(previous_run, os.getpid(), NOW, "finishing the task", NOW) == \
+        f"process {os.getpid()} on {NAME} ended without finishing the task"
+    store = open_store(":memory:")
+    interrupted = AuditTask()
+    store.save_task(interrupted, TaskOwner(previous_run, os.getpid(), NOW))
+    assert recover_interrupted(store, now=NOW) == [interrupted.task_id]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from typing import ClassVar
 
 import boto3
@@ -20,6 +19,7 @@ from devicedefender_audit.aws.iot_certificates import list_certificate_pages
 from devicedefender_audit.detectors import default_detectors
 from devicedefender_audit.detectors.roca import RocaDetector
 from devicedefender_audit.inventory import CONNECTION_LOSS_LIMIT, certificate_id_matches
+from devicedefender_audit.liveness import this_process
 from devicedefender_audit.models import AuditFinding, AuditTask, AuditTaskStatus
 from devicedefender_audit.store import open_store
 from devicedefender_audit.store.base import TaskOwner
@@ -372,7 +372,7 @@ def test_unlistable_things_do_not_fail_the_audit(iot):
 def test_task_of_a_dead_process_is_marked_interrupted():
     store = open_store(":memory:")
     dead, alive, foreign = AuditTask(), AuditTask(), AuditTask()
-    host = socket.gethostname()
+    host = this_process()[0]
     store.save_task(dead, TaskOwner(host, 2**22 + 12345, 1e12))  # no such pid
     store.save_task(alive, TaskOwner(host, os.getppid(), 1e12))
     store.save_task(foreign, TaskOwner("elsewhere", 1, 1e12 - 3600))
