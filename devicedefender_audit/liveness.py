@@ -14,7 +14,9 @@ means this process (the kernel's boot id and the process-id namespace: two Lambd
 environments, each its own microVM, or two containers can share a host name and a process id,
 never both), and this run of the process (a process restarted with the same id, as pid 1 of a
 restarted container or a Lambda runtime after a timeout, is another owner: its predecessor's work
-is recovered, not taken for its own).
+is recovered once its heartbeat is stale, not passed over for good as its own). The run is drawn
+at first use, not at import, so that execution environments restored from one snapshot (Lambda
+SnapStart) each draw their own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import secrets
 import socket
 import time
+from functools import cache
 from pathlib import Path
 
 #: An owner silent this long is taken as gone, wherever it ran: an audit commits a batch, a
@@ -41,12 +44,16 @@ def _pid_space() -> str:
 
 
 _HERE = f"{socket.gethostname()}#{_pid_space()}"
-_RUN = secrets.token_hex(4)
+
+
+@cache
+def _run() -> str:
+    return secrets.token_hex(4)
 
 
 def this_process() -> tuple[str, int]:
     """(host, process id) of this process, as owners are recorded (host: see the module doc)."""
-    return f"{_HERE}#{_RUN}", os.getpid()
+    return f"{_HERE}#{_run()}", os.getpid()
 
 
 def _same_pid_space(host: str) -> bool:
@@ -78,9 +85,7 @@ def owner_gone(host: str | None, pid: int | None, heartbeat: float | None, unfin
     if host is None or pid is None or heartbeat is None:
         return "its owner was not recorded (stored by an earlier version)"
     now = time.time() if now is None else now
-    # Asked of the system where the id names the same process; an id this run now has: ended.
-    if ((host, pid) != this_process() and _same_pid_space(host)
-            and (pid == os.getpid() or not process_alive(pid))):
+    if (host, pid) != this_process() and _same_pid_space(host) and not process_alive(pid):
         return f"process {pid} on {_host_name(host)} ended without {unfinished}"
     if now - heartbeat > STALE_AFTER_S:
         return f"process {pid} on {_host_name(host)} gave no sign of life for more than {STALE_AFTER_S // 60} minutes"

@@ -63,16 +63,18 @@ def test_a_process_id_is_asked_of_the_system_only_where_it_names_the_same_proces
     """Two Lambda execution environments or containers can share a host name and process ids:
     only the same kernel and process-id namespace ask the system; elsewhere only the heartbeat
     counts. A process restarted with the same id (pid 1 of a restarted container, a Lambda
-    runtime after a timeout) is another run: its predecessor's work is recovered at once."""
+    runtime after a timeout) is another run: its predecessor's work, passed over for good as its
+    own before, is recovered once its heartbeat is stale."""
     name, space, _run = HERE.split("#")
     other_space = f"{name}#{space}x#{_run}"  # same host name, another kernel or namespace
     assert owner_gone(other_space, NO_SUCH_PID, NOW, "finishing the task", NOW) is None
     assert "no sign of life" in owner_gone(other_space, NO_SUCH_PID, NOW - STALE_AFTER_S - 1, "finishing the task", NOW)
     assert owner_gone(NAME, NO_SUCH_PID, NOW, "finishing the task", NOW) is None  # recorded by an earlier version
     previous_run = f"{name}#{space}#previous"
-    assert owner_gone(previous_run, os.getpid(), NOW, "finishing the task", NOW) == \
-        f"process {os.getpid()} on {NAME} ended without finishing the task"
     store = open_store(":memory:")
-    interrupted = AuditTask()
-    store.save_task(interrupted, TaskOwner(previous_run, os.getpid(), NOW))
-    assert recover_interrupted(store, now=NOW) == [interrupted.task_id]
+    silent, beating = AuditTask(), AuditTask()
+    store.save_task(silent, TaskOwner(previous_run, os.getpid(), NOW - STALE_AFTER_S - 1))
+    store.save_task(beating, TaskOwner(previous_run, os.getpid(), NOW))
+    assert recover_interrupted(store, now=NOW) == [silent.task_id]
+    assert store.get_task(silent.task_id).details.message == \
+        f"process {os.getpid()} on {NAME} gave no sign of life for more than {STALE_AFTER_S // 60} minutes"
