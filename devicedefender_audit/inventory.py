@@ -153,8 +153,9 @@ class _Described:
     status: str
     description: Description | None
     error: ResourceError | None
-    #: When ``status`` was seen (DescribeCertificate's answer, or the listing's).
-    seen_at: float
+    #: When DescribeCertificate answered with ``status``; None when it gave none (the listing's
+    #: status stands, and is not recorded again with a later time than it was seen).
+    seen_at: float | None
 
 
 class InventorySync:
@@ -200,7 +201,7 @@ class InventorySync:
                     if cert.status not in self.statuses:
                         result.unknown_status += 1
                         done.append(_Described(cert, cert.status, None,
-                                               unknown_status(cert, "ListCertificates", self.statuses), seen_at))
+                                               unknown_status(cert, "ListCertificates", self.statuses), None))
                 in_scope = [c for c in page if c.status in IN_SCOPE_STATUSES]
                 result.in_scope += len(in_scope)
                 missing = self.store.ids_without_description(c.certificate_id for c in in_scope)
@@ -250,14 +251,14 @@ class InventorySync:
         try:
             status, pem = describe_certificate_pem(self.iot, cid)
         except AWS_ERRORS as exc:
-            return _Described(cert, cert.status, None, describe_error(cid, exc), time.time())
+            return _Described(cert, cert.status, None, describe_error(cid, exc), None)
         except Exception as exc:  # noqa: BLE001 - an answer the model does not describe is this certificate's error
             return _Described(cert, cert.status, None, ResourceError(
                 certificate_id=cid, error_code="MALFORMED_RESPONSE", message=f"DescribeCertificate: {unreadable(exc)}"),
-                time.time())
-        seen_at = time.time()
+                None)
+        seen_at: float | None = time.time()
         if status not in self.statuses:  # missing or unknown: the listing's status stands
-            status = cert.status
+            status, seen_at = cert.status, None
         if not certificate_id_matches(cid, pem):
             return _Described(cert, status, None, ResourceError(
                 certificate_id=cid, error_code="CERTIFICATE_ID_MISMATCH",
@@ -274,16 +275,18 @@ class InventorySync:
         if not done:
             return
         descriptions = [d.description for d in done if d.description is not None]
-        changed = [
+        # Every status DescribeCertificate gave, with its time, even one equal to this sync's
+        # listing: an overlapping audit may have recorded an older page's other status since.
+        observed = [
             (ListedCertificate(d.listed.certificate_id, d.listed.certificate_arn, d.status, d.listed.creation_date),
              d.seen_at)
-            for d in done if d.status != d.listed.status
+            for d in done if d.seen_at is not None
         ]
         errors = [d.error for d in done if d.error is not None]
         deleted = [e.certificate_id for e in errors if e.left_scope]
         with self.store.batch():
             self.store.save_descriptions(descriptions)
-            for certificate, seen_at in changed:  # rare: the status changed since the listing
+            for certificate, seen_at in observed:
                 self.store.record_listing([certificate], seen_at)
             if deleted:
                 self.store.set_gone(deleted, time.time())

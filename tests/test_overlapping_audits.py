@@ -143,3 +143,44 @@ def test_an_older_listing_written_last_does_not_put_back_the_status_it_saw(kind,
 
         assert store_a.inventory_record(weak).status == "ACTIVE"
         assert weak_verdicts(tasks["B"]) == ("COMPLETED_NON_COMPLIANT", 1)
+
+
+class HookedDescribe:
+    """The moto client, with ``before`` called once, as the first DescribeCertificate is asked."""
+
+    def __init__(self, iot, before: Callable[[], None]) -> None:
+        self._iot, self._before = iot, before
+
+    def __getattr__(self, name: str):
+        return getattr(self._iot, name)
+
+    def describe_certificate(self, **kwargs):
+        before, self._before = self._before, lambda: None
+        before()
+        return self._iot.describe_certificate(**kwargs)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "dynamodb"])
+def test_a_status_describe_certificate_gives_is_recorded_even_when_the_listing_gave_it_too(kind, tmp_path, aws_env):
+    """A lists the weak certificate ACTIVE; it is deactivated, B audits (recording INACTIVE), it
+    is activated again; A's DescribeCertificate then says ACTIVE, as A's listing did, and that
+    newer observation is what the store keeps: A finds the weak key."""
+    with mock_aws():
+        iot = boto3.client("iot", region_name=REGION)
+        weak = register(iot, (DATA / "roca" / "cert04.pem").read_text())["certificateId"]
+        store_a, store_b = open_same(kind, tmp_path), open_same(kind, tmp_path)
+        tasks: dict[str, AuditTask] = {}
+
+        def b_audits_while_it_is_inactive() -> None:
+            iot.update_certificate(certificateId=weak, newStatus="INACTIVE")
+            b = threading.Thread(target=lambda: tasks.update(B=Audit(iot, store_b, [RocaDetector()], workers=1).run()))
+            b.start()
+            b.join(WAIT_S)
+            iot.update_certificate(certificateId=weak, newStatus="ACTIVE")
+
+        tasks["A"] = Audit(HookedDescribe(iot, b_audits_while_it_is_inactive), store_a, [RocaDetector()],
+                           workers=1).run()
+
+        assert store_a.inventory_record(weak).status == "ACTIVE"
+        assert weak_verdicts(tasks["A"]) == ("COMPLETED_NON_COMPLIANT", 1)
+        assert weak_verdicts(tasks["B"]) == ("COMPLETED_COMPLIANT", 0)  # it was INACTIVE throughout B
