@@ -13,7 +13,13 @@ write. The digest covers the action's type *and parameters*, so the same effect 
 twice (a re-run, or a second task running at the same time, skips it), while an action with
 another SNS topic or thing group is a different action and runs. A claim is released when the
 action fails or had nothing to do, so a later run tries again; actions also check current state
-first (an INACTIVE certificate is not updated again).
+first (an INACTIVE certificate is not updated again). A real run that finds the change claimed by
+a running task waits for it (up to :data:`HELD_WAIT_S`): applied there, it is skipped and the
+finding's next actions go on; released (failed there), this run applies it itself. So a task's
+actions keep their order whoever makes each change (its notification never goes out beside a
+deactivation that failed in the other task), and none is dropped because the other task's
+mapping lacked it. Still claimed after the wait, the action is ``FAILED`` (``CLAIM_HELD``) and
+the finding's next actions are skipped, as after any failure.
 
 Within a task, both modes record each mutating call's effect in a
 :class:`~devicedefender_audit.mitigation_effects.RunEffects` and consult it before AWS and the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +57,11 @@ from devicedefender_audit.store import Store
 INACTIVE_STATUSES = frozenset({"INACTIVE", "REVOKED"})
 #: api_records kind of the (finding, action digest) claims.
 CLAIM_KIND = "mitigation_claim"
+
+#: How long a real run waits for a change another running task has claimed (one action's calls
+#: take seconds), and how often it looks.
+HELD_WAIT_S = 60.0
+HELD_POLL_S = 0.5
 #: The member of the model's ``MitigationActionParams`` that each action type is configured by.
 PARAMS_MEMBER = {
     MitigationActionType.UPDATE_DEVICE_CERTIFICATE: "updateDeviceCertificateParams",
@@ -144,12 +156,11 @@ class _Skip(Exception):
     """An action that has nothing to do for this finding."""
 
 
-class _HeldElsewhere(_Skip):
-    """Another task is making this change: it applies the finding's actions in their order, so
-    the actions after this one are that task's too (a failure there must keep them from running)."""
+class _StillHeld(Exception):
+    """A running task still held the change after :data:`HELD_WAIT_S`: not applied here."""
 
 
-class _ClaimLost(_HeldElsewhere):
+class _ClaimLost(_Skip):
     """Another task retook this task's claim (it took this one for gone: silent for
     :data:`~devicedefender_audit.liveness.STALE_AFTER_S`): the change is now
     that task's to make, so this one stops before its next mutating call."""
@@ -183,8 +194,6 @@ class Mitigator:
         self._holding: tuple[str, str] | None = None
         #: Mutating calls of this execution that AWS answered (a real run's).
         self._answered = 0
-        #: Why the last execution was left to another task (:class:`_HeldElsewhere`), else None.
-        self.held_elsewhere: str | None = None
 
     def apply(self, findings: Sequence[AuditFinding], actions: Sequence[ActionDefinition],
               task_id: str) -> list[MitigationExecution]:
@@ -203,7 +212,7 @@ class Mitigator:
             status=MitigationStatus.COMPLETED,
             dry_run=self.dry_run,
         )
-        self._calls, self._answered, self.held_elsewhere = [], 0, None
+        self._calls, self._answered = [], 0
         claim = f"{finding.finding_id}/{action.digest}"
         try:
             if action.action_type not in ACTIONS_FOR_RESOURCE[finding.resource_type]:
@@ -224,12 +233,12 @@ class Mitigator:
         except _Skip as skip:
             execution.status = MitigationStatus.SKIPPED
             execution.message = f"{'dry run: ' if self.dry_run else ''}skipped: {skip}"
-            if isinstance(skip, _HeldElsewhere):
-                self.held_elsewhere = str(skip)
             if isinstance(skip, _ClaimLost):
                 self._holding = None  # the claim is the other task's now: not ours to release
             if isinstance(skip, _DoneInThisRun):
                 self._made(claim, action, task_id)
+        except _StillHeld as held:
+            execution.status, execution.error_code, execution.message = MitigationStatus.FAILED, "CLAIM_HELD", str(held)
         except NoCredentialsError:
             raise  # one clear error for the whole run, not a FAILED record per finding
         except AWS_ERRORS as exc:
@@ -269,32 +278,40 @@ class Mitigator:
 
     def _claim(self, key: str, task_id: str, action: ActionDefinition) -> str | None:
         """Take (finding, action digest) for this task, atomically, and return the claim's id;
-        :class:`_Skip` when this run already made that change, or another run holds it, unless
-        that run is gone (:mod:`~devicedefender_audit.mitigation_claims`). A dry run only looks
-        (None)."""
+        :class:`_Skip` when this run already made that change or an earlier run applied it;
+        a claim of a running task is waited for (see the module doc), one whose run is gone is
+        retaken (:mod:`~devicedefender_audit.mitigation_claims`). A dry run only looks (None),
+        and skips what a running task holds without waiting."""
         made_by = self._effects.applied.get(key)
         if made_by is not None:
             raise _Skip(f"action {made_by} {'would already make' if self.dry_run else 'already made'} "
                         "the same change to this finding in this run")
         if self.store is None:
-            return
+            return None
         body = new_claim(task_id, action.name)
-        if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
-            return body["claimId"]
-        holder = self.store.get_record(CLAIM_KIND, key)
-        if holder is None:  # released since the insert failed: a real run takes it now, or leaves it
+        deadline = time.monotonic() + HELD_WAIT_S
+        while True:
             if not self.dry_run and self.store.insert_record(CLAIM_KIND, key, body):
                 return body["claimId"]
+            holder = self.store.get_record(CLAIM_KIND, key)
+            if holder is None:  # released since the insert failed: a real run tries again
+                if self.dry_run:
+                    return None
+                continue
+            if holder.get("state") == "APPLIED":
+                raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
+            if abandoned(holder):
+                if self.dry_run:
+                    return None  # its owner is gone: this task would apply it
+                if retake(self.store, CLAIM_KIND, key, holder, body):
+                    return body["claimId"]  # its owner is gone: this task applies it
+                continue  # another retaker won: its claim is a running task's now
             if self.dry_run:
-                return None
-            raise _HeldElsewhere("another task took the claim meanwhile")
-        if holder.get("state") == "APPLIED":
-            raise _Skip(f"already applied by an earlier run (task {holder.get('taskId')})")
-        if abandoned(holder) and self.dry_run:
-            return None  # its owner is gone: this task would apply it
-        if abandoned(holder) and retake(self.store, CLAIM_KIND, key, holder, body):
-            return body["claimId"]  # its owner is gone: this task applies it
-        raise _HeldElsewhere(f"being applied by task {holder.get('taskId')}")
+                raise _Skip(f"being applied by task {holder.get('taskId')}")
+            if time.monotonic() >= deadline:
+                raise _StillHeld(f"being applied by task {holder.get('taskId')} for more than {HELD_WAIT_S:.0f} s: "
+                                 "not applied by this task (start it again once that task has ended)")
+            time.sleep(HELD_POLL_S)
 
     def _check_still_held(self) -> None:
         """:class:`_ClaimLost` when another task retook the claim this execution holds."""

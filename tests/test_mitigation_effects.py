@@ -223,9 +223,14 @@ def test_a_run_that_did_the_change_for_one_finding_does_not_skip_another_certifi
     assert [status_of(a["iot"], c) for c in a["certs"]] == ["INACTIVE", "INACTIVE"]
 
 
-def test_a_dry_run_after_a_concurrent_tasks_live_claim_skips_as_the_real_run_does(account):
-    """Across Mitigators: a claim held (CLAIMED, owner alive) by another task makes both modes
-    skip, and the dry run records no claim of its own."""
+def test_a_concurrent_tasks_live_claim_is_skipped_by_a_dry_run_and_waited_for_by_a_real_run(account, monkeypatch):
+    """Across Mitigators: a claim held (CLAIMED, owner alive) by another task is skipped by a dry
+    run, which records no claim of its own; a real run waits for it and, still held after the
+    wait, fails the action (CLAIM_HELD) without a call."""
+    from devicedefender_audit import mitigation
+
+    monkeypatch.setattr(mitigation, "HELD_WAIT_S", 0.2)
+    monkeypatch.setattr(mitigation, "HELD_POLL_S", 0.05)
     a = account
     finding = _first(a)
     [deactivate] = config(a, (Action.UPDATE_DEVICE_CERTIFICATE,))
@@ -234,10 +239,10 @@ def test_a_dry_run_after_a_concurrent_tasks_live_claim_skips_as_the_real_run_doe
 
     key = f"{finding.finding_id}/{deactivate.digest}"
     a["store"].insert_record(CLAIM_KIND, key, new_claim("other-task", deactivate.name))
-    for dry in (True, False):
+    for dry, status, code in ((True, MitigationStatus.SKIPPED, None), (False, MitigationStatus.FAILED, "CLAIM_HELD")):
         [execution] = Mitigator(a["iot"], a["sns"], a["store"], dry_run=dry).apply([finding], [deactivate], TASK)
-        assert execution.status is MitigationStatus.SKIPPED and "being applied by task other-task" in execution.message
-        assert execution.calls == []
+        assert (execution.status, execution.error_code) == (status, code)
+        assert "being applied by task other-task" in execution.message and execution.calls == []
     assert a["store"].get_record(CLAIM_KIND, key)["taskId"] == "other-task"
     assert status_of(a["iot"], a["certs"][0]) == "ACTIVE"
 

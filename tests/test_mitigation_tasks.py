@@ -274,9 +274,14 @@ def dead_pid() -> int:
     return int(done.stdout)
 
 
-def test_a_claim_whose_owner_is_gone_is_retaken(tmp_path, sns_queue):
+def test_a_claim_whose_owner_is_gone_is_retaken(tmp_path, sns_queue, monkeypatch):
     """A task that died between claiming and applying must not leave its findings unmitigated:
-    the claim of a dead process (or one held too long) is retaken by the next task."""
+    the claim of a dead process (or one held too long) is retaken by the next task; a live one's
+    is waited for, and still held after the wait, the action fails (CLAIM_HELD)."""
+    from devicedefender_audit import mitigation
+
+    monkeypatch.setattr(mitigation, "HELD_WAIT_S", 0.2)
+    monkeypatch.setattr(mitigation, "HELD_POLL_S", 0.05)
     path = tmp_path / "audits.sqlite3"
     audit_task_id, finding_ids = synthetic_audit(path, 3)
     ctx = context(path, sns=sns_queue["sns"])
@@ -296,8 +301,10 @@ def test_a_claim_whose_owner_is_gone_is_retaken(tmp_path, sns_queue):
 
     published = sorted(json.loads(body)["findingId"] for body in sns_queue["drain"]())
     assert published == sorted([finding_ids[0], finding_ids[2]])
-    messages = {e.finding_id: e.message for e in ctx.store.executions("next")}
-    assert messages[finding_ids[1]] == "skipped: being applied by task running-elsewhere"
+    outcomes = {e.finding_id: (e.status.value, e.error_code, e.message) for e in ctx.store.executions("next")}
+    assert outcomes[finding_ids[1]] == ("FAILED", "CLAIM_HELD", (
+        "being applied by task running-elsewhere for more than 0 s: not applied by this task (start it again once "
+        "that task has ended)"))
     for finding_id in (finding_ids[0], finding_ids[2]):
         assert ctx.store.get_record(CLAIM_KIND, f"{finding_id}/{digest}")["state"] == "APPLIED"
     ctx.store.close()
@@ -405,52 +412,98 @@ def test_an_interrupt_after_a_notification_went_out_neither_repeats_it_nor_loses
     assert sorted(e.status.value for e in ctx.store.executions("t2")) == ["COMPLETED", "SKIPPED"]
 
 
-def test_the_actions_after_one_another_task_is_applying_are_left_to_that_task(weak_account):
-    """Another running task holds the finding's deactivation: this task does not publish the
-    notification after it (were the deactivation to fail there, the notification would have gone
-    out for a certificate still ACTIVE); the holder applies both in order."""
+@pytest.mark.parametrize("there", ["applied", "released", "still held"])
+def test_an_action_another_task_is_applying_is_waited_for_and_the_order_kept(weak_account, monkeypatch, tmp_path,
+                                                                            there):
+    """Another running task holds the finding's deactivation. This task waits: applied there, it
+    is skipped and the notification after it goes out; released there (it failed), this task
+    deactivates the certificate itself, then notifies; still held after the wait, the
+    deactivation fails here and the notification is skipped, so none goes out beside a
+    deactivation that did not happen (and none is lost because the other task lacked it)."""
+    from devicedefender_audit import mitigation
+
+    monkeypatch.setattr(mitigation, "HELD_WAIT_S", 0.5 if there == "still held" else 30.0)
+    monkeypatch.setattr(mitigation, "HELD_POLL_S", 0.05)
     a, ctx = weak_account, weak_account["ctx"]
     finding = next(ctx.store.findings(a["audit"]))
-    deactivate = definition_of(stored_action(ctx.store, "deactivate"))
-    holder = {**new_claim("other-task", "deactivate"), "pid": os.getppid()}  # a live process's
-    assert ctx.store.insert_record(CLAIM_KIND, f"{finding.finding_id}/{deactivate.digest}", holder)
+    key = f"{finding.finding_id}/{definition_of(stored_action(ctx.store, 'deactivate')).digest}"
+    assert ctx.store.insert_record(CLAIM_KIND, key, {**new_claim("other-task", "deactivate"), "pid": os.getppid()})
 
+    def the_other_task_ends_its_action() -> None:
+        time.sleep(0.3)
+        store = open_store(tmp_path / "audits.sqlite3")  # the other task's own connection
+        if there == "applied":
+            a["iot"].update_certificate(certificateId=finding.certificate_id, newStatus="INACTIVE")
+            store.put_record(CLAIM_KIND, key, {"taskId": "other-task", "actionName": "deactivate", "state": "APPLIED"})
+        elif there == "released":
+            store.delete_record(CLAIM_KIND, key)
+        store.close()
+
+    other = threading.Thread(target=the_other_task_ends_its_action)
+    other.start()
     call(ctx, "StartAuditMitigationActionsTask", taskId="second", target={"findingIds": [finding.finding_id]},
          auditCheckToActionsMapping={CHECK_NAME: ["deactivate", "notify"]}, clientRequestToken="second")
+    other.join()
 
     executions = {e.action_name: (e.status.value, e.message) for e in ctx.store.executions("second")}
-    assert executions == {
-        "deactivate": ("SKIPPED", "skipped: being applied by task other-task"),
-        "notify": ("SKIPPED", "skipped: action deactivate is left to another task (being applied by task "
-                              "other-task), which applies the actions after it in order")}
-    assert a["drain"]() == []
+    published = [json.loads(body)["findingId"] for body in a["drain"]()]
+    status = a["iot"].describe_certificate(certificateId=finding.certificate_id)["certificateDescription"]["status"]
+    if there == "applied":
+        assert executions["deactivate"] == ("SKIPPED", "skipped: already applied by an earlier run (task other-task)")
+        assert executions["notify"][0] == "COMPLETED" and published == [finding.finding_id]
+    elif there == "released":
+        assert [executions[name][0] for name in ("deactivate", "notify")] == ["COMPLETED", "COMPLETED"]
+        assert status == "INACTIVE" and published == [finding.finding_id]
+    else:
+        assert executions["deactivate"][0] == "FAILED" and "being applied by task other-task" in executions["deactivate"][1]
+        assert executions["notify"] == ("SKIPPED", "skipped: action deactivate failed for this finding")
+        assert status == "ACTIVE" and published == []
+        assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="second")["taskStatus"] == "FAILED"
 
 
-def test_a_retry_while_the_first_attempt_is_checked_is_throttled_not_told_it_started(weak_account, monkeypatch):
+def test_a_retry_while_the_first_attempt_is_checked_is_throttled_not_told_it_started(weak_account, monkeypatch,
+                                                                                   tmp_path):
     """The first attempt stored the task and is still checking the running-task limit and the
     token (it may be refused and delete the task): an SDK retry of the same request meanwhile
-    gets ThrottlingException, which the SDK retries, not {"taskId"} for a task that never runs."""
+    gets ThrottlingException, which the SDK retries, not {"taskId"} for a task that may never
+    run. Once admitted, a retry is answered with the task; a first attempt that fails in its
+    checks (the store failing) leaves no task behind, so a retry starts it."""
     from devicedefender_audit.service import mitigation_tasks
     from devicedefender_audit.service.errors import Throttled
-
-    class StillChecking(Exception):
-        pass
-
-    def checking(_ctx):
-        raise StillChecking
 
     a, ctx = weak_account, weak_account["ctx"]
     request = {"taskId": "t1", "target": {"auditTaskId": a["audit"]},
                "auditCheckToActionsMapping": {CHECK_NAME: ["notify"]}, "clientRequestToken": "tok"}
-    with monkeypatch.context() as patch:  # the first attempt, stopped where it counts the running tasks
-        patch.setattr(mitigation_tasks, "_tasks", checking)
-        with pytest.raises(StillChecking):
-            call(ctx, "StartAuditMitigationActionsTask", **request)
+    tasks, checking, go_on = mitigation_tasks._tasks, threading.Event(), threading.Event()
+
+    def slow_check(ctx_):
+        checking.set()
+        go_on.wait(30)
+        return tasks(ctx_)
+
+    monkeypatch.setattr(mitigation_tasks, "_tasks", slow_check)
+    own = context(tmp_path / "audits.sqlite3", sns=a["sns"])  # the first attempt's connection
+    first = threading.Thread(target=lambda: call(own, "StartAuditMitigationActionsTask", **request))
+    first.start()
+    checking.wait(30)
     with pytest.raises(Throttled, match="being started by this request's first attempt"):
         call(ctx, "StartAuditMitigationActionsTask", **request)
-    # The first attempt died there: the task is FAILED when read, and a retry is answered with it.
-    body = ctx.store.get_record("mitigation_task", "t1")
-    ctx.store.put_record("mitigation_task", "t1", {**body, "owner": {**body["owner"], "pid": dead_pid()}})
+    go_on.set()
+    first.join(30)
+    own.store.close()
     assert call(ctx, "StartAuditMitigationActionsTask", **request) == {"taskId": "t1"}
-    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="t1")["taskStatus"] == "FAILED"
-    assert a["drain"]() == []
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="t1")["taskStatus"] == "COMPLETED"
+
+    class StoreFailed(Exception):
+        pass
+
+    def failing(_ctx):
+        raise StoreFailed
+
+    again = {**request, "taskId": "t2", "clientRequestToken": "tok2"}
+    monkeypatch.setattr(mitigation_tasks, "_tasks", failing)
+    with pytest.raises(StoreFailed):
+        call(ctx, "StartAuditMitigationActionsTask", **again)
+    monkeypatch.setattr(mitigation_tasks, "_tasks", tasks)
+    assert call(ctx, "StartAuditMitigationActionsTask", **again) == {"taskId": "t2"}
+    assert call(ctx, "DescribeAuditMitigationActionsTask", taskId="t2")["taskStatus"] == "COMPLETED"

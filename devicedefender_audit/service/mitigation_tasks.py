@@ -29,8 +29,8 @@ As the Device Defender guide has it, "actions are applied in the order in which 
 specified"; "if ... one of those actions failed, the subsequent actions are skipped for that
 finding (but are still applied to other findings)" (recorded ``SKIPPED``, naming the failed one),
 and "the taskStatus is set to failed if one or more of the actions failed". An action another
-running task is applying to the finding leaves the finding's later actions to that task (recorded
-``SKIPPED``, naming it), which applies them in order after it. A task ends
+running task is applying is waited for (:mod:`~devicedefender_audit.mitigation`), so the order
+holds across tasks too. A task ends
 ``FAILED`` when a finding failed, ``CANCELED`` when canceled, else ``COMPLETED``.
 A cancel request is seen between findings; the actions not run are recorded ``CANCELED``.
 
@@ -203,16 +203,11 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
             raise Throttled(f"mitigation actions task {task_id} is being started by this request's first attempt: "
                             "retry in a moment")
         return task_id  # a retry of the request that started it
-    running = [b["taskId"] for b in _tasks(ctx) if b["taskStatus"] == IN_PROGRESS and b["taskId"] != task_id]
-    if len(running) >= MAX_RUNNING_TASKS:
-        # Counted after this task is stored: of two started at once past the limit, neither runs.
+    try:
+        _admit(ctx, task_id, client_request_token)
+    except BaseException:  # refused, or the store failed: no task is left behind for retries to find
         ctx.store.delete_record(TASK_KIND, task_id)
-        raise LimitExceeded(f"{len(running)} mitigation actions tasks are running, Device Defender's limit is "
-                            f"{MAX_RUNNING_TASKS}: wait for one to end, or cancel one")
-    if not ctx.store.insert_record(TOKEN_KIND, client_request_token, {"taskId": task_id}):
-        ctx.store.delete_record(TASK_KIND, task_id)
-        holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
-        raise InvalidRequest(f"clientRequestToken {client_request_token} was used for task {holder}")
+        raise
     del body["starting"]
     ctx.store.put_record(TASK_KIND, task_id, body)
     store = ctx.worker_store()
@@ -227,6 +222,18 @@ def start_mitigation_task(ctx: ServiceContext, task_id: str, target: Mapping[str
     ctx.threads.append(thread)
     thread.start()
     return task_id
+
+
+def _admit(ctx: ServiceContext, task_id: str, client_request_token: str) -> None:
+    """Device Defender's limit on running tasks, then the token taken for this task."""
+    running = [b["taskId"] for b in _tasks(ctx) if b["taskStatus"] == IN_PROGRESS and b["taskId"] != task_id]
+    if len(running) >= MAX_RUNNING_TASKS:
+        # Counted after this task is stored: of two started at once past the limit, neither runs.
+        raise LimitExceeded(f"{len(running)} mitigation actions tasks are running, Device Defender's limit is "
+                            f"{MAX_RUNNING_TASKS}: wait for one to end, or cancel one")
+    if not ctx.store.insert_record(TOKEN_KIND, client_request_token, {"taskId": task_id}):
+        holder = (ctx.store.get_record(TOKEN_KIND, client_request_token) or {}).get("taskId")
+        raise InvalidRequest(f"clientRequestToken {client_request_token} was used for task {holder}")
 
 
 def running_task_ids(ctx: ServiceContext) -> list[str]:
@@ -307,25 +314,20 @@ def _run(ctx: ServiceContext, store: Store, mitigators: Mapping[str | None, Miti
 
 def _apply_in_order(store: Store, mitigators: Mapping[str | None, Mitigator], finding: AuditFinding,
                     actions: Sequence[ActionDefinition], task_id: str) -> set[MitigationStatus]:
-    """The finding's actions in their mapping's order, those after a failed one skipped, and
-    those after one another task is applying left to that task (it applies them in order: were
-    this task to go on, a notification could go out although the deactivation before it failed
-    there); the statuses of its executions."""
+    """The finding's actions in their mapping's order, those after a failed one skipped; the
+    statuses of its executions."""
     statuses: set[MitigationStatus] = set()
-    skip_rest: str | None = None
+    failed: str | None = None
     for action in actions:
-        mitigator = mitigators[action.role_arn]
-        if skip_rest is not None:
-            store.record_execution(_not_run(task_id, finding, action, MitigationStatus.SKIPPED, skip_rest,
-                                            mitigator.dry_run))
+        if failed is not None:
+            store.record_execution(_not_run(task_id, finding, action, MitigationStatus.SKIPPED,
+                                            f"skipped: action {failed} failed for this finding",
+                                            mitigators[action.role_arn].dry_run))
             continue
-        status = mitigator.execute(finding, action, task_id).status
+        status = mitigators[action.role_arn].execute(finding, action, task_id).status
         statuses.add(status)
         if status is MitigationStatus.FAILED:
-            skip_rest = f"skipped: action {action.name} failed for this finding"
-        elif mitigator.held_elsewhere is not None:
-            skip_rest = (f"skipped: action {action.name} is left to another task ({mitigator.held_elsewhere}), "
-                         "which applies the actions after it in order")
+            failed = action.name
     return statuses
 
 
