@@ -57,6 +57,10 @@ def this_process() -> tuple[str, int]:
 
 
 def _same_pid_space(host: str) -> bool:
+    """Whether ``host`` recorded its process id where this process's ids mean the same processes;
+    a bare host name (recorded before 2026-11-24) is compared by name, as it was then."""
+    if "#" not in host:
+        return host == socket.gethostname()
     return host.rsplit("#", 1)[0] == _HERE
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 from typing import Any
 
 from devicedefender_audit.audit import Audit, recover_interrupted
 from devicedefender_audit.checks import make_checks
+from devicedefender_audit.liveness import this_process
 from devicedefender_audit.models import AuditTask
 from devicedefender_audit.service.configuration import require_enabled
 from devicedefender_audit.service.context import ServiceContext, as_utc, drop_none, page
@@ -47,7 +46,7 @@ def start_audit(ctx: ServiceContext, check_names: list[str], task_type: str = ON
     audit.task.task_type = task_type
     audit.task.scheduled_audit_name = scheduled_audit_name
     # Stored before returning, owned by this process, so the id can be described at once.
-    store.save_task(audit.task, TaskOwner(socket.gethostname(), os.getpid(), time.time()))
+    store.save_task(audit.task, TaskOwner(*this_process(), time.time()))
     if not ctx.background:
         _run_and_notify(ctx, audit)
         return audit.task.task_id
