@@ -305,8 +305,8 @@ class Mitigator:
                     return None  # its owner is gone: this task would apply it
                 if retake(self.store, CLAIM_KIND, key, holder, body):
                     return body["claimId"]  # its owner is gone: this task applies it
-                continue  # another retaker won: its claim is a running task's now
-            if self.dry_run:
+                # Another retaker won (its claim is a running task's now): waited for as any.
+            elif self.dry_run:
                 raise _Skip(f"being applied by task {holder.get('taskId')}")
             if time.monotonic() >= deadline:
                 raise _StillHeld(f"being applied by task {holder.get('taskId')} for more than {HELD_WAIT_S:.0f} s: "

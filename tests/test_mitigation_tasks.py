@@ -342,6 +342,34 @@ def test_two_retakers_of_one_abandoned_claim_apply_it_once(tmp_path, sns_queue):
     assert sorted(outcomes) == ["COMPLETED"] * 6 + ["SKIPPED"] * 6
 
 
+def test_an_abandoned_claim_a_dead_retaker_marked_is_waited_for_not_looped_on(tmp_path, sns_queue, monkeypatch):
+    """A retaker that died between its marker and its claim leaves the claim abandoned for good
+    with its retake taken: the next run waits its time and fails the action (CLAIM_HELD), without
+    spinning on the store."""
+    from devicedefender_audit import mitigation
+    from devicedefender_audit.mitigation_claims import RETAKE_KIND
+
+    monkeypatch.setattr(mitigation, "HELD_WAIT_S", 0.3)
+    monkeypatch.setattr(mitigation, "HELD_POLL_S", 0.05)
+    path = tmp_path / "audits.sqlite3"
+    _, [finding_id] = synthetic_audit(path, 1)
+    store = open_store(path)
+    action = ActionDefinition.for_type(MitigationActionType.PUBLISH_FINDING_TO_SNS, sns_topic_arn=sns_queue["topic"])
+    key = f"{finding_id}/{action.digest}"
+    crashed = {**new_claim("crashed", action.name), "pid": dead_pid()}
+    store.insert_record(CLAIM_KIND, key, crashed)
+    store.insert_record(RETAKE_KIND, f"{key}@{crashed['claimId']}", {"by": "died-retaking"})
+    reads = []
+    get_record = store.get_record
+    monkeypatch.setattr(store, "get_record", lambda *args: reads.append(args) or get_record(*args))
+
+    execution = Mitigator(None, sns_queue["sns"], store, dry_run=False).execute(store.get_finding(finding_id), action,
+                                                                                "next")
+    assert (execution.status.value, execution.error_code) == ("FAILED", "CLAIM_HELD")
+    assert len(reads) < 30 and sns_queue["drain"]() == []
+    store.close()
+
+
 def test_a_retry_after_the_task_ended_with_keys_in_another_order_is_a_retry(weak_account):
     """Guard: the replay compares target and mapping as values, so a retry after the dry run
     has ended, whose JSON has the target's members in another order (a re-serialised body), is
