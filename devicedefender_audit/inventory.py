@@ -11,7 +11,8 @@ Each page is recorded with the time it was received, not the sync's start, and a
 observation never overwrites a newer one: two audits of one account at once (a scheduled
 invocation delivered twice) then cannot mark gone a certificate the other has just listed, nor
 store the status an older page saw over the one a newer page saw, either of which would leave a
-listed ACTIVE certificate out of both audits.
+listed ACTIVE certificate out of both audits (:data:`~.store.base.CLOCK_AHEAD_S` bounds how far
+ahead a recorded observation still counts as newer).
 
 Describes run concurrently, paced by the client's token buckets (:mod:`.aws.pacing`), with a
 bounded number in flight so memory stays flat in fleet size.

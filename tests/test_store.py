@@ -118,6 +118,21 @@ def test_listing_keeps_first_seen_and_an_older_observation_changes_nothing(store
     assert store.inventory_record(cid(2)) is None
 
 
+def test_an_observation_stamped_by_a_clock_far_ahead_does_not_freeze_the_record(store):
+    """A writer whose clock was a day ahead recorded INACTIVE: a later listing (on a right clock,
+    so with an earlier time) still replaces it, and a certificate no longer listed is marked gone
+    although its last_seen lies in the future."""
+    day = 86400.0
+    store.record_listing([listed(1, "INACTIVE"), listed(2)], 1000.0 + day)
+    store.record_listing([listed(1, "ACTIVE")], 1000.0)
+    record = store.inventory_record(cid(1))
+    assert (record.status, record.last_seen) == ("ACTIVE", 1000.0)
+    assert store.mark_gone(1000.0, 1001.0) == 1  # certificate 2, stamped a day ahead and not listed
+    assert store.inventory_record(cid(2)).gone_since == 1001.0 and store.inventory_record(cid(1)).gone_since is None
+    store.record_listing([listed(1, "INACTIVE")], 1000.0 - 60)  # an overlapping audit's page, written late
+    assert store.inventory_record(cid(1)).status == "ACTIVE"
+
+
 def test_descriptions_are_kept_and_replaced_whole(store):
     store.record_listing([listed(1), listed(2), listed(3)], 100.0)
     assert store.ids_without_description([cid(1), cid(2), cid(9)]) == {cid(1), cid(2), cid(9)}

@@ -17,6 +17,13 @@ from typing import Protocol
 from devicedefender_audit.aws.iot_certificates import ListedCertificate
 from devicedefender_audit.models import AuditFinding, AuditTask, MitigationExecution, ResourceError
 
+#: How far a recorded observation (``last_seen``) may be ahead of a new one and still count as
+#: newer. Two audits at once invert their pages only by a page's write delay (seconds), so one
+#: further ahead was stamped by a wrong clock (a laptop's, or one stepped back since): the new
+#: observation replaces it, and ``mark_gone`` takes it for not listed, instead of a bad clock
+#: freezing a certificate's status and presence for as long as it was ahead.
+CLOCK_AHEAD_S = 600.0
+
 
 class StoreError(RuntimeError):
     """The store cannot be opened or written: one clear message, before any AWS call if possible."""

@@ -82,6 +82,7 @@ from devicedefender_audit.aws.clients import AwsTarget
 from devicedefender_audit.aws.iot_certificates import ListedCertificate
 from devicedefender_audit.models import AuditFinding, AuditTask, MitigationExecution, ResourceError
 from devicedefender_audit.store.base import (
+    CLOCK_AHEAD_S,
     Description,
     InventoryRecord,
     StoredVerdict,
@@ -381,8 +382,8 @@ class DynamoStore:
                 created = ", #created = if_not_exists(#created, :created)"
             self._update(
                 key, f"SET #arn = :arn, #status = :status{created}, #first = if_not_exists(#first, :t), "
-                "#last = :t REMOVE #gone", names, {**values, ":t": seen_at},
-                condition="attribute_not_exists(#last) OR #last <= :t")
+                "#last = :t REMOVE #gone", names, {**values, ":t": seen_at, ":ahead": seen_at + CLOCK_AHEAD_S},
+                condition="attribute_not_exists(#last) OR #last <= :t OR #last > :ahead")
 
         self._submit(lambda: self._concurrently([lambda c=c: listed(c) for c in certificates]))
 
@@ -431,18 +432,19 @@ class DynamoStore:
                 "ConsistentRead": True, **extra}
 
     def mark_gone(self, listed_before: float, now: float) -> int:
-        """Mark gone the certificates not listed since ``listed_before``; how many were marked."""
-        condition = "#last < :before AND attribute_not_exists(#gone)"
+        """Mark gone the certificates not listed since ``listed_before`` (or stamped implausibly far
+        ahead of ``now``: :data:`~.base.CLOCK_AHEAD_S`); how many were marked."""
+        condition = "(#last < :before OR #last > :ahead) AND attribute_not_exists(#gone)"
         names = {"#last": "last_seen", "#gone": "gone_since"}
+        bounds = {":before": listed_before, ":ahead": now + CLOCK_AHEAD_S}
         stale = [
             item["SK"]
             for shard in SHARDS
-            for item in self._query(**self._shard_query(shard, condition, names, {":before": listed_before},
-                                                        ProjectionExpression="SK"))
+            for item in self._query(**self._shard_query(shard, condition, names, bounds, ProjectionExpression="SK"))
         ]
         marked = self._concurrently([
-            lambda cid=cid: self._update(_inventory_key(cid), "SET #gone = :now", names,
-                                         {":now": now, ":before": listed_before}, condition=condition)
+            lambda cid=cid: self._update(_inventory_key(cid), "SET #gone = :now", names, {":now": now, **bounds},
+                                         condition=condition)
             for cid in stale
         ])
         return sum(marked)

@@ -26,6 +26,7 @@ from typing import Any
 from devicedefender_audit.aws.iot_certificates import ListedCertificate
 from devicedefender_audit.models import AuditFinding, AuditTask, MitigationExecution, ResourceError
 from devicedefender_audit.store.base import (
+    CLOCK_AHEAD_S,
     Description,
     InventoryRecord,
     StoredVerdict,
@@ -330,7 +331,8 @@ class SqliteStore:
             "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(certificate_id) DO UPDATE SET certificate_arn = excluded.certificate_arn, "
             "status = excluded.status, last_seen = excluded.last_seen, gone_since = NULL "
-            "WHERE excluded.last_seen >= certificates.last_seen",
+            "WHERE excluded.last_seen >= certificates.last_seen "
+            f"OR certificates.last_seen > excluded.last_seen + {CLOCK_AHEAD_S}",
             [
                 (c.certificate_id, c.certificate_arn, c.status,
                  c.creation_date.isoformat() if c.creation_date else None, seen_at, seen_at)
@@ -364,8 +366,8 @@ class SqliteStore:
     def mark_gone(self, listed_before: float, now: float) -> int:
         with self.batch():
             cursor = self._db.execute(
-                "UPDATE certificates SET gone_since = ? WHERE last_seen < ? AND gone_since IS NULL",
-                (now, listed_before),
+                "UPDATE certificates SET gone_since = ? WHERE (last_seen < ? OR last_seen > ?) AND gone_since IS NULL",
+                (now, listed_before, now + CLOCK_AHEAD_S),
             )
         return cursor.rowcount
 
