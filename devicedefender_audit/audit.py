@@ -163,8 +163,9 @@ class Audit:
         try:
             # The CA factorable check compares CA keys with the device fleet: it needs the inventory.
             sync = self._sync() if self.device_checks or any(check.fleet for check in self.ca_checks) else None
-            # Listed before the device keys are checked: the device fleet is compared with the CA keys too.
-            ca = self._sync_ca() if self.ca_checks else None
+            # Listed before the device keys are checked: the device fleet is compared with the CA keys
+            # too, also when no CA check runs (a device key sharing a prime with a CA is broken).
+            ca = self._sync_ca() if self.ca_checks or any(check.fleet for check in self.device_checks) else None
             partners = self._check(sync, ca) if sync is not None else []
             self._check_ca(ca, partners)
             self._finish()
@@ -261,14 +262,23 @@ class Audit:
         except SyncAborted as exc:  # the CA checks cannot run; the device checks can
             for check in self.ca_checks:
                 self.unrunnable[check.name] = (exc.error_code, str(exc))
+            self._device_fleet_partial(f"the device keys were not compared with the CA keys: {exc}")
             return None
         self.store.add_errors(self.task.task_id, ca.errors)
         not_checked = unchecked(ca.errors)
+        if not_checked:
+            self._device_fleet_partial(f"the device keys were not compared with {len(not_checked)} CA certificates "
+                                       "that could not be read")
         self.left_scope += len(ca.errors) - len(not_checked)
         for check in self.ca_checks:
             self.counts[check.name].failed += len(not_checked)
             self.task.audit_details[check.name].total_resources_count = len(ca.records) + len(not_checked)
         return ca
+
+    def _device_fleet_partial(self, why: str) -> None:
+        for check in self.device_checks:
+            if check.fleet:
+                self.partial[check.name] = why
 
     def _ca_fleet_scan(self, ca: CaSync, partners: list[tuple[str, int]],
                        ) -> dict[str, tuple[list[DetectorResult], dict[str, str]]]:
@@ -281,7 +291,7 @@ class Audit:
         return compare_ca_keys(list(_rsa_keys(ca.records)), partners, self._known())
 
     def _check_ca(self, ca: CaSync | None, partners: list[tuple[str, int]]) -> None:
-        if ca is None:
+        if ca is None or not self.ca_checks:  # listed for the device fleet comparison only
             return
         fleet = self._ca_fleet_scan(ca, partners) if any(check.fleet for check in self.ca_checks) else {}
         self._phase("Checking CA keys", len(ca.records))

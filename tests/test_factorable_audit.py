@@ -7,6 +7,7 @@ import json
 import random
 
 import gmpy2
+from botocore.exceptions import ClientError
 from conftest import issue_certificate, register, run_audit
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -109,3 +110,59 @@ def test_unreadable_known_moduli_file_is_a_usage_error(capsys, tmp_path, aws_env
     bad.write_text("1234abcd\n")
     assert main(["run", "--known-moduli", str(bad), "--endpoint-url", "http://127.0.0.1:9", "--no-progress"]) == 2
     assert "known.txt:1" in capsys.readouterr().err
+
+
+def _shared_prime_findings(iot, store, names: list[str]) -> tuple[dict[str, str], list[str]]:
+    from devicedefender_audit.audit import Audit
+    from devicedefender_audit.checks import make_checks
+
+    task = Audit(iot, store, [], checks=make_checks(names, [])).run()
+    flagged = sorted(f.certificate_id for f in store.findings(task.task_id)
+                     if f.reason_for_non_compliance_code == SHARED_PRIME)
+    return {name: task.audit_details[name].check_run_status for name in names}, flagged
+
+
+def test_the_device_check_alone_compares_the_fleet_with_the_ca_keys(iot, tmp_path):
+    """Run without the CA checks (--checks, or a configuration enabling only the device check),
+    the device check listed no CA: a device key sharing a prime with the account's CA was
+    compliant. A CA listing that fails leaves the check partial, never compliant."""
+    from test_ca_checks import register_ca
+
+    from devicedefender_audit.store import open_store
+
+    rng = random.Random(7)
+    p = prime(rng)
+    register_ca(iot, issue_certificate(key(p, prime(rng)), "ca"))
+    device = register(iot, issue_certificate(key(p, prime(rng)), "device"))["certificateId"]
+    store = open_store(tmp_path / "audits.sqlite3")
+    checks = [DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK]
+    assert _shared_prime_findings(iot, store, checks) == ({checks[0]: "COMPLETED_NON_COMPLIANT"}, [device])
+
+    def denied(**_):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "ListCACertificates")
+
+    iot.meta.events.register("before-call.iot.ListCACertificates", denied)
+    task_statuses, flagged = _shared_prime_findings(iot, store, checks)
+    assert (task_statuses, flagged) == ({checks[0]: "FAILED"}, [])  # not compared with the CA: never compliant
+
+
+def test_a_key_an_older_parser_could_not_read_is_compared_in_the_audit_that_reads_it(iot, tmp_path):
+    """The inventory keeps a PEM an older parser could not read; today's reads it in the check
+    pass, after the fleet comparison: the key and its partner were compliant for one audit."""
+    from devicedefender_audit.aws.iot_certificates import ListedCertificate
+    from devicedefender_audit.store import open_store
+    from devicedefender_audit.store.base import Description
+
+    rng = random.Random(8)
+    p = prime(rng)
+    old = issue_certificate(key(p, prime(rng)), "old")
+    unread = register(iot, old)["certificateId"]
+    partner = register(iot, issue_certificate(key(p, prime(rng)), "partner"))["certificateId"]
+    store = open_store(tmp_path / "audits.sqlite3")
+    arn = f"arn:aws:iot:us-east-1:123456789012:cert/{unread}"
+    store.record_listing([ListedCertificate(unread, arn, "ACTIVE", None)], 1.0)
+    store.save_descriptions([Description(unread, unparsed_pem=old, error_code="MALFORMED_CERTIFICATE",
+                                         error_message="an older parser could not read it")])
+    checks = [DEVICE_CERTIFICATE_KEY_FACTORABLE_CHECK]
+    assert _shared_prime_findings(iot, store, checks) == ({checks[0]: "COMPLETED_NON_COMPLIANT"},
+                                                         sorted([unread, partner]))

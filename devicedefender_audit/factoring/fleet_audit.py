@@ -39,7 +39,7 @@ from devicedefender_audit.factoring.fleet_state import FleetState
 from devicedefender_audit.factoring.framing import FleetStateError, frame, read_frame
 from devicedefender_audit.factoring.known import KnownMatch, KnownValues, match_known
 from devicedefender_audit.factoring.sharing import FleetFinding, Key
-from devicedefender_audit.key_material import KeyMaterialError, public_key_from_spki
+from devicedefender_audit.key_material import KeyMaterialError, certificate_public_key, public_key_from_spki
 from devicedefender_audit.store.base import InventoryRecord, Store, StoreError
 
 PHASE = "Comparing the fleet's moduli"
@@ -61,8 +61,15 @@ _Outcome = tuple[FleetState, "Members", dict[str, FleetFinding], dict[str, Known
 
 
 def _is_rsa(record: InventoryRecord) -> bool:
+    """Whether the record holds an RSA key, or may: a PEM an older parser could not read is read
+    here with today's, so its key is compared in this audit, not only in the one after the
+    check pass has stored it."""
     description = record.description
-    return description is not None and description.spki is not None and description.key_algorithm == "RSA"
+    if description is None:
+        return False
+    if description.spki is None:
+        return description.unparsed_pem is not None
+    return description.key_algorithm == "RSA"
 
 
 def rsa_modulus(record: InventoryRecord) -> int | None:
@@ -70,11 +77,13 @@ def rsa_modulus(record: InventoryRecord) -> int | None:
     per-key pass reports those)."""
     if not _is_rsa(record):
         return None
+    description = record.description
     try:
-        key = public_key_from_spki(record.description.spki)  # type: ignore[union-attr, arg-type]
+        key = (public_key_from_spki(description.spki) if description.spki is not None  # type: ignore[union-attr]
+               else certificate_public_key(description.unparsed_pem))  # type: ignore[union-attr, arg-type]
     except KeyMaterialError:
         return None
-    return key.modulus if key.modulus and key.modulus > 1 else None
+    return key.modulus if key.is_rsa and key.modulus and key.modulus > 1 else None
 
 
 class Members:
