@@ -310,7 +310,10 @@ def test_a_claim_whose_owner_is_gone_is_retaken(tmp_path, sns_queue, monkeypatch
     ctx.store.close()
 
 
-def test_two_retakers_of_one_abandoned_claim_apply_it_once(tmp_path, sns_queue):
+def test_two_retakers_of_one_abandoned_claim_apply_it_once(tmp_path, sns_queue, monkeypatch):
+    from devicedefender_audit import mitigation
+
+    monkeypatch.setattr(mitigation, "HELD_POLL_S", 0.02)  # the loser waits for the winner's claim to be applied
     path = tmp_path / "audits.sqlite3"
     _, finding_ids = synthetic_audit(path, 6)
     store = open_store(path)
