@@ -10,7 +10,7 @@ never stops the others.
 Applying an action is idempotent and safe under concurrency: before its first mutating call the
 Mitigator claims (finding, definition digest) in the store with one atomic create-if-absent
 write. The digest covers the action's type *and parameters*, so the same effect is never applied
-twice (a re-run, or a second task running at the same time, skips it), while an action with
+twice (a re-run skips it, a second task running at the same time waits for it), while an action with
 another SNS topic or thing group is a different action and runs. A claim is released when the
 action fails or had nothing to do, so a later run tries again; actions also check current state
 first (an INACTIVE certificate is not updated again). A real run that finds the change claimed by
@@ -62,6 +62,7 @@ CLAIM_KIND = "mitigation_claim"
 #: take seconds), and how often it looks.
 HELD_WAIT_S = 60.0
 HELD_POLL_S = 0.5
+
 #: The member of the model's ``MitigationActionParams`` that each action type is configured by.
 PARAMS_MEMBER = {
     MitigationActionType.UPDATE_DEVICE_CERTIFICATE: "updateDeviceCertificateParams",
